@@ -1,0 +1,1 @@
+"""Generated from protos/imgpipe/v1 by `make gen`. Do not edit the *_pb2* files."""

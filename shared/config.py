@@ -1,0 +1,121 @@
+"""Parsing of environment settings, done once at start into frozen objects."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed."""
+
+
+def env_str(env: Mapping[str, str], name: str, default: str | None = None) -> str:
+    value = env.get(name, "").strip()
+    if value:
+        return value
+    if default is None:
+        raise SettingsError(f"{name} is required")
+    return default
+
+
+def env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, not {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, not {value}")
+    return value
+
+
+def env_float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, not {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, not {value}")
+    return value
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def env_bool(env: Mapping[str, str], name: str, default: bool = False) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise SettingsError(f"{name} must be true or false, not {raw!r}")
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """The standard AWS variables, as the minio SDK needs them."""
+
+    endpoint_url: str | None
+    access_key: str | None
+    secret_key: str | None
+    region: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> S3Settings:
+        endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+        return cls(
+            endpoint_url=endpoint,
+            access_key=env.get("AWS_ACCESS_KEY_ID") or None,
+            secret_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
+            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+        )
+
+
+@dataclass(frozen=True)
+class CommonSettings:
+    """Settings both services read."""
+
+    grpc_addr: str
+    http_addr: str
+    storage_url: str
+    public_base_url: str | None
+    s3: S3Settings
+    log_level: str
+    grace_seconds: float
+
+    @classmethod
+    def from_env(
+        cls, env: Mapping[str, str], *, grpc_addr: str, http_addr: str
+    ) -> CommonSettings:
+        return cls(
+            grpc_addr=env_str(env, "IMGPIPE_GRPC_ADDR", grpc_addr),
+            http_addr=env_str(env, "IMGPIPE_HTTP_ADDR", http_addr),
+            storage_url=env_str(env, "IMGPIPE_STORAGE_URL"),
+            public_base_url=env.get("IMGPIPE_PUBLIC_BASE_URL") or None,
+            s3=S3Settings.from_env(env),
+            log_level=env_str(env, "IMGPIPE_LOG_LEVEL", "INFO").upper(),
+            grace_seconds=env_float(env, "IMGPIPE_GRACE_SECONDS", 20.0),
+        )
+
+
+def process_env() -> Mapping[str, str]:
+    """The one place that reads os.environ; the result is parsed once, at start."""
+    return dict(os.environ)
+
+
+def split_host_port(addr: str) -> tuple[str, int]:
+    """'0.0.0.0:8080' -> ('0.0.0.0', 8080); '[::]:8080' -> ('::', 8080)."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit():
+        raise SettingsError(f"not a host:port address: {addr!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)

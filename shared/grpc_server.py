@@ -1,0 +1,97 @@
+"""gRPC server plumbing shared by both services: health, reflection, error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+
+from shared.grpc_errors import ErrorMappingInterceptor
+
+SERVER_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+]
+
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def _reflection_v1_alias(servicer: reflection.ReflectionServicer) -> grpc.GenericRpcHandler:
+    """grpc.reflection.v1 has the same messages as v1alpha; serve it with the same code."""
+    v1alpha = reflection_pb2_grpc
+    handlers = {
+        "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+            servicer.ServerReflectionInfo,
+            request_deserializer=v1alpha.reflection__pb2.ServerReflectionRequest.FromString,
+            response_serializer=v1alpha.reflection__pb2.ServerReflectionResponse.SerializeToString,
+        )
+    }
+    return grpc.method_handlers_generic_handler(REFLECTION_V1, handlers)
+
+
+class GrpcServer:
+    """A grpc.aio server with health and reflection, serving the given services."""
+
+    def __init__(
+        self,
+        addr: str,
+        services: Sequence[tuple[Callable[[Any, grpc.aio.Server], None], Any, str]],
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.server = grpc.aio.server(
+            interceptors=[ErrorMappingInterceptor()],
+            options=[*SERVER_OPTIONS, *options],
+        )
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        names = []
+        for add, servicer, name in services:
+            add(servicer, self.server)
+            names.append(name)
+        self._service_names = names
+        reflection_names = [
+            *names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+            REFLECTION_V1,
+        ]
+        reflection_servicer = reflection.ReflectionServicer(reflection_names)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection_servicer, self.server
+        )
+        self.server.add_generic_rpc_handlers((_reflection_v1_alias(reflection_servicer),))
+        self.port = self.server.add_insecure_port(addr)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {addr}")
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ["", *self._service_names]:
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float) -> None:
+        await self.set_serving(False)
+        await self.server.stop(grace)
+
+
+def stop_event_on_signals() -> asyncio.Event:
+    """An event set by the first SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop

@@ -1,0 +1,159 @@
+"""Object storage: one interface, two backends (S3 through the minio SDK, and a directory).
+
+The methods block; callers run them in an executor, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from datetime import timedelta
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import quote, urlsplit
+
+from minio import Minio
+from minio.error import S3Error
+
+from shared.config import S3Settings, SettingsError
+
+PRESIGN_TTL = timedelta(days=7)  # the longest SigV4 allows
+
+
+class StorageError(Exception):
+    """The object store failed; retrying may help."""
+
+
+class Storage(Protocol):
+    def ensure_ready(self) -> None:
+        """Creates the bucket or directory when missing."""
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        """Writes data at key, replacing what was there."""
+
+    def get(self, key: str) -> bytes:
+        """Reads the object at key; raises KeyError when there is none."""
+
+    def url_for(self, key: str) -> str:
+        """A URL a client can fetch the object from."""
+
+
+def _check_key(key: str) -> str:
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in {"", ".", ".."} for p in parts):
+        raise ValueError(f"invalid object key: {key!r}")
+    return key
+
+
+class S3Storage:
+    def __init__(
+        self, bucket: str, prefix: str, s3: S3Settings, public_base_url: str | None
+    ) -> None:
+        endpoint = urlsplit(s3.endpoint_url or "https://s3.amazonaws.com")
+        if not endpoint.netloc:
+            raise SettingsError(f"AWS_ENDPOINT_URL_S3 is not a URL: {s3.endpoint_url!r}")
+        self._client = Minio(
+            endpoint.netloc,
+            access_key=s3.access_key,
+            secret_key=s3.secret_key,
+            secure=endpoint.scheme == "https",
+            region=s3.region,
+        )
+        self._bucket = bucket
+        self._prefix = prefix.strip("/")
+        self._public_base_url = public_base_url.rstrip("/") if public_base_url else None
+
+    def _name(self, key: str) -> str:
+        _check_key(key)
+        return f"{self._prefix}/{key}" if self._prefix else key
+
+    def ensure_ready(self) -> None:
+        try:
+            if not self._client.bucket_exists(self._bucket):
+                self._client.make_bucket(self._bucket)
+        except S3Error as exc:
+            if exc.code not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
+                raise StorageError(f"bucket {self._bucket}: {exc.code}") from exc
+        except Exception as exc:
+            raise StorageError(f"bucket {self._bucket}: {exc}") from exc
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        try:
+            self._client.put_object(
+                self._bucket, self._name(key), io.BytesIO(data), len(data), content_type
+            )
+        except ValueError:
+            raise
+        except Exception as exc:
+            raise StorageError(f"put {key}: {exc}") from exc
+
+    def get(self, key: str) -> bytes:
+        try:
+            response = self._client.get_object(self._bucket, self._name(key))
+        except S3Error as exc:
+            if exc.code == "NoSuchKey":
+                raise KeyError(key) from exc
+            raise StorageError(f"get {key}: {exc.code}") from exc
+        except Exception as exc:
+            raise StorageError(f"get {key}: {exc}") from exc
+        try:
+            return response.read()
+        finally:
+            response.close()
+            response.release_conn()
+
+    def url_for(self, key: str) -> str:
+        name = self._name(key)
+        if self._public_base_url:
+            return f"{self._public_base_url}/{quote(name)}"
+        return str(self._client.presigned_get_object(self._bucket, name, expires=PRESIGN_TTL))
+
+
+class FileStorage:
+    """A local directory; ingest's HTTP side serves it at /objects/ for `make run`."""
+
+    def __init__(self, root: Path, public_base_url: str | None) -> None:
+        self._root = root
+        self._public_base_url = public_base_url.rstrip("/") if public_base_url else None
+
+    def _path(self, key: str) -> Path:
+        return self._root / _check_key(key)
+
+    def ensure_ready(self) -> None:
+        self._root.mkdir(parents=True, exist_ok=True)
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        path = self._path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Write then rename, so a reader never sees half an object.
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise StorageError(f"put {key}: {exc}") from exc
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise KeyError(key) from None
+        except OSError as exc:
+            raise StorageError(f"get {key}: {exc}") from exc
+
+    def url_for(self, key: str) -> str:
+        if self._public_base_url:
+            return f"{self._public_base_url}/{quote(key)}"
+        return self._path(key).resolve().as_uri()
+
+
+def open_storage(url: str, s3: S3Settings, public_base_url: str | None = None) -> Storage:
+    """`s3://BUCKET[/PREFIX]` or `file:///DIR`."""
+    parts = urlsplit(url)
+    if parts.scheme == "s3" and parts.netloc:
+        return S3Storage(parts.netloc, parts.path, s3, public_base_url)
+    if parts.scheme == "file" and parts.path and not parts.netloc:
+        return FileStorage(Path(parts.path), public_base_url)
+    raise SettingsError(f"IMGPIPE_STORAGE_URL must be s3://BUCKET[/PREFIX] or file:///DIR: {url!r}")

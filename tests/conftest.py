@@ -1,0 +1,50 @@
+"""Fixtures for the real parts: an S3 server over HTTP (moto) and a loopback image server.
+
+PostgreSQL fixtures live in tests/integration/conftest.py and tests/e2e/conftest.py.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from moto.server import ThreadedMotoServer
+
+from devstack.image_server import ImageServer
+from devstack.ports import free_port
+from shared.config import S3Settings
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_endpoint: str) -> dict[str, str]:
+    """Environment for a process that stores into a fresh bucket on the S3 server."""
+    return {
+        "AWS_ENDPOINT_URL_S3": s3_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "IMGPIPE_STORAGE_URL": f"s3://imgpipe-{uuid.uuid4().hex[:12]}/out",
+    }
+
+
+@pytest.fixture
+def s3_settings(s3_env: dict[str, str]) -> S3Settings:
+    return S3Settings.from_env(s3_env)
+
+
+@pytest.fixture
+def image_server() -> Iterator[ImageServer]:
+    with ImageServer() as server:
+        yield server
