@@ -94,9 +94,7 @@ class CommonSettings:
     grace_seconds: float
 
     @classmethod
-    def from_env(
-        cls, env: Mapping[str, str], *, grpc_addr: str, http_addr: str
-    ) -> CommonSettings:
+    def from_env(cls, env: Mapping[str, str], *, grpc_addr: str, http_addr: str) -> CommonSettings:
         return cls(
             grpc_addr=env_str(env, "IMGPIPE_GRPC_ADDR", grpc_addr),
             http_addr=env_str(env, "IMGPIPE_HTTP_ADDR", http_addr),

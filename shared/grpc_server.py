@@ -8,8 +8,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from shared.grpc_errors import ErrorMappingInterceptor
 
@@ -23,14 +24,13 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 
 
-def _reflection_v1_alias(servicer: reflection.ReflectionServicer) -> grpc.GenericRpcHandler:
+def _reflection_v1_alias(servicer: reflection.ReflectionServicer) -> Any:
     """grpc.reflection.v1 has the same messages as v1alpha; serve it with the same code."""
-    v1alpha = reflection_pb2_grpc
     handlers = {
         "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
             servicer.ServerReflectionInfo,
-            request_deserializer=v1alpha.reflection__pb2.ServerReflectionRequest.FromString,
-            response_serializer=v1alpha.reflection__pb2.ServerReflectionResponse.SerializeToString,
+            request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+            response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
         )
     }
     return grpc.method_handlers_generic_handler(REFLECTION_V1, handlers)
@@ -49,7 +49,7 @@ class GrpcServer:
             interceptors=[ErrorMappingInterceptor()],
             options=[*SERVER_OPTIONS, *options],
         )
-        self.health = health.aio.HealthServicer()
+        self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = []
         for add, servicer, name in services:
@@ -63,9 +63,7 @@ class GrpcServer:
             REFLECTION_V1,
         ]
         reflection_servicer = reflection.ReflectionServicer(reflection_names)
-        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-            reflection_servicer, self.server
-        )
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection_servicer, self.server)
         self.server.add_generic_rpc_handlers((_reflection_v1_alias(reflection_servicer),))
         self.port = self.server.add_insecure_port(addr)
         if self.port == 0:

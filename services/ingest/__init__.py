@@ -1,0 +1,1 @@
+"""IngestService: the front door and the owner of all state."""

@@ -1,0 +1,113 @@
+"""Ingest's lifecycle: start, serve, and on stop drain within the grace period."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import asyncpg
+from aiohttp import web
+
+from imgpipe.v1 import ingest_pb2_grpc
+from services.ingest import db
+from services.ingest.dispatcher import Dispatcher, processor_channel
+from services.ingest.http_app import build_http_app
+from services.ingest.notifications import Notifier
+from services.ingest.outbox import OutboxWorker
+from services.ingest.servicer import IngestServicer
+from services.ingest.settings import Settings
+from services.ingest.store import CONNECTION_ERRORS, Store
+from shared.config import split_host_port
+from shared.grpc_server import GrpcServer
+from shared.storage import open_storage
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "imgpipe.v1.IngestService"
+
+
+async def connect_with_retry(dsn: str, attempts: int = 30) -> asyncpg.Pool:
+    for attempt in range(1, attempts + 1):
+        try:
+            return await db.create_pool(dsn)
+        except CONNECTION_ERRORS as exc:
+            if attempt == attempts:
+                raise
+            log.warning("database not reachable yet", extra={"error": str(exc)})
+            await asyncio.sleep(1.0)
+    raise AssertionError("unreachable")
+
+
+class IngestApp:
+    """Everything one ingest process runs; tests start it in-process on port 0."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ingest-io")
+        self.storage = open_storage(
+            settings.common.storage_url, settings.common.s3, settings.common.public_base_url
+        )
+        self.notifier = Notifier(settings.database_url)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._ready = False
+
+    async def start(self) -> None:
+        settings = self.settings
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.executor, self.storage.ensure_ready)
+        self.pool = await connect_with_retry(settings.database_url)
+        async with self.pool.acquire() as conn:
+            await db.migrate(conn)
+        self.store = Store(self.pool)
+        self.channel = processor_channel(settings.processor_target)
+        self.dispatcher = Dispatcher(
+            self.store, self.channel, self.notifier, settings.owner, settings.dispatch
+        )
+        outbox = OutboxWorker(self.store, self.storage, self.executor, self.notifier)
+        self._tasks = [
+            asyncio.create_task(self.notifier.run(), name="notifier"),
+            asyncio.create_task(self.dispatcher.run(), name="dispatcher"),
+            asyncio.create_task(outbox.run(), name="outbox"),
+        ]
+        servicer = IngestServicer(self.store, self.notifier, settings.csv_limits, settings.watch)
+        self.grpc = GrpcServer(
+            settings.common.grpc_addr,
+            [(ingest_pb2_grpc.add_IngestServiceServicer_to_server, servicer, SERVICE_NAME)],
+        )
+        await self.grpc.start()
+        http = build_http_app(self.storage, self.executor, lambda: self.ready)
+        self._http_runner = web.AppRunner(http, access_log=None)
+        await self._http_runner.setup()
+        host, port = split_host_port(settings.common.http_addr)
+        site = web.TCPSite(self._http_runner, host, port)
+        await site.start()
+        self.http_port = self._http_runner.addresses[0][1]
+        await self.grpc.set_serving(True)
+        self._ready = True
+        log.info(
+            "ingest serving",
+            extra={"grpc_port": self.grpc.port, "http_port": self.http_port},
+        )
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    async def stop(self) -> None:
+        grace = self.settings.common.grace_seconds
+        self._ready = False
+        await self.grpc.set_serving(False)
+        self.dispatcher.stop_claiming()
+        await asyncio.gather(self.grpc.stop(grace), self.dispatcher.drain(grace))
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.channel.close(None)
+        await self.pool.close()
+        await self._http_runner.cleanup()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        log.info("ingest stopped")

@@ -1,0 +1,183 @@
+"""The dispatcher: claims queued images under a lease, calls a processor for each, records
+the outcome behind the lease fence, and returns expired leases to the queue."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+import grpc
+
+from imgpipe.v1 import processor_pb2, processor_pb2_grpc, types_pb2
+from services.ingest.errors import DatabaseUnavailable
+from services.ingest.model import Claim, ImageState, Outcome
+from services.ingest.notifications import Notifier
+from services.ingest.retry_policy import RetryPolicy
+from services.ingest.store import Lease, Store, lease_of
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DispatchSettings:
+    max_in_flight: int = 32
+    claim_batch: int = 16
+    lease_seconds: float = 60.0
+    call_timeout: float = 45.0
+    poll_interval: float = 1.0
+    sweep_interval: float = 2.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+def processor_channel(target: str) -> grpc.aio.Channel:
+    """One channel to every processor, balanced per call with round_robin."""
+    return grpc.aio.insecure_channel(
+        target,
+        options=[
+            ("grpc.service_config", '{"loadBalancingConfig": [{"round_robin": {}}]}'),
+            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+        ],
+    )
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: Store,
+        channel: grpc.aio.Channel,
+        notifier: Notifier,
+        owner: str,
+        settings: DispatchSettings,
+    ) -> None:
+        self._store = store
+        self._stub = processor_pb2_grpc.ProcessorServiceStub(channel)
+        self._notifier = notifier
+        self._owner = owner
+        self._settings = settings
+        self._in_flight: dict[asyncio.Task[None], Claim] = {}
+        self._slot_freed = asyncio.Event()
+        self._claiming = True
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    async def run(self) -> None:
+        """Claims and dispatches until stop_claiming(); runs the sweeper beside it."""
+        sweeper = asyncio.create_task(self._sweep_forever())
+        try:
+            await self._claim_forever()
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+
+    def stop_claiming(self) -> None:
+        self._claiming = False
+        self._notifier.work.set()
+        self._slot_freed.set()
+
+    async def drain(self, grace: float) -> None:
+        """Waits for calls in flight up to grace, then hands back what is left at once."""
+        self.stop_claiming()
+        tasks = list(self._in_flight)
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
+        leftover = [claim for task, claim in self._in_flight.items() if not task.done()]
+        for task in list(self._in_flight):
+            task.cancel()
+        for claim in leftover:
+            with contextlib.suppress(DatabaseUnavailable):
+                await self._store.finish(lease_of(claim), Outcome(ImageState.QUEUED))
+        if leftover:
+            log.info("handed back unfinished leases", extra={"count": len(leftover)})
+
+    async def _claim_forever(self) -> None:
+        settings = self._settings
+        while self._claiming:
+            free = settings.max_in_flight - len(self._in_flight)
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            self._notifier.work.clear()
+            want = min(free, settings.claim_batch)
+            try:
+                claims = await self._store.claim(self._owner, want, settings.lease_seconds)
+            except DatabaseUnavailable as exc:
+                log.warning("claim failed; retrying", extra={"error": str(exc)})
+                await asyncio.sleep(settings.poll_interval)
+                continue
+            for claim in claims:
+                task = asyncio.create_task(self._process(claim))
+                self._in_flight[task] = claim
+                task.add_done_callback(self._done)
+            if len(claims) < want and self._claiming:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._notifier.work.wait(), settings.poll_interval)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.pop(task, None)
+        self._slot_freed.set()
+
+    async def _process(self, claim: Claim) -> None:
+        request = processor_pb2.ProcessImageRequest(
+            source_url=claim.input_url,
+            output_key=claim.output_key,
+            options=types_pb2.CompressionOptions(quality=claim.quality),
+        )
+        try:
+            response = await self._stub.ProcessImage(request, timeout=self._settings.call_timeout)
+        except grpc.aio.AioRpcError as exc:
+            outcome = self._settings.retry.after_error(
+                exc.code(), exc.details() or "", claim.attempt
+            )
+        else:
+            outcome = Outcome(
+                ImageState.SUCCEEDED,
+                output_url=response.output_url,
+                input_bytes=response.input_bytes,
+                output_bytes=response.output_bytes,
+            )
+        await self._record(lease_of(claim), outcome, claim)
+
+    async def _record(self, lease: Lease, outcome: Outcome, claim: Claim) -> None:
+        extra = {
+            "request_id": str(claim.request_id),
+            "image": f"{claim.serial_number}-{claim.index}",
+        }
+        while True:
+            try:
+                applied = await self._store.finish(lease, outcome)
+                break
+            except DatabaseUnavailable:
+                # Keep the result while the lease lasts; once it expires the sweeper
+                # re-queues the image and this result is fenced off anyway.
+                await asyncio.sleep(self._settings.poll_interval)
+        if not applied:
+            log.info("stale result dropped (lease no longer current)", extra=extra)
+        elif outcome.state is ImageState.FAILED:
+            log.info("image failed", extra={**extra, "error": outcome.error})
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.sweep_interval)
+            try:
+                await self.sweep()
+            except DatabaseUnavailable as exc:
+                log.warning("sweep failed", extra={"error": str(exc)})
+
+    async def sweep(self) -> int:
+        """Returns expired leases to the queue (or fails them at the last attempt)."""
+        expired = await self._store.expired_leases(limit=500)
+        count = 0
+        for lease in expired:
+            if await self._store.finish(
+                lease, self._settings.retry.after_lost_lease(lease.attempt)
+            ):
+                count += 1
+        if count:
+            log.info("expired leases returned", extra={"count": count})
+        return count

@@ -1,0 +1,129 @@
+"""The ingest domain: requests, images, events and claims, as plain immutable values."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+
+class RequestState(StrEnum):
+    QUEUED = "QUEUED"
+    PROCESSING = "PROCESSING"
+    COMPLETED = "COMPLETED"
+    PARTIALLY_COMPLETED = "PARTIALLY_COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (RequestState.QUEUED, RequestState.PROCESSING)
+
+
+class ImageState(StrEnum):
+    QUEUED = "QUEUED"
+    PROCESSING = "PROCESSING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+@dataclass(frozen=True)
+class Progress:
+    total: int
+    succeeded: int
+    failed: int
+    cancelled: int
+
+
+@dataclass(frozen=True)
+class RequestStatus:
+    request_id: uuid.UUID
+    state: RequestState
+    quality: int
+    product_count: int
+    progress: Progress
+    sequence: int
+    result_csv_url: str
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ImageStatus:
+    serial_number: int
+    product_name: str
+    index: int
+    input_url: str
+    output_url: str
+    state: ImageState
+    error: str
+    input_bytes: int
+    output_bytes: int
+    attempts: int
+
+
+@dataclass(frozen=True)
+class ImageUpdate:
+    serial_number: int
+    index: int
+    state: ImageState
+    output_url: str
+    error: str
+
+
+@dataclass(frozen=True)
+class Event:
+    sequence: int
+    state: RequestState
+    progress: Progress
+    image: ImageUpdate | None
+    result_csv_url: str
+
+
+@dataclass(frozen=True)
+class Submission:
+    request_id: uuid.UUID
+    product_count: int
+    image_count: int
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One image leased to this dispatcher for one attempt."""
+
+    image_id: int
+    request_id: uuid.UUID
+    serial_number: int
+    index: int
+    input_url: str
+    attempt: int
+    quality: int
+    owner: str
+
+    @property
+    def output_key(self) -> str:
+        return output_key(self.request_id, self.serial_number, self.index)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one attempt: SUCCEEDED, FAILED, or QUEUED to retry after a delay."""
+
+    state: ImageState
+    output_url: str = ""
+    error: str = ""
+    input_bytes: int = 0
+    output_bytes: int = 0
+    retry_after: float = 0.0
+
+
+def output_key(request_id: uuid.UUID, serial_number: int, index: int) -> str:
+    """Deterministic, so a retry overwrites and never duplicates; never from product names."""
+    return f"{request_id}/{serial_number}-{index}.jpg"
+
+
+def result_csv_key(request_id: uuid.UUID) -> str:
+    return f"{request_id}/result.csv"

@@ -1,0 +1,104 @@
+"""One LISTEN connection per process, fanned out to the dispatcher, the outbox and watchers.
+
+NOTIFY only wakes listeners up; the tables are the truth. A lost notification costs
+latency (everyone also polls), never data. When the connection drops it is opened again
+and everyone is woken to re-read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Iterator
+from functools import partial
+from typing import Any
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+WORK = "imgpipe_work"
+EVENTS = "imgpipe_events"
+OUTBOX = "imgpipe_outbox"
+
+
+def _resolve(future: asyncio.Future[None], _conn: Any) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class Notifier:
+    def __init__(self, dsn: str, *, health_check_interval: float = 5.0) -> None:
+        self._dsn = dsn
+        self._interval = health_check_interval
+        self.work = asyncio.Event()
+        self.outbox = asyncio.Event()
+        self._watchers: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
+        self.connected = asyncio.Event()
+
+    @contextlib.contextmanager
+    def subscribe(self, request_id: str) -> Iterator[asyncio.Event]:
+        """An event set whenever request_id may have new events."""
+        wake = asyncio.Event()
+        self._watchers[request_id].add(wake)
+        try:
+            yield wake
+        finally:
+            watchers = self._watchers.get(request_id)
+            if watchers is not None:
+                watchers.discard(wake)
+                if not watchers:
+                    del self._watchers[request_id]
+
+    @property
+    def watcher_count(self) -> int:
+        return sum(len(w) for w in self._watchers.values())
+
+    def wake_all(self) -> None:
+        self.work.set()
+        self.outbox.set()
+        for watchers in self._watchers.values():
+            for wake in watchers:
+                wake.set()
+
+    def _on_notify(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
+        if channel == WORK:
+            self.work.set()
+        elif channel == OUTBOX:
+            self.outbox.set()
+        elif channel == EVENTS:
+            for wake in self._watchers.get(payload, ()):
+                wake.set()
+
+    async def run(self) -> None:
+        """Keeps the LISTEN connection open until cancelled."""
+        delay = 0.2
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(self._dsn, timeout=10)
+                lost = asyncio.get_running_loop().create_future()
+                conn.add_termination_listener(partial(_resolve, lost))
+                for channel in (WORK, EVENTS, OUTBOX):
+                    await conn.add_listener(channel, self._on_notify)
+                self.connected.set()
+                delay = 0.2
+                self.wake_all()
+                while not lost.done():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(lost), self._interval)
+                    if not lost.done():
+                        await conn.fetchval("SELECT 1", timeout=self._interval)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("LISTEN connection lost; reconnecting", extra={"error": str(exc)})
+            finally:
+                self.connected.clear()
+                if conn is not None and not conn.is_closed():
+                    conn.terminate()
+            self.wake_all()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)

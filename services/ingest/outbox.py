@@ -1,0 +1,88 @@
+"""The outbox worker: once every image of a request is done, writes the result CSV to
+storage and makes the request terminal. Rows in the outbox table survive crashes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from concurrent.futures import Executor
+
+from services.ingest.csv_format import ResultRow, result_csv
+from services.ingest.errors import DatabaseUnavailable
+from services.ingest.model import ImageState, ImageStatus, result_csv_key
+from services.ingest.notifications import Notifier
+from services.ingest.store import OutboxItem, Store
+from shared.storage import Storage, StorageError
+
+log = logging.getLogger(__name__)
+
+RESULT_CSV = "result_csv"
+
+
+def result_rows(images: list[ImageStatus]) -> list[ResultRow]:
+    """Images in input order, grouped back into the input's rows."""
+    rows = []
+    for serial, group in itertools.groupby(images, key=lambda i: i.serial_number):
+        items = list(group)
+        rows.append(
+            ResultRow(
+                serial_number=serial,
+                product_name=items[0].product_name,
+                input_urls=[i.input_url for i in items],
+                output_urls=[
+                    i.output_url if i.state is ImageState.SUCCEEDED else "" for i in items
+                ],
+            )
+        )
+    return rows
+
+
+class OutboxWorker:
+    def __init__(
+        self,
+        store: Store,
+        storage: Storage,
+        executor: Executor,
+        notifier: Notifier,
+        *,
+        poll_interval: float = 1.0,
+        lease_seconds: float = 60.0,
+    ) -> None:
+        self._store = store
+        self._storage = storage
+        self._executor = executor
+        self._notifier = notifier
+        self._poll = poll_interval
+        self._lease = lease_seconds
+
+    async def run(self) -> None:
+        while True:
+            self._notifier.outbox.clear()
+            try:
+                item = await self._store.claim_outbox(RESULT_CSV, self._lease)
+            except DatabaseUnavailable:
+                item = None
+            if item is not None:
+                await self._write_result(item)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._notifier.outbox.wait(), self._poll)
+
+    async def _write_result(self, item: OutboxItem) -> None:
+        extra = {"request_id": str(item.request_id)}
+        try:
+            images = await self._store.images(item.request_id)
+            data = result_csv(result_rows(images))
+            key = result_csv_key(item.request_id)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._executor, self._storage.put, key, data, "text/csv")
+            url = await loop.run_in_executor(self._executor, self._storage.url_for, key)
+            await self._store.finish_request(item, url)
+            log.info("result CSV written", extra=extra)
+        except (StorageError, DatabaseUnavailable) as exc:
+            delay = min(60.0, 2.0 ** min(item.attempts, 6))
+            log.warning("result CSV failed; will retry", extra={**extra, "error": str(exc)})
+            with contextlib.suppress(DatabaseUnavailable):
+                await self._store.retry_outbox(item, delay, str(exc))

@@ -1,0 +1,55 @@
+"""How a failed attempt ends: the one table of transient and permanent failures."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import grpc
+
+from services.ingest.model import ImageState, Outcome
+
+# Retrying cannot help: the source is gone, is not an image, is too large, is blocked, or
+# the call itself was wrong.
+PERMANENT = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
+# Everything else (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, INTERNAL,
+# UNKNOWN, ...) may pass: retried with backoff up to max_attempts.
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    base_seconds: float = 2.0
+    cap_seconds: float = 30.0
+    max_attempts: int = 5
+
+    def backoff(self, attempt: int) -> float:
+        """Exponential backoff with full jitter after the given (1-based) attempt."""
+        ceiling = min(self.cap_seconds, self.base_seconds * 2 ** (attempt - 1))
+        return random.uniform(0, ceiling)
+
+    def after_error(self, code: grpc.StatusCode, details: str, attempt: int) -> Outcome:
+        error = f"{code.name}: {details}" if details else code.name
+        if code in PERMANENT:
+            return Outcome(ImageState.FAILED, error=f"{error} (attempt {attempt}, not retried)")
+        if attempt >= self.max_attempts:
+            return Outcome(ImageState.FAILED, error=f"{error} (gave up after {attempt} attempts)")
+        return Outcome(
+            ImageState.QUEUED,
+            error=f"{error} (attempt {attempt})",
+            retry_after=self.backoff(attempt),
+        )
+
+    def after_lost_lease(self, attempt: int) -> Outcome:
+        """The attempt's holder vanished (lease expired)."""
+        return self.after_error(
+            grpc.StatusCode.DEADLINE_EXCEEDED, "lease expired before a result came back", attempt
+        )

@@ -1,0 +1,258 @@
+-- Every query ingest runs, by name (loaded once by db.py). $n are asyncpg placeholders.
+-- Lock order everywhere: images before requests, so concurrent statements cannot deadlock.
+
+-- name: insert_request
+INSERT INTO requests (id, idempotency_key, csv_sha256, webhook_url, quality,
+                      product_count, image_count, last_sequence)
+VALUES ($1, $2, $3, $4, $5, $6, $7, 1)
+ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING id;
+
+-- name: insert_created_event
+INSERT INTO events (request_id, sequence, request_state, succeeded_count, failed_count,
+                    cancelled_count)
+VALUES ($1, 1, 'QUEUED', 0, 0, 0);
+
+-- name: notify_work
+SELECT pg_notify('imgpipe_work', '');
+
+-- name: request_by_idempotency_key
+SELECT id, csv_sha256, webhook_url, quality, product_count, image_count
+FROM requests WHERE idempotency_key = $1;
+
+-- name: request_status
+SELECT id, state, quality, product_count, image_count, succeeded_count, failed_count,
+       cancelled_count, last_sequence, result_csv_url, created_at, updated_at, completed_at
+FROM requests WHERE id = $1;
+
+-- name: request_images
+SELECT p.serial_number, p.product_name, i.idx, i.input_url, i.output_url, i.state,
+       i.error, i.input_bytes, i.output_bytes, i.attempts
+FROM products p
+JOIN images i ON i.request_id = p.request_id AND i.serial_number = p.serial_number
+WHERE p.request_id = $1
+ORDER BY p.position, i.idx;
+
+-- name: events_after
+SELECT sequence, request_state, succeeded_count, failed_count, cancelled_count,
+       serial_number, idx, image_state, output_url, error, result_csv_url
+FROM events
+WHERE request_id = $1 AND sequence > $2
+ORDER BY sequence
+LIMIT $3;
+
+-- name: claim_images
+-- Claims up to $2 queued images for owner $1 with a lease of $3 seconds, taking them
+-- round-robin across active requests (oldest first) so a large request cannot starve a
+-- small one. Appends one PROCESSING event per image.
+WITH active AS (
+    SELECT id, created_at FROM requests
+    WHERE state IN ('QUEUED', 'PROCESSING')
+    ORDER BY created_at
+    LIMIT 256
+), candidates AS (
+    SELECT c.id, c.request_id, c.product_position, c.idx, a.created_at
+    FROM active a
+    CROSS JOIN LATERAL (
+        SELECT i.id, i.request_id, i.product_position, i.idx
+        FROM images i
+        WHERE i.request_id = a.id AND i.state = 'QUEUED' AND i.available_at <= now()
+        ORDER BY i.product_position, i.idx
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED
+    ) c
+), picked AS (
+    SELECT id FROM (
+        SELECT id, created_at,
+               row_number() OVER (PARTITION BY request_id
+                                  ORDER BY product_position, idx) AS turn
+        FROM candidates
+    ) ranked
+    ORDER BY turn, created_at
+    LIMIT $2
+), claimed AS (
+    UPDATE images i
+    SET state = 'PROCESSING', attempts = i.attempts + 1, lease_owner = $1,
+        lease_expires_at = now() + make_interval(secs => $3), updated_at = now()
+    FROM picked p
+    WHERE i.id = p.id
+    RETURNING i.id, i.request_id, i.product_position, i.serial_number, i.idx,
+              i.input_url, i.attempts
+), counts AS (
+    SELECT request_id, count(*)::int AS n FROM claimed GROUP BY request_id
+), bumped AS (
+    UPDATE requests r
+    SET last_sequence = r.last_sequence + c.n,
+        state = CASE WHEN r.state = 'QUEUED' THEN 'PROCESSING' ELSE r.state END,
+        updated_at = now()
+    FROM counts c
+    WHERE r.id = c.request_id
+    RETURNING r.id, r.last_sequence - c.n AS base, r.state, r.quality,
+              r.succeeded_count, r.failed_count, r.cancelled_count
+), appended AS (
+    INSERT INTO events (request_id, sequence, request_state, succeeded_count, failed_count,
+                        cancelled_count, serial_number, idx, image_state)
+    SELECT cl.request_id,
+           b.base + row_number() OVER (PARTITION BY cl.request_id
+                                       ORDER BY cl.product_position, cl.idx),
+           b.state, b.succeeded_count, b.failed_count, b.cancelled_count,
+           cl.serial_number, cl.idx, 'PROCESSING'
+    FROM claimed cl JOIN bumped b ON b.id = cl.request_id
+    RETURNING request_id
+), notified AS (
+    SELECT pg_notify('imgpipe_events', request_id::text)
+    FROM (SELECT DISTINCT request_id FROM appended) d
+)
+SELECT cl.id, cl.request_id, cl.serial_number, cl.idx, cl.input_url, cl.attempts, b.quality
+FROM claimed cl JOIN bumped b ON b.id = cl.request_id
+WHERE (SELECT count(*) FROM notified) >= 0
+ORDER BY cl.request_id, cl.product_position, cl.idx;
+
+-- name: finish_attempt
+-- Records the outcome of attempt $2 of image $1 held by owner $3, only if that lease is
+-- still current (the fence). $4: SUCCEEDED, FAILED, or QUEUED (retry after $9 seconds).
+-- When the last image of the request is done, queues the result CSV in the outbox.
+WITH img AS (
+    UPDATE images
+    SET state = $4, output_url = $5, error = $6, input_bytes = $7, output_bytes = $8,
+        available_at = now() + make_interval(secs => $9),
+        lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+    WHERE id = $1 AND attempts = $2 AND lease_owner = $3 AND state = 'PROCESSING'
+    RETURNING request_id, serial_number, idx, state, output_url, error
+), req AS (
+    UPDATE requests r
+    SET succeeded_count = r.succeeded_count + (img.state = 'SUCCEEDED')::int,
+        failed_count = r.failed_count + (img.state = 'FAILED')::int,
+        last_sequence = r.last_sequence + 1,
+        updated_at = now()
+    FROM img
+    WHERE r.id = img.request_id
+    RETURNING r.id, r.state, r.last_sequence, r.succeeded_count, r.failed_count,
+              r.cancelled_count, r.image_count
+), appended AS (
+    INSERT INTO events (request_id, sequence, request_state, succeeded_count, failed_count,
+                        cancelled_count, serial_number, idx, image_state, output_url, error)
+    SELECT req.id, req.last_sequence, req.state, req.succeeded_count, req.failed_count,
+           req.cancelled_count, img.serial_number, img.idx, img.state, img.output_url,
+           img.error
+    FROM req, img
+    RETURNING request_id
+), queued AS (
+    INSERT INTO outbox (request_id, kind)
+    SELECT id, 'result_csv' FROM req
+    WHERE succeeded_count + failed_count + cancelled_count = image_count
+    ON CONFLICT (request_id, kind) DO NOTHING
+    RETURNING id
+), notified AS (
+    SELECT pg_notify('imgpipe_events', request_id::text) FROM appended
+    UNION ALL
+    SELECT pg_notify('imgpipe_outbox', '') FROM queued
+)
+SELECT count(*) AS applied FROM img WHERE (SELECT count(*) FROM notified) >= 0;
+
+-- name: expired_leases
+SELECT id, attempts, lease_owner FROM images
+WHERE state = 'PROCESSING' AND lease_expires_at < now()
+ORDER BY lease_expires_at
+LIMIT $1;
+
+-- name: owned_leases
+SELECT id, attempts, lease_owner FROM images
+WHERE state = 'PROCESSING' AND lease_owner = $1;
+
+-- name: cancel_request
+WITH cancelled AS (
+    UPDATE images i
+    SET state = 'CANCELLED', lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+    WHERE i.request_id = $1 AND i.state IN ('QUEUED', 'PROCESSING')
+      AND EXISTS (SELECT 1 FROM requests r
+                  WHERE r.id = $1 AND r.state IN ('QUEUED', 'PROCESSING'))
+    RETURNING i.id
+), req AS (
+    UPDATE requests r
+    SET state = 'CANCELLED',
+        cancelled_count = r.cancelled_count + (SELECT count(*) FROM cancelled),
+        last_sequence = r.last_sequence + 1,
+        completed_at = now(), updated_at = now()
+    WHERE r.id = $1 AND r.state IN ('QUEUED', 'PROCESSING')
+    RETURNING r.id, r.state, r.last_sequence, r.image_count, r.succeeded_count,
+              r.failed_count, r.cancelled_count
+), appended AS (
+    INSERT INTO events (request_id, sequence, request_state, succeeded_count, failed_count,
+                        cancelled_count)
+    SELECT id, last_sequence, state, succeeded_count, failed_count, cancelled_count FROM req
+    RETURNING request_id
+), queued AS (
+    INSERT INTO outbox (request_id, kind)
+    SELECT id, 'result_csv' FROM req
+    ON CONFLICT (request_id, kind) DO NOTHING
+    RETURNING id
+), notified AS (
+    SELECT pg_notify('imgpipe_events', request_id::text) FROM appended
+    UNION ALL
+    SELECT pg_notify('imgpipe_outbox', '') FROM queued
+)
+SELECT id, state, image_count, succeeded_count, failed_count, cancelled_count
+FROM req WHERE (SELECT count(*) FROM notified) >= 0;
+
+-- name: claim_outbox
+-- Takes one due outbox item of kind $1 for $2 seconds; a crash lets the lease run out.
+UPDATE outbox o
+SET attempts = o.attempts + 1, lease_expires_at = now() + make_interval(secs => $2)
+WHERE o.id = (
+    SELECT id FROM outbox
+    WHERE kind = $1 AND done_at IS NULL AND available_at <= now()
+      AND (lease_expires_at IS NULL OR lease_expires_at < now())
+    ORDER BY available_at
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING o.id, o.request_id, o.attempts;
+
+-- name: retry_outbox
+UPDATE outbox
+SET available_at = now() + make_interval(secs => $2), lease_expires_at = NULL,
+    last_error = $3
+WHERE id = $1;
+
+-- name: finish_request
+-- The result CSV is stored: make the request terminal (unless it already is, e.g.
+-- cancelled), with its URL, in one event; queue the webhook when there is one.
+WITH done AS (
+    UPDATE outbox SET done_at = now(), lease_expires_at = NULL
+    WHERE id = $2 AND done_at IS NULL
+    RETURNING request_id
+), req AS (
+    UPDATE requests r
+    SET result_csv_url = $3,
+        state = CASE
+            WHEN r.state NOT IN ('QUEUED', 'PROCESSING') THEN r.state
+            WHEN r.failed_count = 0 AND r.cancelled_count = 0 THEN 'COMPLETED'
+            WHEN r.succeeded_count = 0 THEN 'FAILED'
+            ELSE 'PARTIALLY_COMPLETED' END,
+        last_sequence = r.last_sequence + (r.state IN ('QUEUED', 'PROCESSING'))::int,
+        completed_at = coalesce(r.completed_at, now()),
+        updated_at = now()
+    FROM done
+    WHERE r.id = $1 AND done.request_id = r.id
+    RETURNING r.id, r.state, r.last_sequence, r.succeeded_count, r.failed_count,
+              r.cancelled_count, r.webhook_url,
+              r.last_sequence > (SELECT max(sequence) FROM events e WHERE e.request_id = r.id)
+                  AS transitioned
+), appended AS (
+    INSERT INTO events (request_id, sequence, request_state, succeeded_count, failed_count,
+                        cancelled_count, result_csv_url)
+    SELECT id, last_sequence, state, succeeded_count, failed_count, cancelled_count, $3
+    FROM req WHERE transitioned
+    RETURNING request_id
+), webhook AS (
+    INSERT INTO outbox (request_id, kind)
+    SELECT id, 'webhook' FROM req WHERE webhook_url <> ''
+    ON CONFLICT (request_id, kind) DO NOTHING
+    RETURNING id
+), notified AS (
+    SELECT pg_notify('imgpipe_events', request_id::text) FROM appended
+    UNION ALL
+    SELECT pg_notify('imgpipe_outbox', '') FROM webhook
+)
+SELECT state FROM req WHERE (SELECT count(*) FROM notified) >= 0;

@@ -1,0 +1,290 @@
+"""Every read and write of ingest's state. SQL lives in sql/queries.sql; this module runs it
+and turns rows into domain values and driver errors into domain errors."""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+
+import asyncpg
+
+from services.ingest.csv_format import Product
+from services.ingest.db import Q
+from services.ingest.errors import (
+    DatabaseUnavailable,
+    IdempotencyKeyReused,
+    RequestAlreadyTerminal,
+    RequestNotFound,
+)
+from services.ingest.model import (
+    Claim,
+    Event,
+    ImageState,
+    ImageStatus,
+    ImageUpdate,
+    Outcome,
+    Progress,
+    RequestState,
+    RequestStatus,
+    Submission,
+)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# Raised when the database cannot be reached or went away mid-statement.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+)
+
+
+def _translated(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except CONNECTION_ERRORS as exc:
+            raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
+
+    return wrapper
+
+
+@dataclass(frozen=True)
+class Lease:
+    image_id: int
+    attempt: int
+    owner: str
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    id: int
+    request_id: uuid.UUID
+    attempts: int
+
+
+def _progress(row: Any, total: int) -> Progress:
+    return Progress(
+        total=total,
+        succeeded=row["succeeded_count"],
+        failed=row["failed_count"],
+        cancelled=row["cancelled_count"],
+    )
+
+
+class Store:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @_translated
+    async def submit(
+        self,
+        products: Sequence[Product],
+        *,
+        quality: int,
+        webhook_url: str,
+        idempotency_key: str | None,
+        csv_sha256: bytes,
+    ) -> Submission:
+        """Stores a request with all its products and images, or the one with the same
+        idempotency key; one round trip per table."""
+        request_id = uuid.uuid4()
+        image_count = sum(len(p.urls) for p in products)
+        async with self._pool.acquire() as conn, conn.transaction():
+            inserted = await conn.fetchval(
+                Q("insert_request"),
+                request_id,
+                idempotency_key,
+                csv_sha256,
+                webhook_url,
+                quality,
+                len(products),
+                image_count,
+            )
+            if inserted is None:
+                return await self._existing(conn, idempotency_key, csv_sha256, quality, webhook_url)
+            await conn.copy_records_to_table(
+                "products",
+                columns=["request_id", "position", "serial_number", "product_name"],
+                records=[
+                    (request_id, pos, p.serial_number, p.product_name)
+                    for pos, p in enumerate(products)
+                ],
+            )
+            await conn.copy_records_to_table(
+                "images",
+                columns=["request_id", "product_position", "serial_number", "idx", "input_url"],
+                records=[
+                    (request_id, pos, p.serial_number, idx, url)
+                    for pos, p in enumerate(products)
+                    for idx, url in enumerate(p.urls)
+                ],
+            )
+            await conn.execute(Q("insert_created_event"), request_id)
+            await conn.execute(Q("notify_work"))
+        return Submission(request_id, len(products), image_count)
+
+    async def _existing(
+        self,
+        conn: asyncpg.Connection,
+        idempotency_key: str | None,
+        csv_sha256: bytes,
+        quality: int,
+        webhook_url: str,
+    ) -> Submission:
+        row = await conn.fetchrow(Q("request_by_idempotency_key"), idempotency_key)
+        same = (
+            row is not None
+            and bytes(row["csv_sha256"]) == csv_sha256
+            and row["quality"] == quality
+            and row["webhook_url"] == webhook_url
+        )
+        if not same:
+            raise IdempotencyKeyReused()
+        return Submission(row["id"], row["product_count"], row["image_count"])
+
+    @_translated
+    async def status(self, request_id: uuid.UUID) -> RequestStatus:
+        row = await self._pool.fetchrow(Q("request_status"), request_id)
+        if row is None:
+            raise RequestNotFound()
+        return self._status(row)
+
+    @staticmethod
+    def _status(row: Any) -> RequestStatus:
+        return RequestStatus(
+            request_id=row["id"],
+            state=RequestState(row["state"]),
+            quality=row["quality"],
+            product_count=row["product_count"],
+            progress=_progress(row, row["image_count"]),
+            sequence=row["last_sequence"],
+            result_csv_url=row["result_csv_url"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            completed_at=row["completed_at"],
+        )
+
+    @_translated
+    async def images(self, request_id: uuid.UUID) -> list[ImageStatus]:
+        rows = await self._pool.fetch(Q("request_images"), request_id)
+        return [
+            ImageStatus(
+                serial_number=r["serial_number"],
+                product_name=r["product_name"],
+                index=r["idx"],
+                input_url=r["input_url"],
+                output_url=r["output_url"],
+                state=ImageState(r["state"]),
+                error=r["error"],
+                input_bytes=r["input_bytes"],
+                output_bytes=r["output_bytes"],
+                attempts=r["attempts"],
+            )
+            for r in rows
+        ]
+
+    @_translated
+    async def events_after(
+        self, request_id: uuid.UUID, after: int, limit: int, total: int
+    ) -> list[Event]:
+        rows = await self._pool.fetch(Q("events_after"), request_id, after, limit)
+        return [
+            Event(
+                sequence=r["sequence"],
+                state=RequestState(r["request_state"]),
+                progress=_progress(r, total),
+                image=None
+                if r["image_state"] is None
+                else ImageUpdate(
+                    serial_number=r["serial_number"],
+                    index=r["idx"],
+                    state=ImageState(r["image_state"]),
+                    output_url=r["output_url"],
+                    error=r["error"],
+                ),
+                result_csv_url=r["result_csv_url"],
+            )
+            for r in rows
+        ]
+
+    @_translated
+    async def cancel(self, request_id: uuid.UUID) -> RequestStatus:
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(Q("cancel_request"), request_id)
+            if row is None:
+                current = await conn.fetchrow(Q("request_status"), request_id)
+                if current is None:
+                    raise RequestNotFound()
+                raise RequestAlreadyTerminal(
+                    f"the request is already {current['state']}; it cannot be cancelled"
+                )
+            return self._status(await conn.fetchrow(Q("request_status"), request_id))
+
+    @_translated
+    async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[Claim]:
+        rows = await self._pool.fetch(Q("claim_images"), owner, limit, lease_seconds)
+        return [
+            Claim(
+                image_id=r["id"],
+                request_id=r["request_id"],
+                serial_number=r["serial_number"],
+                index=r["idx"],
+                input_url=r["input_url"],
+                attempt=r["attempts"],
+                quality=r["quality"],
+                owner=owner,
+            )
+            for r in rows
+        ]
+
+    @_translated
+    async def finish(self, lease: Lease, outcome: Outcome) -> bool:
+        """Records an attempt's outcome; False when the lease was no longer current."""
+        applied = await self._pool.fetchval(
+            Q("finish_attempt"),
+            lease.image_id,
+            lease.attempt,
+            lease.owner,
+            outcome.state.value,
+            outcome.output_url,
+            outcome.error,
+            outcome.input_bytes,
+            outcome.output_bytes,
+            outcome.retry_after,
+        )
+        return bool(applied)
+
+    @_translated
+    async def expired_leases(self, limit: int) -> list[Lease]:
+        rows = await self._pool.fetch(Q("expired_leases"), limit)
+        return [Lease(r["id"], r["attempts"], r["lease_owner"]) for r in rows]
+
+    @_translated
+    async def owned_leases(self, owner: str) -> list[Lease]:
+        rows = await self._pool.fetch(Q("owned_leases"), owner)
+        return [Lease(r["id"], r["attempts"], r["lease_owner"]) for r in rows]
+
+    @_translated
+    async def claim_outbox(self, kind: str, lease_seconds: float) -> OutboxItem | None:
+        row = await self._pool.fetchrow(Q("claim_outbox"), kind, lease_seconds)
+        return None if row is None else OutboxItem(row["id"], row["request_id"], row["attempts"])
+
+    @_translated
+    async def retry_outbox(self, item: OutboxItem, delay: float, error: str) -> None:
+        await self._pool.execute(Q("retry_outbox"), item.id, delay, error)
+
+    @_translated
+    async def finish_request(self, item: OutboxItem, result_csv_url: str) -> None:
+        await self._pool.execute(Q("finish_request"), item.request_id, item.id, result_csv_url)
+
+
+def lease_of(claim: Claim) -> Lease:
+    return Lease(claim.image_id, claim.attempt, claim.owner)

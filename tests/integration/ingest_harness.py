@@ -1,0 +1,54 @@
+"""An in-process ingest on ephemeral ports, as the integration tests start it."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+
+from imgpipe.v1 import ingest_pb2_grpc
+from services.ingest.app import IngestApp
+from services.ingest.settings import Settings
+
+FAST = {
+    "IMGPIPE_POLL_INTERVAL": "0.2",
+    "IMGPIPE_SWEEP_INTERVAL": "0.2",
+    "IMGPIPE_WATCH_POLL_INTERVAL": "0.5",
+    "IMGPIPE_RETRY_BASE_SECONDS": "0.05",
+    "IMGPIPE_RETRY_CAP_SECONDS": "0.2",
+    "IMGPIPE_GRACE_SECONDS": "5",
+}
+
+
+@dataclass
+class RunningIngest:
+    app: IngestApp
+    stub: ingest_pb2_grpc.IngestServiceStub
+    channel: grpc.aio.Channel
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.app.grpc.port}"
+
+
+@contextlib.asynccontextmanager
+async def running_ingest(env: dict[str, str]) -> AsyncIterator[RunningIngest]:
+    settings = Settings.from_env(
+        {
+            "IMGPIPE_GRPC_ADDR": "127.0.0.1:0",
+            "IMGPIPE_HTTP_ADDR": "127.0.0.1:0",
+            "IMGPIPE_LOG_LEVEL": "WARNING",
+            **FAST,
+            **env,
+        }
+    )
+    app = IngestApp(settings)
+    await app.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc.port}")
+    try:
+        yield RunningIngest(app, ingest_pb2_grpc.IngestServiceStub(channel), channel)
+    finally:
+        await channel.close(None)
+        await app.stop()

@@ -1,0 +1,54 @@
+"""PostgreSQL for the tests: one server per session (DATABASE_URL if it answers, else a
+private cluster), a template database migrated once, and a fresh clone per test."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from services.ingest import db
+
+TEMPLATE = "imgpipe_test_template"
+
+
+def with_database(dsn: str, name: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+async def _admin(dsn: str, *statements: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+def create_template(dsn: str) -> None:
+    async def run() -> None:
+        await _admin(
+            dsn,
+            f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)",
+            f"CREATE DATABASE {TEMPLATE}",
+        )
+        conn = await asyncpg.connect(with_database(dsn, TEMPLATE))
+        try:
+            await db.migrate(conn)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+async def create_database(dsn: str) -> str:
+    name = f"imgpipe_test_{uuid.uuid4().hex[:12]}"
+    await _admin(dsn, f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+    return name
+
+
+async def drop_database(dsn: str, name: str) -> None:
+    await _admin(dsn, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
