@@ -1,0 +1,136 @@
+"""Leases, the fence and the sweeper, on a real PostgreSQL, step by step."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from services.ingest import db
+from services.ingest.csv_format import Product
+from services.ingest.dispatcher import Dispatcher, DispatchSettings, processor_channel
+from services.ingest.model import ImageState, Outcome
+from services.ingest.notifications import Notifier
+from services.ingest.retry_policy import RetryPolicy
+from services.ingest.store import Store, lease_of
+
+PRODUCTS = [
+    Product(1, "Shoe", ("https://img.example/a.jpg", "https://img.example/b.jpg")),
+    Product(2, "Hat", ("https://img.example/c.jpg",)),
+]
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    pool = await db.create_pool(database_url)
+    try:
+        yield Store(pool)
+    finally:
+        await pool.close()
+
+
+async def submit(store: Store) -> None:
+    await store.submit(PRODUCTS, quality=50, webhook_url="", idempotency_key=None, csv_sha256=b"x")
+
+
+async def image_row(database_url: str, image_id: int) -> asyncpg.Record:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await conn.fetchrow("SELECT * FROM images WHERE id = $1", image_id)
+    finally:
+        await conn.close()
+
+
+async def expire(database_url: str, image_id: int) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            "UPDATE images SET lease_expires_at = now() - interval '1 second' WHERE id = $1",
+            image_id,
+        )
+    finally:
+        await conn.close()
+
+
+def sweeper(store: Store, database_url: str, max_attempts: int = 5) -> Dispatcher:
+    settings = DispatchSettings(retry=RetryPolicy(base_seconds=0, max_attempts=max_attempts))
+    # The channel is never used: sweep() only touches the database.
+    return Dispatcher(
+        store, processor_channel("127.0.0.1:9"), Notifier(database_url), "sweeper", settings
+    )
+
+
+async def test_claims_take_images_in_input_order_with_a_lease(store: Store) -> None:
+    await submit(store)
+    claims = await store.claim("owner-a", 10, lease_seconds=30)
+    assert [(c.serial_number, c.index, c.attempt) for c in claims] == [
+        (1, 0, 1),
+        (1, 1, 1),
+        (2, 0, 1),
+    ]
+    assert await store.claim("owner-b", 10, lease_seconds=30) == []
+
+
+async def test_a_stale_attempt_is_fenced_off(store: Store, database_url: str) -> None:
+    await submit(store)
+    first = (await store.claim("owner-a", 1, lease_seconds=30))[0]
+    await expire(database_url, first.image_id)
+    assert await sweeper(store, database_url).sweep() == 1
+    second = (await store.claim("owner-b", 1, lease_seconds=30))[0]
+    assert (second.image_id, second.attempt) == (first.image_id, 2)
+
+    late = Outcome(ImageState.SUCCEEDED, output_url="http://stale/1-0.jpg")
+    assert not await store.finish(lease_of(first), late)
+    current = Outcome(ImageState.SUCCEEDED, output_url="http://current/1-0.jpg")
+    assert await store.finish(lease_of(second), current)
+    assert not await store.finish(lease_of(second), current)  # only once
+
+    row = await image_row(database_url, first.image_id)
+    assert (row["state"], row["output_url"], row["attempts"]) == (
+        "SUCCEEDED",
+        "http://current/1-0.jpg",
+        2,
+    )
+
+
+async def test_sweeper_requeues_expired_fails_exhausted_and_leaves_fresh_alone(
+    store: Store, database_url: str
+) -> None:
+    await submit(store)
+    expired, exhausted, fresh = await store.claim("owner-a", 3, lease_seconds=30)
+    await expire(database_url, expired.image_id)
+    await expire(database_url, exhausted.image_id)
+    conn = await asyncpg.connect(database_url)
+    await conn.execute("UPDATE images SET attempts = 3 WHERE id = $1", exhausted.image_id)
+    await conn.close()
+
+    assert await sweeper(store, database_url, max_attempts=3).sweep() == 2
+
+    requeued = await image_row(database_url, expired.image_id)
+    assert (requeued["state"], requeued["attempts"], requeued["lease_owner"]) == (
+        "QUEUED",
+        1,
+        None,
+    )
+    assert "lease expired" in requeued["error"]
+    failed = await image_row(database_url, exhausted.image_id)
+    assert failed["state"] == "FAILED"
+    assert "gave up after 3 attempts" in failed["error"]
+    untouched = await image_row(database_url, fresh.image_id)
+    assert (untouched["state"], untouched["lease_owner"]) == ("PROCESSING", "owner-a")
+
+
+async def test_events_are_numbered_without_gaps(store: Store) -> None:
+    await submit(store)
+    claims = await store.claim("owner-a", 3, lease_seconds=30)
+    for claim in claims:
+        await store.finish(lease_of(claim), Outcome(ImageState.FAILED, error="boom"))
+    request_id = claims[0].request_id
+    events = await store.events_after(request_id, 0, 100, total=3)
+    assert [e.sequence for e in events] == list(range(1, 8))
+    assert (await store.status(request_id)).sequence == 7
+    assert [e.image.state for e in events if e.image] == [ImageState.PROCESSING] * 3 + [
+        ImageState.FAILED
+    ] * 3
+    assert events[-1].progress.failed == 3
