@@ -67,7 +67,8 @@ class ImageServer:
 
         self._httpd = ThreadingHTTPServer((host, port), Handler)
         self._httpd.daemon_threads = True
-        self.host, self.port = self._httpd.server_address[:2]  # type: ignore[misc]
+        bound_host, bound_port = self._httpd.server_address[:2]
+        self.host, self.port = str(bound_host), int(bound_port)
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
     def url(self, path: str) -> str:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-
 from importlib.resources import files
+from pathlib import Path
 
 from grpc_tools import protoc
 

@@ -1,19 +1,36 @@
-"""Fixtures for the real parts: an S3 server over HTTP (moto) and a loopback image server.
-
-PostgreSQL fixtures live in tests/integration/conftest.py and tests/e2e/conftest.py.
-"""
+"""Fixtures for the real parts: PostgreSQL (a fresh migrated database per test), an S3
+server over HTTP (moto) and a loopback image server."""
 
 from __future__ import annotations
 
+import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from moto.server import ThreadedMotoServer
 
 from devstack.image_server import ImageServer
 from devstack.ports import free_port
+from devstack.postgres import PostgresServer, postgres
 from shared.config import S3Settings
+from tests import pg
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    with postgres(os.environ.get("DATABASE_URL")) as server:
+        pg.create_template(server.dsn)
+        yield server
+
+
+@pytest.fixture
+async def database_url(pg_server: PostgresServer) -> AsyncIterator[str]:
+    name = await pg.create_database(pg_server.dsn)
+    try:
+        yield pg.with_database(pg_server.dsn, name)
+    finally:
+        await pg.drop_database(pg_server.dsn, name)
 
 
 @pytest.fixture(scope="session")

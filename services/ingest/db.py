@@ -6,7 +6,6 @@ import logging
 import re
 from functools import cache
 from importlib.resources import files
-from typing import Any
 
 import asyncpg
 

@@ -1,0 +1,53 @@
+"""The processor's domain errors; their base class picks the gRPC status code.
+
+Permanent (retrying cannot help) are FailedPrecondition or InvalidArgument; transient are
+Unavailable; a full processor is ResourceExhausted. Each message names the source and why.
+"""
+
+from __future__ import annotations
+
+from shared.grpc_errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
+
+
+class UnsupportedUrl(InvalidArgument):
+    """The source URL is not an absolute http(s) URL without user info."""
+
+
+class BlockedAddress(FailedPrecondition):
+    """The source is on a loopback, private, link-local or otherwise non-public address."""
+
+
+class SourceNotFound(FailedPrecondition):
+    """The source answered 404 or 410."""
+
+
+class SourceRejected(FailedPrecondition):
+    """The source answered with a status that retrying will not change."""
+
+
+class TooManyRedirects(FailedPrecondition):
+    """The source redirected more times than allowed."""
+
+
+class SourceTooLarge(FailedPrecondition):
+    """The source is larger than the byte limit."""
+
+
+class NotAnImage(FailedPrecondition):
+    """The source is not a JPEG, PNG, WebP, GIF, BMP or TIFF image, or it is corrupt."""
+
+
+class TooManyPixels(FailedPrecondition):
+    """The image has more pixels than the limit."""
+
+
+class SourceUnavailable(Unavailable):
+    """The source could not be fetched right now (timeout, connection error, 5xx, 408, 429)."""
+
+
+class StorageUnavailable(Unavailable):
+    """The object store failed to take the output."""
+
+
+class ProcessorFull(ResourceExhausted):
+    """This processor is at its limit of images in flight; try another or try later."""

@@ -1,0 +1,127 @@
+"""The processor process: start, serve, and on SIGTERM drain and stop.
+
+ProcessorApp holds the lifecycle, so tests run the very same parts in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack
+
+from aiohttp import web
+
+from imgpipe.v1 import processor_pb2_grpc
+from services.processor.compress import limit_pillow
+from services.processor.fetch import Fetcher
+from services.processor.http_app import make_http_app
+from services.processor.pipeline import Pipeline
+from services.processor.servicer import SERVICE_NAME, ProcessorServicer
+from services.processor.settings import Settings
+from shared.config import SettingsError, process_env, split_host_port
+from shared.grpc_server import GrpcServer, stop_event_on_signals
+from shared.logs import setup_logging
+from shared.storage import open_storage
+
+log = logging.getLogger(__name__)
+
+# Connections are closed after a while (calls in flight get a grace period), so that
+# ingest's client-side round_robin spreads over replicas added since it connected.
+GRPC_OPTIONS = [
+    ("grpc.max_connection_age_ms", 5 * 60_000),
+    ("grpc.max_connection_age_grace_ms", 2 * 60_000),
+]
+
+
+class ProcessorApp:
+    """Executors, storage, HTTP side, fetcher and gRPC server, started in that order and
+    stopped in reverse: health NOT_SERVING, drain within the grace period, close pools."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.serving = False
+        self.grpc_port = 0
+        self.http_port = 0
+        self._stack = AsyncExitStack()
+
+    async def start(self) -> None:
+        """Starts every part; call stop() afterwards even when this raises."""
+        settings, stack = self.settings, self._stack
+        codec_executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="codec")
+        stack.push_async_callback(asyncio.to_thread, codec_executor.shutdown)
+        # Storage calls wait on the network: their own threads, one per call in flight, so
+        # they never hold up compression nor wait behind it.
+        storage_executor = ThreadPoolExecutor(settings.max_in_flight, thread_name_prefix="storage")
+        stack.push_async_callback(asyncio.to_thread, storage_executor.shutdown)
+        common = settings.common
+        storage = open_storage(common.storage_url, common.s3, common.public_base_url)
+        await asyncio.get_running_loop().run_in_executor(storage_executor, storage.ensure_ready)
+
+        runner = web.AppRunner(make_http_app(lambda: self.serving), access_log=None)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        host, port = split_host_port(common.http_addr)
+        await web.TCPSite(runner, host, port).start()
+        self.http_port = int(runner.addresses[0][1])
+
+        fetcher = Fetcher(settings.fetch, max_connections=settings.max_in_flight)
+        stack.push_async_callback(fetcher.close)
+        pipeline = Pipeline(
+            fetcher,
+            storage,
+            codec_executor=codec_executor,
+            storage_executor=storage_executor,
+            max_pixels=settings.max_pixels,
+            max_in_flight=settings.max_in_flight,
+        )
+        server = GrpcServer(
+            common.grpc_addr,
+            [
+                (
+                    processor_pb2_grpc.add_ProcessorServiceServicer_to_server,
+                    ProcessorServicer(pipeline),
+                    SERVICE_NAME,
+                )
+            ],
+            options=GRPC_OPTIONS,
+        )
+        self.grpc_port = server.port
+        stack.push_async_callback(server.stop, common.grace_seconds)
+        await server.start()
+        await server.set_serving(True)
+        self.serving = True
+
+    async def stop(self) -> None:
+        self.serving = False
+        await self._stack.aclose()
+
+
+async def serve(settings: Settings) -> None:
+    stop = stop_event_on_signals()
+    app = ProcessorApp(settings)
+    try:
+        await app.start()
+        log.info(
+            "processor serving", extra={"grpc_port": app.grpc_port, "http_port": app.http_port}
+        )
+        await stop.wait()
+        log.info("processor stopping", extra={"grace_seconds": settings.common.grace_seconds})
+    finally:
+        await app.stop()
+    log.info("processor stopped")
+
+
+def main() -> None:
+    try:
+        settings = Settings.from_env(process_env())
+    except SettingsError as exc:
+        sys.exit(f"imgpipe-processor: {exc}")
+    setup_logging(settings.common.log_level)
+    limit_pillow(settings.max_pixels)
+    try:
+        asyncio.run(serve(settings))
+    except Exception:
+        log.exception("processor failed")
+        sys.exit(1)

@@ -1,0 +1,24 @@
+"""The processor's Prometheus metrics (the default registry, served at /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+IMAGES = Counter(
+    "imgpipe_processor_images",
+    "ProcessImage calls by outcome: succeeded, or the error that ended them.",
+    ["outcome"],
+)
+IN_FLIGHT = Gauge("imgpipe_processor_in_flight", "ProcessImage calls being handled now.")
+INPUT_BYTES = Counter("imgpipe_processor_input_bytes", "Bytes of source images fetched.")
+OUTPUT_BYTES = Counter("imgpipe_processor_output_bytes", "Bytes of JPEG stored.")
+FETCH_SECONDS = Histogram(
+    "imgpipe_processor_fetch_seconds",
+    "Time to fetch a source image.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+COMPRESS_SECONDS = Histogram(
+    "imgpipe_processor_compress_seconds",
+    "Time to decode and encode an image, in the codec executor.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)

@@ -1,0 +1,61 @@
+"""The processor's settings, parsed once at start from the environment."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from shared.config import CommonSettings, env_bool, env_float, env_int
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FetchSettings:
+    """How sources are fetched."""
+
+    allow_private_networks: bool
+    max_source_bytes: int
+    connect_timeout: float
+    read_timeout: float
+    total_timeout: float
+    max_redirects: int
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> FetchSettings:
+        return cls(
+            allow_private_networks=env_bool(env, "IMGPIPE_ALLOW_PRIVATE_NETWORKS"),
+            max_source_bytes=env_int(env, "IMGPIPE_MAX_SOURCE_BYTES", 50 * MIB, minimum=1),
+            connect_timeout=env_float(env, "IMGPIPE_FETCH_CONNECT_TIMEOUT", 5.0, minimum=0.01),
+            read_timeout=env_float(env, "IMGPIPE_FETCH_READ_TIMEOUT", 10.0, minimum=0.01),
+            total_timeout=env_float(env, "IMGPIPE_FETCH_TOTAL_TIMEOUT", 30.0, minimum=0.01),
+            max_redirects=env_int(env, "IMGPIPE_MAX_REDIRECTS", 5),
+        )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the processor reads from its environment."""
+
+    common: CommonSettings
+    fetch: FetchSettings
+    # Threads that decode and encode images.
+    workers: int
+    # Calls handled at once; one more is refused with RESOURCE_EXHAUSTED, never queued.
+    max_in_flight: int
+    max_pixels: int
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        workers = env_int(env, "IMGPIPE_WORKERS", os.cpu_count() or 1, minimum=1)
+        max_in_flight = env_int(env, "IMGPIPE_MAX_IN_FLIGHT", 4 * workers, minimum=1)
+        return cls(
+            common=CommonSettings.from_env(
+                env, grpc_addr="0.0.0.0:50052", http_addr="0.0.0.0:8081"
+            ),
+            fetch=FetchSettings.from_env(env),
+            workers=workers,
+            max_in_flight=max_in_flight,
+            max_pixels=env_int(env, "IMGPIPE_MAX_PIXELS", 100_000_000, minimum=1),
+        )

@@ -1,0 +1,394 @@
+"""ProcessorService in-process on port 0, called through a real channel: a real S3 server
+(moto), a loopback image server and a hostile source server of our own."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import grpc
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+from PIL import Image
+
+from devstack.image_server import ImageServer
+from devstack.ports import free_port
+from devstack.sample_images import sample
+from imgpipe.v1 import processor_pb2, processor_pb2_grpc, types_pb2
+from services.processor.http_app import make_http_app
+from services.processor.main import ProcessorApp
+from services.processor.settings import Settings
+from shared.config import S3Settings
+from shared.storage import open_storage
+
+PNG = sample(160, 120, "PNG")
+
+
+def new_key() -> str:
+    return f"{uuid.uuid4()}/1-0.jpg"
+
+
+@dataclass
+class Processor:
+    app: ProcessorApp
+    channel: grpc.aio.Channel
+    stub: processor_pb2_grpc.ProcessorServiceAsyncStub
+
+    async def process(
+        self, source_url: str, output_key: str | None = None, quality: int = 0
+    ) -> processor_pb2.ProcessImageResponse:
+        return await self.stub.ProcessImage(
+            processor_pb2.ProcessImageRequest(
+                source_url=source_url,
+                output_key=output_key or new_key(),
+                options=types_pb2.CompressionOptions(quality=quality),
+            ),
+            timeout=10,
+        )
+
+    async def fails(
+        self, source_url: str, output_key: str | None = None, quality: int = 0
+    ) -> grpc.aio.AioRpcError:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await self.process(source_url, output_key, quality)
+        return caught.value
+
+
+StartProcessor = Callable[[dict[str, str]], Awaitable[Processor]]
+
+
+@pytest.fixture
+async def start_processor() -> AsyncIterator[StartProcessor]:
+    """Starts processors with the given environment on loopback port 0; stops them after."""
+    async with AsyncExitStack() as stack:
+
+        async def start(env: dict[str, str]) -> Processor:
+            settings = Settings.from_env(
+                {
+                    "IMGPIPE_GRPC_ADDR": "127.0.0.1:0",
+                    "IMGPIPE_HTTP_ADDR": "127.0.0.1:0",
+                    "IMGPIPE_GRACE_SECONDS": "1",
+                    "IMGPIPE_WORKERS": "2",
+                    **env,
+                }
+            )
+            app = ProcessorApp(settings)
+            stack.push_async_callback(app.stop)
+            await app.start()
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}")
+            stack.push_async_callback(channel.close, None)
+            return Processor(app, channel, processor_pb2_grpc.ProcessorServiceStub(channel))
+
+        yield start
+
+
+@pytest.fixture
+async def processor(
+    start_processor: StartProcessor, s3_env: dict[str, str]
+) -> AsyncIterator[Processor]:
+    yield await start_processor({**s3_env, "IMGPIPE_ALLOW_PRIVATE_NETWORKS": "true"})
+
+
+class HostileSource:
+    """Routes the image server cannot play: slow, redirecting, streamed without a length."""
+
+    def __init__(self) -> None:
+        self.hits: Counter[str] = Counter()
+        self.arrived = asyncio.Event()
+        self.release = asyncio.Event()
+        self.port = 0
+        app = web.Application()
+        app.router.add_get("/slow.png", self.slow)
+        app.router.add_get("/loop", self.loop)
+        app.router.add_get("/to-file", self.to_file)
+        app.router.add_get("/streamed", self.streamed)
+        self.runner = web.AppRunner(app, access_log=None)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    async def slow(self, request: web.Request) -> web.Response:
+        self.hits[request.path] += 1
+        self.arrived.set()
+        await self.release.wait()
+        return web.Response(body=PNG, content_type="image/png")
+
+    async def loop(self, request: web.Request) -> web.Response:
+        self.hits[request.path] += 1
+        raise web.HTTPFound("/loop")
+
+    async def to_file(self, request: web.Request) -> web.Response:
+        raise web.HTTPFound("file:///etc/passwd")
+
+    async def streamed(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "image/png"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for _ in range(64):
+            await response.write(b"\0" * 1024)
+        await response.write_eof()
+        return response
+
+
+@pytest.fixture
+async def hostile() -> AsyncIterator[HostileSource]:
+    source = HostileSource()
+    await source.runner.setup()
+    site = web.TCPSite(source.runner, "127.0.0.1", 0)
+    await site.start()
+    source.port = int(source.runner.addresses[0][1])
+    try:
+        yield source
+    finally:
+        source.release.set()
+        await source.runner.cleanup()
+
+
+def bad_request_fields(error: grpc.aio.AioRpcError) -> list[str]:
+    # AioRpcError has the methods from_call uses, though it is not typed as a grpc.Call.
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    fields = []
+    for detail in status.details:
+        bad_request = error_details_pb2.BadRequest()
+        assert detail.Unpack(bad_request)
+        fields += [violation.field for violation in bad_request.field_violations]
+    return fields
+
+
+async def test_success_stores_a_jpeg_in_s3(
+    processor: Processor, image_server: ImageServer, s3_env: dict[str, str]
+) -> None:
+    source = image_server.add("/photo.png", PNG)
+    key = new_key()
+
+    response = await processor.process(source, key)
+
+    assert response.output_key == key
+    assert response.content_type == "image/jpeg"
+    assert response.source_format == "PNG"
+    assert (response.width, response.height) == (160, 120)
+    assert response.input_bytes == len(PNG)
+    storage = open_storage(s3_env["IMGPIPE_STORAGE_URL"], S3Settings.from_env(s3_env))
+    stored = await asyncio.to_thread(storage.get, key)
+    assert response.output_bytes == len(stored)
+    with Image.open(io.BytesIO(stored)) as image:
+        assert (image.format, image.size) == ("JPEG", (160, 120))
+    assert key in response.output_url
+    async with aiohttp.ClientSession() as http, http.get(response.output_url) as fetched:
+        assert fetched.status == 200
+        assert await fetched.read() == stored
+
+
+async def test_file_storage(
+    start_processor: StartProcessor, image_server: ImageServer, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    processor = await start_processor(
+        {"IMGPIPE_STORAGE_URL": out.as_uri(), "IMGPIPE_ALLOW_PRIVATE_NETWORKS": "true"}
+    )
+    key = new_key()
+
+    response = await processor.process(image_server.add("/a.jpg", sample(64, 48, "JPEG")), key)
+
+    stored = out / key
+    assert response.output_url == stored.as_uri()
+    assert response.output_bytes == stored.stat().st_size
+    with Image.open(stored) as image:
+        assert image.size == (64, 48)
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [
+        (404, grpc.StatusCode.FAILED_PRECONDITION),
+        (410, grpc.StatusCode.FAILED_PRECONDITION),
+        (403, grpc.StatusCode.FAILED_PRECONDITION),
+        (500, grpc.StatusCode.UNAVAILABLE),
+        (503, grpc.StatusCode.UNAVAILABLE),
+        (429, grpc.StatusCode.UNAVAILABLE),
+        (408, grpc.StatusCode.UNAVAILABLE),
+    ],
+)
+async def test_source_status_codes(
+    processor: Processor, image_server: ImageServer, status: int, code: grpc.StatusCode
+) -> None:
+    source = image_server.add("/flaky.png", PNG)
+    image_server.fail_first("/flaky.png", status)
+
+    error = await processor.fails(source)
+
+    assert error.code() == code
+    assert str(status) in (error.details() or "")
+    # The scripted failure is spent: the same call now succeeds.
+    assert (await processor.process(source)).width == 160
+
+
+async def test_unreachable_source_is_unavailable(processor: Processor) -> None:
+    error = await processor.fails(f"http://127.0.0.1:{free_port()}/gone.png")
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_not_an_image_is_permanent(processor: Processor, image_server: ImageServer) -> None:
+    source = image_server.add("/page.jpg", b"<html><body>soon</body></html>", "text/html")
+    error = await processor.fails(source)
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "not a JPEG" in (error.details() or "")
+
+
+async def test_bad_arguments(processor: Processor, image_server: ImageServer) -> None:
+    source = image_server.add("/ok.png", PNG)
+
+    error = await processor.fails(source, quality=96)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(error) == ["options.quality"]
+
+    error = await processor.fails(source, quality=-1, output_key="../escape.jpg")
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(error) == ["output_key", "options.quality"]
+
+    for key in ["/abs.jpg", "a//b.jpg", "a/./b.jpg", "a/../b.jpg", ".hidden.jpg"]:
+        error = await processor.fails(source, output_key=key)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, key
+
+    for url in ["ftp://127.0.0.1/a.png", "not a url", "", "http://user:pw@127.0.0.1/a.png"]:
+        error = await processor.fails(url)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, url
+        assert "pw" not in (error.details() or "")
+    assert sum(image_server.hits.values()) == 0
+
+
+async def test_private_sources_are_blocked_by_default(
+    start_processor: StartProcessor, image_server: ImageServer, tmp_path: Path
+) -> None:
+    processor = await start_processor({"IMGPIPE_STORAGE_URL": tmp_path.as_uri()})
+    image_server.add("/photo.png", PNG)
+    port = image_server.port
+
+    for source in [
+        f"http://127.0.0.1:{port}/photo.png",
+        f"http://localhost:{port}/photo.png",
+        f"http://[::ffff:127.0.0.1]:{port}/photo.png",
+        f"http://[::1]:{port}/photo.png",
+        f"http://0.0.0.0:{port}/photo.png",
+    ]:
+        error = await processor.fails(source)
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, source
+        assert "non-public" in (error.details() or ""), source
+    assert sum(image_server.hits.values()) == 0
+
+
+async def test_a_body_over_the_byte_cap_is_permanent(
+    start_processor: StartProcessor,
+    s3_env: dict[str, str],
+    image_server: ImageServer,
+    hostile: HostileSource,
+) -> None:
+    processor = await start_processor(
+        {**s3_env, "IMGPIPE_ALLOW_PRIVATE_NETWORKS": "true", "IMGPIPE_MAX_SOURCE_BYTES": "4096"}
+    )
+    with_length = image_server.add("/big.png", PNG)
+    for source in [with_length, hostile.url("/streamed")]:
+        error = await processor.fails(source)
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, source
+        assert "larger than 4096 bytes" in (error.details() or "")
+
+
+async def test_redirects_are_limited_and_rechecked(
+    start_processor: StartProcessor, s3_env: dict[str, str], hostile: HostileSource
+) -> None:
+    processor = await start_processor(
+        {**s3_env, "IMGPIPE_ALLOW_PRIVATE_NETWORKS": "true", "IMGPIPE_MAX_REDIRECTS": "3"}
+    )
+
+    error = await processor.fails(hostile.url("/loop"))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "more than 3" in (error.details() or "")
+    assert hostile.hits["/loop"] == 4
+
+    error = await processor.fails(hostile.url("/to-file"))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "file:///etc/passwd" in (error.details() or "")
+
+
+async def test_a_full_processor_refuses_at_once(
+    start_processor: StartProcessor, s3_env: dict[str, str], hostile: HostileSource
+) -> None:
+    processor = await start_processor(
+        {**s3_env, "IMGPIPE_ALLOW_PRIVATE_NETWORKS": "true", "IMGPIPE_MAX_IN_FLIGHT": "1"}
+    )
+    first = asyncio.create_task(processor.process(hostile.url("/slow.png")))
+    await hostile.arrived.wait()
+
+    error = await processor.fails(hostile.url("/slow.png"))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert hostile.hits["/slow.png"] == 1
+
+    hostile.release.set()
+    assert (await first).width == 160
+
+
+async def test_a_source_too_slow_to_answer_is_unavailable(
+    start_processor: StartProcessor, s3_env: dict[str, str], hostile: HostileSource
+) -> None:
+    processor = await start_processor(
+        {**s3_env, "IMGPIPE_ALLOW_PRIVATE_NETWORKS": "true", "IMGPIPE_FETCH_READ_TIMEOUT": "0.2"}
+    )
+    error = await processor.fails(hostile.url("/slow.png"))
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert "timed out" in (error.details() or "")
+
+
+async def test_health_and_http_side(processor: Processor) -> None:
+    health = health_pb2_grpc.HealthStub(processor.channel)
+    for service in ["", "imgpipe.v1.ProcessorService"]:
+        answer = await health.Check(health_pb2.HealthCheckRequest(service=service))
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+    base = f"http://127.0.0.1:{processor.app.http_port}"
+    async with aiohttp.ClientSession() as http:
+        for path in ["/healthz", "/readyz"]:
+            async with http.get(base + path) as response:
+                assert response.status == 200, path
+        async with http.get(base + "/metrics") as response:
+            assert response.status == 200
+            text = await response.text()
+    for name in ["imgpipe_processor_images_total", "imgpipe_processor_compress_seconds"]:
+        assert name in text
+
+
+async def test_readyz_is_503_when_not_serving() -> None:
+    async with TestClient(TestServer(make_http_app(lambda: False))) as client:
+        assert (await client.get("/readyz")).status == 503
+        assert (await client.get("/healthz")).status == 200
+
+
+async def test_stopping_drains_the_calls_in_flight(
+    start_processor: StartProcessor, s3_env: dict[str, str], hostile: HostileSource
+) -> None:
+    processor = await start_processor(
+        {**s3_env, "IMGPIPE_ALLOW_PRIVATE_NETWORKS": "true", "IMGPIPE_GRACE_SECONDS": "10"}
+    )
+    first = asyncio.create_task(processor.process(hostile.url("/slow.png")))
+    await hostile.arrived.wait()
+
+    stopping = asyncio.create_task(processor.app.stop())
+    async with aiohttp.ClientSession() as http:
+        readyz = f"http://127.0.0.1:{processor.app.http_port}/readyz"
+        async with http.get(readyz) as response:
+            assert response.status == 503
+    hostile.release.set()
+
+    assert (await first).width == 160
+    await stopping
