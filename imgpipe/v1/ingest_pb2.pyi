@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from imgpipe.v1 import types_pb2 as _types_pb2
 import builtins as _builtins
 import sys
@@ -113,6 +114,7 @@ class GetStatusResponse(_message.Message):
     COMPLETE_TIME_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
     OPTIONS_FIELD_NUMBER: _builtins.int
+    WEBHOOK_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     state: _types_pb2.RequestState.ValueType
     result_csv_url: _builtins.str
@@ -131,6 +133,10 @@ class GetStatusResponse(_message.Message):
     def complete_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def options(self) -> _types_pb2.CompressionOptions: ...
+    @_builtins.property
+    def webhook(self) -> Global___WebhookDelivery:
+        """The webhook call made when the request became terminal, if it has a webhook_url."""
+
     def __init__(
         self,
         *,
@@ -144,14 +150,80 @@ class GetStatusResponse(_message.Message):
         complete_time: _timestamp_pb2.Timestamp | None = ...,
         sequence: _builtins.int = ...,
         options: _types_pb2.CompressionOptions | None = ...,
+        webhook: Global___WebhookDelivery | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "create_time", b"create_time", "options", b"options", "progress", b"progress", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "create_time", b"create_time", "options", b"options", "progress", b"progress", "update_time", b"update_time", "webhook", b"webhook"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "create_time", b"create_time", "options", b"options", "products", b"products", "progress", b"progress", "request_id", b"request_id", "result_csv_url", b"result_csv_url", "sequence", b"sequence", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "create_time", b"create_time", "options", b"options", "products", b"products", "progress", b"progress", "request_id", b"request_id", "result_csv_url", b"result_csv_url", "sequence", b"sequence", "state", b"state", "update_time", b"update_time", "webhook", b"webhook"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetStatusResponse: _TypeAlias = GetStatusResponse  # noqa: Y015
+
+@_typing.final
+class WebhookDelivery(_message.Message):
+    """The delivery of a request's webhook: at least once, with the same id on every attempt."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _State:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[WebhookDelivery._State.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STATE_UNSPECIFIED: WebhookDelivery._State.ValueType  # 0
+        STATE_PENDING: WebhookDelivery._State.ValueType  # 1
+        """Not delivered yet; attempts continue until the retry period ends."""
+        STATE_DELIVERED: WebhookDelivery._State.ValueType  # 2
+        """The receiver answered 2xx."""
+        STATE_FAILED: WebhookDelivery._State.ValueType  # 3
+        """The receiver refused it (4xx other than 408/429), or the retry period ended."""
+
+    class State(_State, metaclass=_StateEnumTypeWrapper): ...
+    STATE_UNSPECIFIED: WebhookDelivery.State.ValueType  # 0
+    STATE_PENDING: WebhookDelivery.State.ValueType  # 1
+    """Not delivered yet; attempts continue until the retry period ends."""
+    STATE_DELIVERED: WebhookDelivery.State.ValueType  # 2
+    """The receiver answered 2xx."""
+    STATE_FAILED: WebhookDelivery.State.ValueType  # 3
+    """The receiver refused it (4xx other than 408/429), or the retry period ended."""
+
+    URL_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    DELIVERY_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
+    DELIVERED_TIME_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    state: Global___WebhookDelivery.State.ValueType
+    delivery_id: _builtins.str
+    """The webhook-id header, the same on every attempt."""
+    attempts: _builtins.int
+    last_error: _builtins.str
+    @_builtins.property
+    def next_attempt_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def delivered_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        state: Global___WebhookDelivery.State.ValueType = ...,
+        delivery_id: _builtins.str = ...,
+        attempts: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        next_attempt_time: _timestamp_pb2.Timestamp | None = ...,
+        delivered_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delivered_time", b"delivered_time", "next_attempt_time", b"next_attempt_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "delivered_time", b"delivered_time", "delivery_id", b"delivery_id", "last_error", b"last_error", "next_attempt_time", b"next_attempt_time", "state", b"state", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookDelivery: _TypeAlias = WebhookDelivery  # noqa: Y015
 
 @_typing.final
 class WatchStatusRequest(_message.Message):

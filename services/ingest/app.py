@@ -15,6 +15,7 @@ from services.ingest import db
 from services.ingest.dispatcher import Dispatcher, processor_channel
 from services.ingest.http_app import build_http_app
 from services.ingest.notifications import Notifier
+from services.ingest.operations import Requests
 from services.ingest.outbox import OutboxWorker
 from services.ingest.servicer import IngestServicer
 from services.ingest.settings import Settings
@@ -71,7 +72,8 @@ class IngestApp:
             asyncio.create_task(self.dispatcher.run(), name="dispatcher"),
             asyncio.create_task(outbox.run(), name="outbox"),
         ]
-        servicer = IngestServicer(self.store, self.notifier, settings.csv_limits, settings.watch)
+        self.requests = Requests(self.store, self.notifier, settings.csv_limits, settings.watch)
+        servicer = IngestServicer(self.requests)
         self.grpc = GrpcServer(
             settings.common.grpc_addr,
             [(ingest_pb2_grpc.add_IngestServiceServicer_to_server, servicer, SERVICE_NAME)],

@@ -1,0 +1,119 @@
+"""Domain values to protobuf messages (gRPC answers them; HTTP answers their JSON form)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf import timestamp_pb2
+
+from imgpipe.v1 import ingest_pb2, types_pb2
+from services.ingest.model import (
+    Event,
+    ImageState,
+    ImageStatus,
+    Progress,
+    RequestState,
+    RequestStatus,
+    Submission,
+)
+
+
+def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def request_state(state: RequestState) -> types_pb2.RequestState.ValueType:
+    return types_pb2.RequestState.Value(f"REQUEST_STATE_{state.value}")
+
+
+def image_state(state: ImageState) -> types_pb2.ImageState.ValueType:
+    return types_pb2.ImageState.Value(f"IMAGE_STATE_{state.value}")
+
+
+def progress(value: Progress) -> types_pb2.Progress:
+    return types_pb2.Progress(
+        total_images=value.total,
+        succeeded_images=value.succeeded,
+        failed_images=value.failed,
+        cancelled_images=value.cancelled,
+    )
+
+
+def submit_response(submission: Submission) -> ingest_pb2.SubmitResponse:
+    return ingest_pb2.SubmitResponse(
+        request_id=str(submission.request_id),
+        product_count=submission.product_count,
+        image_count=submission.image_count,
+    )
+
+
+def status_response(
+    status: RequestStatus, images: list[ImageStatus]
+) -> ingest_pb2.GetStatusResponse:
+    products: list[types_pb2.Product] = []
+    for image in images:
+        if not products or products[-1].serial_number != image.serial_number:
+            products.append(
+                types_pb2.Product(
+                    serial_number=image.serial_number, product_name=image.product_name
+                )
+            )
+        products[-1].images.append(
+            types_pb2.Image(
+                input_url=image.input_url,
+                output_url=image.output_url,
+                state=image_state(image.state),
+                error=image.error,
+                input_bytes=image.input_bytes,
+                output_bytes=image.output_bytes,
+                attempts=image.attempts,
+            )
+        )
+    return ingest_pb2.GetStatusResponse(
+        request_id=str(status.request_id),
+        state=request_state(status.state),
+        progress=progress(status.progress),
+        products=products,
+        result_csv_url=status.result_csv_url if status.state.terminal else "",
+        create_time=timestamp(status.created_at),
+        update_time=timestamp(status.updated_at),
+        complete_time=timestamp(status.completed_at),
+        sequence=status.sequence,
+        options=types_pb2.CompressionOptions(quality=status.quality),
+    )
+
+
+def watch_response(
+    request_id: str, event: Event, is_snapshot: bool
+) -> ingest_pb2.WatchStatusResponse:
+    message = ingest_pb2.WatchStatusResponse(
+        request_id=request_id,
+        sequence=event.sequence,
+        state=request_state(event.state),
+        progress=progress(event.progress),
+        result_csv_url=event.result_csv_url if event.state.terminal else "",
+        snapshot=is_snapshot,
+    )
+    if event.image is not None:
+        message.image.CopyFrom(
+            types_pb2.ImageUpdate(
+                serial_number=event.image.serial_number,
+                index=event.image.index,
+                state=image_state(event.image.state),
+                output_url=event.image.output_url,
+                error=event.image.error,
+            )
+        )
+    return message
+
+
+def cancel_response(status: RequestStatus) -> ingest_pb2.CancelResponse:
+    return ingest_pb2.CancelResponse(
+        request_id=str(status.request_id),
+        state=request_state(status.state),
+        progress=progress(status.progress),
+    )

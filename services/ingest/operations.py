@@ -1,0 +1,107 @@
+"""The ingest API in domain terms: what Submit, GetStatus, WatchStatus and Cancel do,
+whichever way they arrive (gRPC or HTTP). Validates input; raises domain errors."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+from services.ingest.csv_format import CsvLimits, parse_products
+from services.ingest.errors import InvalidOption, InvalidRequestId
+from services.ingest.model import Event, ImageStatus, RequestStatus, Submission
+from services.ingest.notifications import Notifier
+from services.ingest.store import Store
+from services.ingest.watch import WatchSettings, watch
+
+DEFAULT_QUALITY = 50
+MAX_QUALITY = 95
+MAX_IDEMPOTENCY_KEY = 256
+
+
+def parse_request_id(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise InvalidRequestId(
+            f"request_id must be a UUID, not {value[:80]!r}",
+            violations=[("request_id", "not a UUID")],
+        ) from None
+
+
+def check_quality(quality: int) -> int:
+    if quality == 0:
+        return DEFAULT_QUALITY
+    if not 1 <= quality <= MAX_QUALITY:
+        raise InvalidOption(
+            f"options.quality must be 1-{MAX_QUALITY} (0 for the default, {DEFAULT_QUALITY})",
+            violations=[("options.quality", f"{quality} is not in 1-{MAX_QUALITY}")],
+        )
+    return quality
+
+
+def check_webhook_url(url: str) -> str:
+    parts = urlsplit(url)
+    if url and (parts.scheme not in {"http", "https"} or not parts.hostname):
+        raise InvalidOption(
+            "webhook_url must be an absolute http(s) URL",
+            violations=[("webhook_url", "not an absolute http(s) URL")],
+        )
+    return url
+
+
+def check_idempotency_key(key: str) -> str | None:
+    if len(key) > MAX_IDEMPOTENCY_KEY:
+        raise InvalidOption(
+            f"idempotency_key is longer than {MAX_IDEMPOTENCY_KEY} characters",
+            violations=[("idempotency_key", "too long")],
+        )
+    return key or None
+
+
+def check_after_sequence(after_sequence: int) -> int:
+    if after_sequence < 0:
+        raise InvalidOption(
+            "after_sequence must not be negative", violations=[("after_sequence", "negative")]
+        )
+    return after_sequence
+
+
+class Requests:
+    def __init__(
+        self, store: Store, notifier: Notifier, csv_limits: CsvLimits, watch_settings: WatchSettings
+    ) -> None:
+        self._store = store
+        self._notifier = notifier
+        self._csv_limits = csv_limits
+        self._watch_settings = watch_settings
+
+    async def submit(
+        self, csv: bytes, *, quality: int, webhook_url: str, idempotency_key: str
+    ) -> Submission:
+        quality = check_quality(quality)
+        webhook_url = check_webhook_url(webhook_url)
+        key = check_idempotency_key(idempotency_key)
+        products = await asyncio.to_thread(parse_products, csv, self._csv_limits)
+        return await self._store.submit(
+            products,
+            quality=quality,
+            webhook_url=webhook_url,
+            idempotency_key=key,
+            csv_sha256=hashlib.sha256(csv).digest(),
+        )
+
+    async def status(self, request_id: str) -> tuple[RequestStatus, list[ImageStatus]]:
+        rid = parse_request_id(request_id)
+        status = await self._store.status(rid)
+        return status, await self._store.images(rid)
+
+    def watch(self, request_id: str, after_sequence: int) -> AsyncIterator[tuple[Event, bool]]:
+        rid = parse_request_id(request_id)
+        after = check_after_sequence(after_sequence)
+        return watch(self._store, self._notifier, rid, after, self._watch_settings)
+
+    async def cancel(self, request_id: str) -> RequestStatus:
+        return await self._store.cancel(parse_request_id(request_id))
