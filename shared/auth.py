@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import hmac
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from shared.grpc_errors import Unauthenticated
+from shared.grpc_interceptors import Context, WrappingInterceptor
 
 ANONYMOUS = ""
+# The principal of the current gRPC call, set by AuthInterceptor.
+CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("imgpipe_caller", default=ANONYMOUS)
+# Methods anyone may call: health checks (probes carry no token) and reflection.
+OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
 def principal_of(token: str) -> str:
@@ -21,10 +28,6 @@ class TokenAuth:
 
     def __init__(self, tokens: Iterable[str]) -> None:
         self._tokens = [t.encode() for t in tokens if t]
-
-    @classmethod
-    def from_setting(cls, value: str) -> TokenAuth:
-        return cls(t.strip() for t in value.split(","))
 
     @property
     def enabled(self) -> bool:
@@ -45,3 +48,25 @@ class TokenAuth:
         if scheme.lower() != "bearer" or matched is None:
             raise Unauthenticated("a valid `authorization: Bearer TOKEN` is required")
         return principal_of(matched.decode())
+
+
+class AuthInterceptor(WrappingInterceptor):
+    """Authenticates every call but health and reflection; the principal goes in CALLER."""
+
+    def __init__(self, auth: TokenAuth) -> None:
+        self._auth = auth
+
+    def around(self, method: str, context: Context) -> AbstractAsyncContextManager[None] | None:
+        if method.startswith(OPEN_METHOD_PREFIXES):
+            return None
+        return self._authenticated(context)
+
+    @asynccontextmanager
+    async def _authenticated(self, context: Context) -> AsyncIterator[None]:
+        metadata = dict(context.invocation_metadata() or ())
+        caller = self._auth.authenticate(metadata.get("authorization"))
+        token = CALLER.set(caller)
+        try:
+            yield
+        finally:
+            CALLER.reset(token)

@@ -44,9 +44,11 @@ class GrpcServer:
         addr: str,
         services: Sequence[tuple[Callable[[Any, grpc.aio.Server], None], Any, str]],
         options: Sequence[tuple[str, Any]] = (),
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),  # type: ignore[type-arg]
     ) -> None:
+        # The error mapping is outermost, so errors raised by the others are mapped too.
         self.server = grpc.aio.server(
-            interceptors=[ErrorMappingInterceptor()],
+            interceptors=[ErrorMappingInterceptor(), *interceptors],
             options=[*SERVER_OPTIONS, *options],
         )
         self.health = health_aio.HealthServicer()

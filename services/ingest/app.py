@@ -20,6 +20,7 @@ from services.ingest.outbox import OutboxWorker
 from services.ingest.servicer import IngestServicer
 from services.ingest.settings import Settings
 from services.ingest.store import CONNECTION_ERRORS, Store
+from shared.auth import AuthInterceptor, TokenAuth
 from shared.config import split_host_port
 from shared.grpc_server import GrpcServer
 from shared.storage import open_storage
@@ -51,6 +52,7 @@ class IngestApp:
             settings.common.storage_url, settings.common.s3, settings.common.public_base_url
         )
         self.notifier = Notifier(settings.database_url)
+        self.auth = TokenAuth(settings.auth_tokens)
         self._tasks: list[asyncio.Task[None]] = []
         self._ready = False
 
@@ -77,6 +79,7 @@ class IngestApp:
         self.grpc = GrpcServer(
             settings.common.grpc_addr,
             [(ingest_pb2_grpc.add_IngestServiceServicer_to_server, servicer, SERVICE_NAME)],
+            interceptors=[AuthInterceptor(self.auth)],
         )
         await self.grpc.start()
         http = build_http_app(self.storage, self.executor, lambda: self.ready)

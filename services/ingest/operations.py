@@ -1,5 +1,8 @@
 """The ingest API in domain terms: what Submit, GetStatus, WatchStatus and Cancel do,
-whichever way they arrive (gRPC or HTTP). Validates input; raises domain errors."""
+whichever way they arrive (gRPC or HTTP). Validates input; raises domain errors.
+
+`caller` is the principal of the bearer token (shared.auth), "" when tokens are off; a
+request is visible only to the caller that created it (others get NOT_FOUND)."""
 
 from __future__ import annotations
 
@@ -79,7 +82,7 @@ class Requests:
         self._watch_settings = watch_settings
 
     async def submit(
-        self, csv: bytes, *, quality: int, webhook_url: str, idempotency_key: str
+        self, csv: bytes, *, quality: int, webhook_url: str, idempotency_key: str, caller: str
     ) -> Submission:
         quality = check_quality(quality)
         webhook_url = check_webhook_url(webhook_url)
@@ -91,17 +94,22 @@ class Requests:
             webhook_url=webhook_url,
             idempotency_key=key,
             csv_sha256=hashlib.sha256(csv).digest(),
+            owner=caller,
         )
 
-    async def status(self, request_id: str) -> tuple[RequestStatus, list[ImageStatus]]:
+    async def status(
+        self, request_id: str, *, caller: str
+    ) -> tuple[RequestStatus, list[ImageStatus]]:
         rid = parse_request_id(request_id)
-        status = await self._store.status(rid)
+        status = await self._store.status(rid, caller)
         return status, await self._store.images(rid)
 
-    def watch(self, request_id: str, after_sequence: int) -> AsyncIterator[tuple[Event, bool]]:
+    def watch(
+        self, request_id: str, after_sequence: int, *, caller: str
+    ) -> AsyncIterator[tuple[Event, bool]]:
         rid = parse_request_id(request_id)
         after = check_after_sequence(after_sequence)
-        return watch(self._store, self._notifier, rid, after, self._watch_settings)
+        return watch(self._store, self._notifier, rid, after, self._watch_settings, caller)
 
-    async def cancel(self, request_id: str) -> RequestStatus:
-        return await self._store.cancel(parse_request_id(request_id))
+    async def cancel(self, request_id: str, *, caller: str) -> RequestStatus:
+        return await self._store.cancel(parse_request_id(request_id), caller)

@@ -10,6 +10,7 @@ import grpc
 from imgpipe.v1 import ingest_pb2, ingest_pb2_grpc
 from services.ingest import convert
 from services.ingest.operations import Requests
+from shared.auth import CALLER
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -26,22 +27,29 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             quality=request.options.quality,
             webhook_url=request.webhook_url,
             idempotency_key=request.idempotency_key,
+            caller=CALLER.get(),
         )
         return convert.submit_response(submission)
 
     async def GetStatus(
         self, request: ingest_pb2.GetStatusRequest, context: Context
     ) -> ingest_pb2.GetStatusResponse:
-        return convert.status_response(*await self._requests.status(request.request_id))
+        return convert.status_response(
+            *await self._requests.status(request.request_id, caller=CALLER.get())
+        )
 
     async def WatchStatus(
         self, request: ingest_pb2.WatchStatusRequest, context: Context
     ) -> AsyncIterator[ingest_pb2.WatchStatusResponse]:
-        events = self._requests.watch(request.request_id, request.after_sequence)
+        events = self._requests.watch(
+            request.request_id, request.after_sequence, caller=CALLER.get()
+        )
         async for event, is_snapshot in events:
             yield convert.watch_response(request.request_id, event, is_snapshot)
 
     async def Cancel(
         self, request: ingest_pb2.CancelRequest, context: Context
     ) -> ingest_pb2.CancelResponse:
-        return convert.cancel_response(await self._requests.cancel(request.request_id))
+        return convert.cancel_response(
+            await self._requests.cancel(request.request_id, caller=CALLER.get())
+        )

@@ -24,6 +24,7 @@ class Settings:
     watch: WatchSettings
     csv_limits: CsvLimits
     owner: str
+    auth_tokens: tuple[str, ...]
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -55,4 +56,7 @@ class Settings:
                 max_rows=env_int(env, "IMGPIPE_MAX_CSV_ROWS", CsvLimits.max_rows, minimum=1),
             ),
             owner=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+            auth_tokens=tuple(
+                t.strip() for t in env.get("IMGPIPE_AUTH_TOKENS", "").split(",") if t.strip()
+            ),
         )

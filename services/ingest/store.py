@@ -92,9 +92,10 @@ class Store:
         webhook_url: str,
         idempotency_key: str | None,
         csv_sha256: bytes,
+        owner: str = "",
     ) -> Submission:
-        """Stores a request with all its products and images, or the one with the same
-        idempotency key; one round trip per table."""
+        """Stores a request with all its products and images, or the owner's one with the
+        same idempotency key; one round trip per table."""
         request_id = uuid.uuid4()
         image_count = sum(len(p.urls) for p in products)
         async with self._pool.acquire() as conn, conn.transaction():
@@ -107,9 +108,12 @@ class Store:
                 quality,
                 len(products),
                 image_count,
+                owner,
             )
             if inserted is None:
-                return await self._existing(conn, idempotency_key, csv_sha256, quality, webhook_url)
+                return await self._existing(
+                    conn, owner, idempotency_key, csv_sha256, quality, webhook_url
+                )
             await conn.copy_records_to_table(
                 "products",
                 columns=["request_id", "position", "serial_number", "product_name"],
@@ -134,12 +138,13 @@ class Store:
     async def _existing(
         self,
         conn: asyncpg.Connection,
+        owner: str,
         idempotency_key: str | None,
         csv_sha256: bytes,
         quality: int,
         webhook_url: str,
     ) -> Submission:
-        row = await conn.fetchrow(Q("request_by_idempotency_key"), idempotency_key)
+        row = await conn.fetchrow(Q("request_by_idempotency_key"), owner, idempotency_key)
         same = (
             row is not None
             and bytes(row["csv_sha256"]) == csv_sha256
@@ -151,8 +156,9 @@ class Store:
         return Submission(row["id"], row["product_count"], row["image_count"])
 
     @_translated
-    async def status(self, request_id: uuid.UUID) -> RequestStatus:
-        row = await self._pool.fetchrow(Q("request_status"), request_id)
+    async def status(self, request_id: uuid.UUID, owner: str | None = None) -> RequestStatus:
+        """The request, if owner (None: anyone) may see it; RequestNotFound otherwise."""
+        row = await self._pool.fetchrow(Q("request_status"), request_id, owner)
         if row is None:
             raise RequestNotFound()
         return self._status(row)
@@ -216,17 +222,17 @@ class Store:
         ]
 
     @_translated
-    async def cancel(self, request_id: uuid.UUID) -> RequestStatus:
+    async def cancel(self, request_id: uuid.UUID, owner: str = "") -> RequestStatus:
         async with self._pool.acquire() as conn:
-            row = await conn.fetchrow(Q("cancel_request"), request_id)
+            row = await conn.fetchrow(Q("cancel_request"), request_id, owner)
             if row is None:
-                current = await conn.fetchrow(Q("request_status"), request_id)
+                current = await conn.fetchrow(Q("request_status"), request_id, owner)
                 if current is None:
                     raise RequestNotFound()
                 raise RequestAlreadyTerminal(
                     f"the request is already {current['state']}; it cannot be cancelled"
                 )
-            return self._status(await conn.fetchrow(Q("request_status"), request_id))
+            return self._status(await conn.fetchrow(Q("request_status"), request_id, owner))
 
     @_translated
     async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[Claim]:

@@ -37,9 +37,10 @@ async def watch(
     request_id: uuid.UUID,
     after_sequence: int,
     settings: WatchSettings,
+    caller: str,
 ) -> AsyncIterator[tuple[Event, bool]]:
     """Yields (event, is_snapshot) until the event that carries a terminal state."""
-    status = await store.status(request_id)
+    status = await store.status(request_id, caller)
     if after_sequence == 0:
         yield snapshot(status), True
         if status.state.terminal:

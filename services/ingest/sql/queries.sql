@@ -3,9 +3,9 @@
 
 -- name: insert_request
 INSERT INTO requests (id, idempotency_key, csv_sha256, webhook_url, quality,
-                      product_count, image_count, last_sequence)
-VALUES ($1, $2, $3, $4, $5, $6, $7, 1)
-ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+                      product_count, image_count, owner, last_sequence)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1)
+ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id;
 
 -- name: insert_created_event
@@ -18,12 +18,13 @@ SELECT pg_notify('imgpipe_work', '');
 
 -- name: request_by_idempotency_key
 SELECT id, csv_sha256, webhook_url, quality, product_count, image_count
-FROM requests WHERE idempotency_key = $1;
+FROM requests WHERE owner = $1 AND idempotency_key = $2;
 
 -- name: request_status
+-- $2: the caller's principal, or NULL for ingest's own reads.
 SELECT id, state, quality, product_count, image_count, succeeded_count, failed_count,
        cancelled_count, last_sequence, result_csv_url, created_at, updated_at, completed_at
-FROM requests WHERE id = $1;
+FROM requests WHERE id = $1 AND ($2::text IS NULL OR owner = $2);
 
 -- name: request_images
 SELECT p.serial_number, p.product_name, i.idx, i.input_url, i.output_url, i.state,
@@ -166,7 +167,7 @@ WITH cancelled AS (
     SET state = 'CANCELLED', lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
     WHERE i.request_id = $1 AND i.state IN ('QUEUED', 'PROCESSING')
       AND EXISTS (SELECT 1 FROM requests r
-                  WHERE r.id = $1 AND r.state IN ('QUEUED', 'PROCESSING'))
+                  WHERE r.id = $1 AND r.owner = $2 AND r.state IN ('QUEUED', 'PROCESSING'))
     RETURNING i.id
 ), req AS (
     UPDATE requests r
@@ -174,7 +175,7 @@ WITH cancelled AS (
         cancelled_count = r.cancelled_count + (SELECT count(*) FROM cancelled),
         last_sequence = r.last_sequence + 1,
         completed_at = now(), updated_at = now()
-    WHERE r.id = $1 AND r.state IN ('QUEUED', 'PROCESSING')
+    WHERE r.id = $1 AND r.owner = $2 AND r.state IN ('QUEUED', 'PROCESSING')
     RETURNING r.id, r.state, r.last_sequence, r.image_count, r.succeeded_count,
               r.failed_count, r.cancelled_count
 ), appended AS (

@@ -1,0 +1,66 @@
+"""Server interceptors as async context managers around each call's behaviour.
+
+grpc.aio runs a handler in its own task, so work that must see the call (a contextvar,
+a try/except, a timer) wraps the behaviour rather than running in intercept_service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import grpc
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class WrappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Subclasses say what to wrap each call in; None leaves the method alone."""
+
+    def around(self, method: str, context: Context) -> AbstractAsyncContextManager[Any] | None:
+        raise NotImplementedError
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        if handler.unary_unary is not None:
+            unary = handler.unary_unary
+
+            async def unary_wrapper(request: Any, context: Context) -> Any:
+                scope = self.around(method, context)
+                if scope is None:
+                    return await unary(request, context)
+                async with scope:
+                    return await unary(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_wrapper,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            stream: Callable[..., AsyncIterator[Any]] = handler.unary_stream
+
+            async def stream_wrapper(request: Any, context: Context) -> AsyncIterator[Any]:
+                scope = self.around(method, context)
+                if scope is None:
+                    async for message in stream(request, context):
+                        yield message
+                    return
+                async with scope:
+                    async for message in stream(request, context):
+                        yield message
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream_wrapper,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler

@@ -1,0 +1,85 @@
+"""Bearer tokens on gRPC: required when configured, health open, requests private to the
+token that created them."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from imgpipe.v1 import ingest_pb2
+from tests.integration.ingest_harness import RunningIngest, running_ingest
+
+CSV = b"S. No.,Product Name,Input Image Urls\n1,Shoe,https://img.example/a.jpg\n"
+
+
+@pytest.fixture
+async def ingest(database_url: str, tmp_path: Path) -> AsyncIterator[RunningIngest]:
+    env = {
+        "DATABASE_URL": database_url,
+        "IMGPIPE_STORAGE_URL": f"file://{tmp_path}/objects",
+        "IMGPIPE_PROCESSOR_TARGET": "127.0.0.1:9",
+        "IMGPIPE_AUTH_TOKENS": "alpha-token, beta-token",
+    }
+    async with running_ingest(env) as running:
+        yield running
+
+
+def bearer(token: str) -> tuple[tuple[str, str]]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [(), (("authorization", "Bearer wrong"),), (("authorization", "alpha-token"),)],
+)
+async def test_calls_without_a_valid_token_are_unauthenticated(
+    ingest: RunningIngest, metadata: tuple[tuple[str, str], ...]
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await ingest.stub.Submit(ingest_pb2.SubmitRequest(csv=CSV), metadata=metadata)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in ingest.stub.WatchStatus(
+            ingest_pb2.WatchStatusRequest(request_id="x"), metadata=metadata
+        ):
+            pass
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_health_needs_no_token(ingest: RunningIngest) -> None:
+    health = health_pb2_grpc.HealthStub(ingest.channel)
+    response = await health.Check(health_pb2.HealthCheckRequest(service=""))
+    assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_a_request_is_visible_only_to_its_token(ingest: RunningIngest) -> None:
+    submitted = await ingest.stub.Submit(
+        ingest_pb2.SubmitRequest(csv=CSV, idempotency_key="k"), metadata=bearer("alpha-token")
+    )
+    own = await ingest.stub.GetStatus(
+        ingest_pb2.GetStatusRequest(request_id=submitted.request_id),
+        metadata=bearer("alpha-token"),
+    )
+    assert own.request_id == submitted.request_id
+    for call in (
+        ingest.stub.GetStatus(
+            ingest_pb2.GetStatusRequest(request_id=submitted.request_id),
+            metadata=bearer("beta-token"),
+        ),
+        ingest.stub.Cancel(
+            ingest_pb2.CancelRequest(request_id=submitted.request_id),
+            metadata=bearer("beta-token"),
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    # Idempotency keys are per token: the same key from another token is another request.
+    other = await ingest.stub.Submit(
+        ingest_pb2.SubmitRequest(csv=CSV, idempotency_key="k"), metadata=bearer("beta-token")
+    )
+    assert other.request_id != submitted.request_id
