@@ -16,6 +16,7 @@ from services.ingest.model import Claim, ImageState, Outcome
 from services.ingest.notifications import Notifier
 from services.ingest.retry_policy import RetryPolicy
 from services.ingest.store import Lease, Store, lease_of
+from shared.waiting import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +116,7 @@ class Dispatcher:
                 self._in_flight[task] = claim
                 task.add_done_callback(self._done)
             if len(claims) < want and self._claiming:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._notifier.work.wait(), settings.poll_interval)
+                await wait_event(self._notifier.work, settings.poll_interval)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._in_flight.pop(task, None)

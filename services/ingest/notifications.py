@@ -88,7 +88,8 @@ class Notifier:
                 self.wake_all()
                 while not lost.done():
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(asyncio.shield(lost), self._interval)
+                        async with asyncio.timeout(self._interval):
+                            await asyncio.shield(lost)
                     if not lost.done():
                         await conn.fetchval("SELECT 1", timeout=self._interval)
             except asyncio.CancelledError:

@@ -15,6 +15,7 @@ from services.ingest.model import ImageState, ImageStatus, result_csv_key
 from services.ingest.notifications import Notifier
 from services.ingest.store import OutboxItem, Store
 from shared.storage import Storage, StorageError
+from shared.waiting import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,7 @@ class OutboxWorker:
             if item is not None:
                 await self._write_result(item)
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._notifier.outbox.wait(), self._poll)
+            await wait_event(self._notifier.outbox, self._poll)
 
     async def _write_result(self, item: OutboxItem) -> None:
         extra = {"request_id": str(item.request_id)}

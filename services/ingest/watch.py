@@ -4,8 +4,6 @@ pages of events when it is ready for them, so a slow reader costs nothing but it
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -13,6 +11,7 @@ from dataclasses import dataclass
 from services.ingest.model import Event, RequestStatus
 from services.ingest.notifications import Notifier
 from services.ingest.store import Store
+from shared.waiting import wait_event
 
 
 @dataclass(frozen=True)
@@ -61,5 +60,4 @@ async def watch(
                 if event.state.terminal:
                     return
             if len(events) < settings.page_size:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), settings.poll_interval)
+                await wait_event(wake, settings.poll_interval)
