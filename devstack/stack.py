@@ -127,7 +127,8 @@ class Service:
 
 
 class Stack:
-    """One ingest and `processors` processors, started as real processes.
+    """`ingests` ingests (`ingest`, `ingest-2`, ...) sharing one database, and `processors`
+    processors, started as real processes.
 
     Environment of each process, later entries winning: ours minus any inherited
     `IMGPIPE_*`, `AWS_*` and `DATABASE_URL` (so a developer's shell cannot change a test);
@@ -145,23 +146,26 @@ class Stack:
         *,
         log_dir: Path,
         processors: int = 2,
+        ingests: int = 1,
         extra_env: Mapping[str, str] | None = None,
         health_timeout: float = HEALTH_TIMEOUT,
     ) -> None:
-        if processors < 1:
-            raise ValueError("a stack needs at least one processor")
+        if processors < 1 or ingests < 1:
+            raise ValueError("a stack needs at least one processor and one ingest")
         self.log_dir = log_dir
         self.health_timeout = health_timeout
-        ports = _distinct_free_ports(2 * (processors + 1))
-        ingest_addrs = _addresses(ports[0], ports[1])
-        processor_addrs = [_addresses(ports[i], ports[i + 1]) for i in range(2, len(ports), 2)]
+        ports = _distinct_free_ports(2 * (processors + ingests))
+        ingest_addrs = [_addresses(ports[i], ports[i + 1]) for i in range(0, 2 * ingests, 2)]
+        processor_addrs = [
+            _addresses(ports[i], ports[i + 1]) for i in range(2 * ingests, len(ports), 2)
+        ]
         processor_target = _processor_target([a["IMGPIPE_GRPC_ADDR"] for a in processor_addrs])
 
         common = {k: v for k, v in os.environ.items() if not k.startswith(INHERITED_PREFIXES)}
         common["PYTHONUNBUFFERED"] = "1"
         if storage_env.get("IMGPIPE_STORAGE_URL", "").startswith("file://"):
             # Ingest serves file storage on its HTTP side; processors write the output URLs.
-            http = ingest_addrs["IMGPIPE_HTTP_ADDR"]
+            http = ingest_addrs[0]["IMGPIPE_HTTP_ADDR"]
             common["IMGPIPE_PUBLIC_BASE_URL"] = f"http://{http}/objects"
         common |= dict(storage_env)
         extra = dict(extra_env or {})
@@ -171,7 +175,9 @@ class Stack:
             env = common | {"IMGPIPE_ALLOW_PRIVATE_NETWORKS": "true"} | extra | addrs
             self._add(f"processor-{i}", "imgpipe-processor", env)
         ingest = {"DATABASE_URL": database_url, "IMGPIPE_PROCESSOR_TARGET": processor_target}
-        self._add(INGEST, "imgpipe-ingest", common | ingest | extra | ingest_addrs)
+        for i, addrs in enumerate(ingest_addrs, start=1):
+            name = INGEST if i == 1 else f"{INGEST}-{i}"
+            self._add(name, "imgpipe-ingest", common | ingest | extra | addrs)
 
     def _add(self, name: str, script: str, env: dict[str, str]) -> None:
         self.services[name] = Service(name, script, env, self.log_dir / f"{name}.log")
@@ -191,7 +197,7 @@ class Stack:
     @property
     def processor_targets(self) -> list[str]:
         """The processors' gRPC addresses, in the order of their names."""
-        return [s.grpc_target for name, s in self.services.items() if name != INGEST]
+        return [s.grpc_target for s in self.services.values() if s.script == "imgpipe-processor"]
 
     @property
     def names(self) -> list[str]:

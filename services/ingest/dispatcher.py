@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 
 import grpc
 
 from imgpipe.v1 import processor_pb2, processor_pb2_grpc, types_pb2
+from services.ingest import metrics
 from services.ingest.errors import DatabaseUnavailable
 from services.ingest.model import Claim, ImageState, Outcome
 from services.ingest.notifications import Notifier
@@ -60,6 +62,9 @@ class Dispatcher:
         self._in_flight: dict[asyncio.Task[None], Claim] = {}
         self._slot_freed = asyncio.Event()
         self._claiming = True
+        # Set while processors answer RESOURCE_EXHAUSTED: claiming pauses until then.
+        self._busy_until = 0.0
+        metrics.IN_FLIGHT.set_function(lambda: len(self._in_flight))
 
     @property
     def in_flight(self) -> int:
@@ -103,6 +108,10 @@ class Dispatcher:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
+            pause = self._busy_until - time.monotonic()
+            if pause > 0:
+                await asyncio.sleep(pause)
+                continue
             self._notifier.work.clear()
             want = min(free, settings.claim_batch)
             try:
@@ -111,6 +120,7 @@ class Dispatcher:
                 log.warning("claim failed; retrying", extra={"error": str(exc)})
                 await asyncio.sleep(settings.poll_interval)
                 continue
+            metrics.ATTEMPTS.inc(len(claims))
             for claim in claims:
                 task = asyncio.create_task(self._process(claim))
                 self._in_flight[task] = claim
@@ -134,6 +144,8 @@ class Dispatcher:
             outcome = self._settings.retry.after_error(
                 exc.code(), exc.details() or "", claim.attempt
             )
+            if outcome.refund_attempt:
+                self._busy_until = time.monotonic() + outcome.retry_after
         else:
             outcome = Outcome(
                 ImageState.SUCCEEDED,
@@ -157,8 +169,11 @@ class Dispatcher:
                 # re-queues the image and this result is fenced off anyway.
                 await asyncio.sleep(self._settings.poll_interval)
         if not applied:
+            metrics.FENCED_RESULTS.inc()
             log.info("stale result dropped (lease no longer current)", extra=extra)
-        elif outcome.state is ImageState.FAILED:
+            return
+        metrics.OUTCOMES.labels(_outcome_label(outcome)).inc()
+        if outcome.state is ImageState.FAILED:
             log.info("image failed", extra={**extra, "error": outcome.error})
 
     async def _sweep_forever(self) -> None:
@@ -166,6 +181,7 @@ class Dispatcher:
             await asyncio.sleep(self._settings.sweep_interval)
             try:
                 await self.sweep()
+                metrics.QUEUE_DEPTH.set(await self._store.queue_depth())
             except DatabaseUnavailable as exc:
                 log.warning("sweep failed", extra={"error": str(exc)})
 
@@ -179,5 +195,14 @@ class Dispatcher:
             ):
                 count += 1
         if count:
+            metrics.LEASE_EXPIRIES.inc(count)
             log.info("expired leases returned", extra={"count": count})
         return count
+
+
+def _outcome_label(outcome: Outcome) -> str:
+    if outcome.refund_attempt:
+        return "busy"
+    if outcome.state is ImageState.QUEUED:
+        return "retried"
+    return outcome.state.value.lower()

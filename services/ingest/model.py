@@ -118,6 +118,8 @@ class Outcome:
     input_bytes: int = 0
     output_bytes: int = 0
     retry_after: float = 0.0
+    # The attempt never ran (the processor was full): it does not count towards the limit.
+    refund_attempt: bool = False
 
 
 def output_key(request_id: uuid.UUID, serial_number: int, index: int) -> str:

@@ -17,11 +17,15 @@ from typing import Any
 
 import asyncpg
 
+from services.ingest import metrics
+
 log = logging.getLogger(__name__)
 
 WORK = "imgpipe_work"
 EVENTS = "imgpipe_events"
 OUTBOX = "imgpipe_outbox"
+# How the LISTEN connection shows in pg_stat_activity.
+LISTENER_APPLICATION_NAME = "imgpipe-ingest-listen"
 
 
 def _resolve(future: asyncio.Future[None], _conn: Any) -> None:
@@ -37,6 +41,7 @@ class Notifier:
         self.outbox = asyncio.Event()
         self._watchers: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
         self.connected = asyncio.Event()
+        metrics.WATCHERS.set_function(lambda: self.watcher_count)
 
     @contextlib.contextmanager
     def subscribe(self, request_id: str) -> Iterator[asyncio.Event]:
@@ -78,7 +83,11 @@ class Notifier:
         while True:
             conn: asyncpg.Connection | None = None
             try:
-                conn = await asyncpg.connect(self._dsn, timeout=10)
+                conn = await asyncpg.connect(
+                    self._dsn,
+                    timeout=10,
+                    server_settings={"application_name": LISTENER_APPLICATION_NAME},
+                )
                 lost = asyncio.get_running_loop().create_future()
                 conn.add_termination_listener(partial(_resolve, lost))
                 for channel in (WORK, EVENTS, OUTBOX):

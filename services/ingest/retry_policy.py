@@ -21,8 +21,10 @@ PERMANENT = frozenset(
         grpc.StatusCode.UNIMPLEMENTED,
     }
 )
-# Everything else (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, INTERNAL,
-# UNKNOWN, ...) may pass: retried with backoff up to max_attempts.
+# The processor was full and did not start: back off, and the attempt does not count.
+BUSY = grpc.StatusCode.RESOURCE_EXHAUSTED
+# Everything else (UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED, INTERNAL, UNKNOWN, ...) may
+# pass: retried with backoff up to max_attempts.
 
 
 @dataclass(frozen=True)
@@ -36,8 +38,19 @@ class RetryPolicy:
         ceiling = min(self.cap_seconds, self.base_seconds * 2 ** (attempt - 1))
         return random.uniform(0, ceiling)
 
+    def busy_backoff(self) -> float:
+        """How long to leave an image, and the dispatcher, alone after a processor was full."""
+        return random.uniform(0.1, 0.5)
+
     def after_error(self, code: grpc.StatusCode, details: str, attempt: int) -> Outcome:
         error = f"{code.name}: {details}" if details else code.name
+        if code == BUSY:
+            return Outcome(
+                ImageState.QUEUED,
+                error=f"{error} (not counted as an attempt)",
+                retry_after=self.busy_backoff(),
+                refund_attempt=True,
+            )
         if code in PERMANENT:
             return Outcome(ImageState.FAILED, error=f"{error} (attempt {attempt}, not retried)")
         if attempt >= self.max_attempts:

@@ -265,6 +265,7 @@ class Store:
             outcome.input_bytes,
             outcome.output_bytes,
             outcome.retry_after,
+            outcome.refund_attempt,
         )
         return bool(applied)
 
@@ -272,6 +273,10 @@ class Store:
     async def expired_leases(self, limit: int) -> list[Lease]:
         rows = await self._pool.fetch(Q("expired_leases"), limit)
         return [Lease(r["id"], r["attempts"], r["lease_owner"]) for r in rows]
+
+    @_translated
+    async def queue_depth(self) -> int:
+        return int(await self._pool.fetchval(Q("queue_depth")))
 
     @_translated
     async def owned_leases(self, owner: str) -> list[Lease]:

@@ -111,12 +111,14 @@ ORDER BY cl.request_id, cl.product_position, cl.idx;
 
 -- name: finish_attempt
 -- Records the outcome of attempt $2 of image $1 held by owner $3, only if that lease is
--- still current (the fence). $4: SUCCEEDED, FAILED, or QUEUED (retry after $9 seconds).
+-- still current (the fence). $4: SUCCEEDED, FAILED, or QUEUED (retry after $9 seconds;
+-- $10 true when the attempt never ran and does not count).
 -- When the last image of the request is done, queues the result CSV in the outbox.
 WITH img AS (
     UPDATE images
     SET state = $4, output_url = $5, error = $6, input_bytes = $7, output_bytes = $8,
         available_at = now() + make_interval(secs => $9),
+        attempts = attempts - $10::boolean::int,
         lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
     WHERE id = $1 AND attempts = $2 AND lease_owner = $3 AND state = 'PROCESSING'
     RETURNING request_id, serial_number, idx, state, output_url, error
@@ -156,6 +158,9 @@ SELECT id, attempts, lease_owner FROM images
 WHERE state = 'PROCESSING' AND lease_expires_at < now()
 ORDER BY lease_expires_at
 LIMIT $1;
+
+-- name: queue_depth
+SELECT count(*) FROM images WHERE state = 'QUEUED';
 
 -- name: owned_leases
 SELECT id, attempts, lease_owner FROM images

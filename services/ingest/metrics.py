@@ -1,0 +1,23 @@
+"""Ingest's Prometheus metrics (the default registry, served at /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+ATTEMPTS = Counter("imgpipe_ingest_attempts", "Processor calls made (one per claimed image).")
+OUTCOMES = Counter(
+    "imgpipe_ingest_image_outcomes",
+    "Ends of attempts: succeeded, failed (for good), retried, busy (processor full).",
+    ["outcome"],
+)
+IN_FLIGHT = Gauge("imgpipe_ingest_in_flight", "Processor calls in flight from this replica.")
+QUEUE_DEPTH = Gauge("imgpipe_ingest_queue_depth", "Images queued (all replicas), sampled.")
+LEASE_EXPIRIES = Counter(
+    "imgpipe_ingest_lease_expiries", "Leases that expired and were returned by the sweeper."
+)
+FENCED_RESULTS = Counter(
+    "imgpipe_ingest_fenced_results",
+    "Results dropped because their lease was no longer current (stale or cancelled).",
+)
+WATCHERS = Gauge("imgpipe_ingest_watchers", "WatchStatus and SSE streams open on this replica.")
+REQUESTS_SUBMITTED = Counter("imgpipe_ingest_requests_submitted", "Requests accepted by Submit.")
