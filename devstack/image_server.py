@@ -7,6 +7,7 @@ before the body (e.g. [500, 500] then 200), and every request is counted per pat
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,6 +31,15 @@ class Route:
     content_type: str = "application/octet-stream"
     # Statuses answered, one per request, before the body is served with 200.
     failures: list[int] = field(default_factory=list)
+    # Seconds to wait before answering, like a slow origin.
+    delay: float = 0.0
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """Clients that hang up mid-answer (a killed processor) are not worth a traceback."""
 
 
 class ImageServer:
@@ -48,6 +58,8 @@ class ImageServer:
                     server.hits[path] += 1
                     route = server.routes.get(path)
                     status = route.failures.pop(0) if route and route.failures else None
+                if route is not None and route.delay:
+                    time.sleep(route.delay)
                 if route is None:
                     self._send(404, b"not found", "text/plain")
                 elif status is not None:
@@ -65,7 +77,7 @@ class ImageServer:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self._httpd = ThreadingHTTPServer((host, port), Handler)
+        self._httpd = _QuietServer((host, port), Handler)
         self._httpd.daemon_threads = True
         bound_host, bound_port = self._httpd.server_address[:2]
         self.host, self.port = str(bound_host), int(bound_port)
@@ -74,12 +86,14 @@ class ImageServer:
     def url(self, path: str) -> str:
         return f"http://{self.host}:{self.port}{path}"
 
-    def add(self, path: str, body: bytes, content_type: str | None = None) -> str:
-        """Serves body at path; returns its URL."""
+    def add(
+        self, path: str, body: bytes, content_type: str | None = None, delay: float = 0.0
+    ) -> str:
+        """Serves body at path (after delay seconds); returns its URL."""
         suffix = Path(path).suffix.lower()
         ctype = content_type or CONTENT_TYPES.get(suffix, "application/octet-stream")
         with self._lock:
-            self.routes[path] = Route(body, ctype)
+            self.routes[path] = Route(body, ctype, delay=delay)
         return self.url(path)
 
     def fail_first(self, path: str, *statuses: int) -> None:
