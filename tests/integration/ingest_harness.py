@@ -11,6 +11,8 @@ import grpc
 from imgpipe.v1 import ingest_pb2_grpc
 from services.ingest.app import IngestApp
 from services.ingest.settings import Settings
+from services.processor.main import ProcessorApp
+from services.processor.settings import Settings as ProcessorSettings
 
 FAST = {
     "IMGPIPE_POLL_INTERVAL": "0.2",
@@ -51,4 +53,24 @@ async def running_ingest(env: dict[str, str]) -> AsyncIterator[RunningIngest]:
         yield RunningIngest(app, ingest_pb2_grpc.IngestServiceStub(channel), channel)
     finally:
         await channel.close(None)
+        await app.stop()
+
+
+@contextlib.asynccontextmanager
+async def running_processor(env: dict[str, str]) -> AsyncIterator[str]:
+    """An in-process processor on an ephemeral port; yields its gRPC target."""
+    settings = ProcessorSettings.from_env(
+        {
+            "IMGPIPE_GRPC_ADDR": "127.0.0.1:0",
+            "IMGPIPE_HTTP_ADDR": "127.0.0.1:0",
+            "IMGPIPE_ALLOW_PRIVATE_NETWORKS": "true",
+            "IMGPIPE_LOG_LEVEL": "WARNING",
+            **env,
+        }
+    )
+    app = ProcessorApp(settings)
+    try:
+        await app.start()
+        yield f"127.0.0.1:{app.grpc_port}"
+    finally:
         await app.stop()

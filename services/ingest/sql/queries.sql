@@ -44,15 +44,17 @@ LIMIT $3;
 
 -- name: claim_images
 -- Claims up to $2 queued images for owner $1 with a lease of $3 seconds, taking them
--- round-robin across active requests (oldest first) so a large request cannot starve a
--- small one. Appends one PROCESSING event per image.
+-- round-robin across active requests, least recently served first (never served before
+-- all), so a large request cannot starve a small one even when one slot frees at a time.
+-- Appends one PROCESSING event per image.
 WITH active AS (
-    SELECT id, created_at FROM requests
+    SELECT id, row_number() OVER (ORDER BY last_claimed_at NULLS FIRST, created_at) AS rank
+    FROM requests
     WHERE state IN ('QUEUED', 'PROCESSING')
-    ORDER BY created_at
+    ORDER BY last_claimed_at NULLS FIRST, created_at
     LIMIT 256
 ), candidates AS (
-    SELECT c.id, c.request_id, c.product_position, c.idx, a.created_at
+    SELECT c.id, c.request_id, c.product_position, c.idx, a.rank
     FROM active a
     CROSS JOIN LATERAL (
         SELECT i.id, i.request_id, i.product_position, i.idx
@@ -64,12 +66,12 @@ WITH active AS (
     ) c
 ), picked AS (
     SELECT id FROM (
-        SELECT id, created_at,
+        SELECT id, rank,
                row_number() OVER (PARTITION BY request_id
                                   ORDER BY product_position, idx) AS turn
         FROM candidates
     ) ranked
-    ORDER BY turn, created_at
+    ORDER BY turn, rank
     LIMIT $2
 ), claimed AS (
     UPDATE images i
@@ -85,7 +87,7 @@ WITH active AS (
     UPDATE requests r
     SET last_sequence = r.last_sequence + c.n,
         state = CASE WHEN r.state = 'QUEUED' THEN 'PROCESSING' ELSE r.state END,
-        updated_at = now()
+        last_claimed_at = clock_timestamp(), updated_at = now()
     FROM counts c
     WHERE r.id = c.request_id
     RETURNING r.id, r.last_sequence - c.n AS base, r.state, r.quality,

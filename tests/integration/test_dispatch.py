@@ -1,0 +1,121 @@
+"""The dispatcher with a real processor: fairness across requests, and LISTEN/NOTIFY
+surviving the loss of its connection."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from devstack.image_server import ImageServer
+from devstack.sample_images import sample
+from imgpipe.v1 import ingest_pb2, types_pb2
+from services.ingest.notifications import LISTENER_APPLICATION_NAME
+from tests.e2e.batch import TERMINAL, batch_csv
+from tests.integration.ingest_harness import RunningIngest, running_ingest, running_processor
+
+
+@pytest.fixture
+async def ingest(database_url: str, tmp_path: Path) -> AsyncIterator[RunningIngest]:
+    storage = {"IMGPIPE_STORAGE_URL": f"file://{tmp_path}/objects"}
+    async with running_processor(storage) as target:
+        env = {
+            **storage,
+            "DATABASE_URL": database_url,
+            "IMGPIPE_PROCESSOR_TARGET": target,
+            "IMGPIPE_MAX_IN_FLIGHT": "2",
+        }
+        async with running_ingest(env) as running:
+            yield running
+
+
+def serve(server: ImageServer, prefix: str, count: int, delay: float) -> list[str]:
+    body = sample(64, 48, "JPEG", seed=1)
+    return [server.add(f"/{prefix}/{n}.jpg", body, delay=delay) for n in range(count)]
+
+
+async def wait_terminal(ingest: RunningIngest, request_id: str) -> ingest_pb2.GetStatusResponse:
+    for _ in range(600):
+        status = await ingest.stub.GetStatus(ingest_pb2.GetStatusRequest(request_id=request_id))
+        if status.state in TERMINAL:
+            return status
+        await asyncio.sleep(0.1)
+    raise TimeoutError(request_id)
+
+
+async def test_a_small_request_is_not_starved_by_a_large_one(
+    ingest: RunningIngest, image_server: ImageServer, database_url: str
+) -> None:
+    big = await ingest.stub.Submit(
+        ingest_pb2.SubmitRequest(csv=batch_csv(serve(image_server, "big", 200, 0.02)))
+    )
+    await asyncio.sleep(0.3)  # the big request is well under way
+    small = await ingest.stub.Submit(
+        ingest_pb2.SubmitRequest(csv=batch_csv(serve(image_server, "small", 5, 0.02)))
+    )
+    status = await wait_terminal(ingest, small.request_id)
+    assert status.state == types_pb2.REQUEST_STATE_COMPLETED
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        # Claims of the big request between the small one's arrival and its last claim.
+        overtaken = await conn.fetchval(
+            """
+            SELECT count(*) FROM events b
+            WHERE b.request_id = $1 AND b.image_state = 'PROCESSING'
+              AND b.created_at > (SELECT created_at FROM requests WHERE id = $2)
+              AND b.created_at <= (SELECT max(created_at) FROM events
+                                   WHERE request_id = $2 AND image_state = 'PROCESSING')
+            """,
+            big.request_id,
+            small.request_id,
+        )
+        big_done = await conn.fetchval(
+            "SELECT count(*) FROM images WHERE request_id = $1 AND state = 'SUCCEEDED'",
+            big.request_id,
+        )
+    finally:
+        await conn.close()
+    # Round-robin: one big claim per small claim, plus what was in flight (2).
+    assert overtaken <= 5 + 2
+    assert big_done < 200  # the small request finished while the big one was still running
+
+
+async def test_dispatch_and_watch_survive_the_listen_connection_being_killed(
+    ingest: RunningIngest, image_server: ImageServer, database_url: str
+) -> None:
+    submitted = await ingest.stub.Submit(
+        ingest_pb2.SubmitRequest(csv=batch_csv(serve(image_server, "b", 40, 0.03)))
+    )
+    received: list[ingest_pb2.WatchStatusResponse] = []
+
+    async def watch() -> None:
+        request = ingest_pb2.WatchStatusRequest(request_id=submitted.request_id)
+        async for message in ingest.stub.WatchStatus(request):
+            received.append(message)
+
+    watcher = asyncio.create_task(watch())
+    admin = await asyncpg.connect(database_url)
+    try:
+        await asyncio.sleep(0.3)
+        killed = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name = $1",
+            LISTENER_APPLICATION_NAME,
+        )
+        assert killed == 1
+        await asyncio.wait_for(watcher, 60)
+        reconnected = await admin.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+            LISTENER_APPLICATION_NAME,
+        )
+    finally:
+        await admin.close()
+    assert reconnected == 1
+    assert received[-1].state == types_pb2.REQUEST_STATE_COMPLETED
+    sequences = [m.sequence for m in received]
+    assert sequences == list(range(sequences[0], sequences[-1] + 1))
+    assert received[-1].progress.succeeded_images == 40
