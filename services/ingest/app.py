@@ -7,6 +7,7 @@ import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
+import aiohttp
 import asyncpg
 from aiohttp import web
 
@@ -16,10 +17,11 @@ from services.ingest.dispatcher import Dispatcher, processor_channel
 from services.ingest.http_app import build_http_app
 from services.ingest.notifications import Notifier
 from services.ingest.operations import Requests
-from services.ingest.outbox import OutboxWorker
+from services.ingest.outbox import RESULT_CSV, WEBHOOK, OutboxWorker, ResultCsvWriter
 from services.ingest.servicer import IngestServicer
 from services.ingest.settings import Settings
 from services.ingest.store import CONNECTION_ERRORS, Store
+from services.ingest.webhooks import WebhookSender, webhook_connector
 from shared.auth import AuthInterceptor, TokenAuth
 from shared.config import split_host_port
 from shared.grpc_server import GrpcServer
@@ -68,11 +70,27 @@ class IngestApp:
         self.dispatcher = Dispatcher(
             self.store, self.channel, self.notifier, settings.owner, settings.dispatch
         )
-        outbox = OutboxWorker(self.store, self.storage, self.executor, self.notifier)
+        self.webhook_session = aiohttp.ClientSession(
+            connector=webhook_connector(settings.allow_private_networks),
+            auto_decompress=False,
+        )
+        result_csv = OutboxWorker(
+            self.store,
+            self.notifier,
+            RESULT_CSV,
+            ResultCsvWriter(self.store, self.storage, self.executor),
+        )
+        webhooks = OutboxWorker(
+            self.store,
+            self.notifier,
+            WEBHOOK,
+            WebhookSender(self.store, self.webhook_session, settings.webhooks),
+        )
         self._tasks = [
             asyncio.create_task(self.notifier.run(), name="notifier"),
             asyncio.create_task(self.dispatcher.run(), name="dispatcher"),
-            asyncio.create_task(outbox.run(), name="outbox"),
+            asyncio.create_task(result_csv.run(), name="result-csv"),
+            asyncio.create_task(webhooks.run(), name="webhooks"),
         ]
         self.requests = Requests(self.store, self.notifier, settings.csv_limits, settings.watch)
         servicer = IngestServicer(self.requests)
@@ -112,6 +130,7 @@ class IngestApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.channel.close(None)
+        await self.webhook_session.close()
         await self.pool.close()
         await self._http_runner.cleanup()
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -15,6 +15,7 @@ from services.ingest.model import (
     RequestState,
     RequestStatus,
     Submission,
+    WebhookStatus,
 )
 
 
@@ -84,6 +85,21 @@ def status_response(
         complete_time=timestamp(status.completed_at),
         sequence=status.sequence,
         options=types_pb2.CompressionOptions(quality=status.quality),
+        webhook=webhook(status.webhook),
+    )
+
+
+def webhook(value: WebhookStatus | None) -> ingest_pb2.WebhookDelivery | None:
+    if value is None:
+        return None
+    return ingest_pb2.WebhookDelivery(
+        url=value.url,
+        state=ingest_pb2.WebhookDelivery.State.Value(f"STATE_{value.state}"),
+        delivery_id=value.delivery_id,
+        attempts=value.attempts,
+        last_error=value.last_error,
+        next_attempt_time=timestamp(value.next_attempt_at),
+        delivered_time=timestamp(value.delivered_at),
     )
 
 

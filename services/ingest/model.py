@@ -38,6 +38,17 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class WebhookStatus:
+    url: str
+    state: str  # PENDING, DELIVERED or FAILED
+    delivery_id: str  # "" until the request is terminal
+    attempts: int
+    last_error: str
+    next_attempt_at: datetime | None
+    delivered_at: datetime | None
+
+
+@dataclass(frozen=True)
 class RequestStatus:
     request_id: uuid.UUID
     state: RequestState
@@ -49,6 +60,7 @@ class RequestStatus:
     created_at: datetime
     updated_at: datetime
     completed_at: datetime | None
+    webhook: WebhookStatus | None = None
 
 
 @dataclass(frozen=True)

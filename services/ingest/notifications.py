@@ -38,7 +38,8 @@ class Notifier:
         self._dsn = dsn
         self._interval = health_check_interval
         self.work = asyncio.Event()
-        self.outbox = asyncio.Event()
+        # One event per outbox kind (the NOTIFY payload names the kind).
+        self.outbox: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self._watchers: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
         self.connected = asyncio.Event()
         metrics.WATCHERS.set_function(lambda: self.watcher_count)
@@ -63,7 +64,8 @@ class Notifier:
 
     def wake_all(self) -> None:
         self.work.set()
-        self.outbox.set()
+        for wake in self.outbox.values():
+            wake.set()
         for watchers in self._watchers.values():
             for wake in watchers:
                 wake.set()
@@ -72,7 +74,7 @@ class Notifier:
         if channel == WORK:
             self.work.set()
         elif channel == OUTBOX:
-            self.outbox.set()
+            self.outbox[payload].set()
         elif channel == EVENTS:
             for wake in self._watchers.get(payload, ()):
                 wake.set()

@@ -1,5 +1,9 @@
-"""The outbox worker: once every image of a request is done, writes the result CSV to
-storage and makes the request terminal. Rows in the outbox table survive crashes."""
+"""Outbox workers: work that must happen once a request is done — writing its result CSV,
+calling its webhook — kept as rows, so a crash delays it but never loses it.
+
+One worker per kind, each claiming due rows under a lease (FOR UPDATE SKIP LOCKED), so any
+number of ingest replicas share the work.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 
 from services.ingest.csv_format import ResultRow, result_csv
@@ -20,6 +25,40 @@ from shared.waiting import wait_event
 log = logging.getLogger(__name__)
 
 RESULT_CSV = "result_csv"
+WEBHOOK = "webhook"
+
+Handler = Callable[[OutboxItem], Awaitable[None]]
+
+
+class OutboxWorker:
+    def __init__(
+        self,
+        store: Store,
+        notifier: Notifier,
+        kind: str,
+        handle: Handler,
+        *,
+        poll_interval: float = 1.0,
+        lease_seconds: float = 60.0,
+    ) -> None:
+        self._store = store
+        self._wake = notifier.outbox[kind]
+        self._kind = kind
+        self._handle = handle
+        self._poll = poll_interval
+        self._lease = lease_seconds
+
+    async def run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                item = await self._store.claim_outbox(self._kind, self._lease)
+            except DatabaseUnavailable:
+                item = None
+            if item is not None:
+                await self._handle(item)
+                continue
+            await wait_event(self._wake, self._poll)
 
 
 def result_rows(images: list[ImageStatus]) -> list[ResultRow]:
@@ -40,37 +79,15 @@ def result_rows(images: list[ImageStatus]) -> list[ResultRow]:
     return rows
 
 
-class OutboxWorker:
-    def __init__(
-        self,
-        store: Store,
-        storage: Storage,
-        executor: Executor,
-        notifier: Notifier,
-        *,
-        poll_interval: float = 1.0,
-        lease_seconds: float = 60.0,
-    ) -> None:
+class ResultCsvWriter:
+    """Writes the result CSV to storage, then makes the request terminal."""
+
+    def __init__(self, store: Store, storage: Storage, executor: Executor) -> None:
         self._store = store
         self._storage = storage
         self._executor = executor
-        self._notifier = notifier
-        self._poll = poll_interval
-        self._lease = lease_seconds
 
-    async def run(self) -> None:
-        while True:
-            self._notifier.outbox.clear()
-            try:
-                item = await self._store.claim_outbox(RESULT_CSV, self._lease)
-            except DatabaseUnavailable:
-                item = None
-            if item is not None:
-                await self._write_result(item)
-                continue
-            await wait_event(self._notifier.outbox, self._poll)
-
-    async def _write_result(self, item: OutboxItem) -> None:
+    async def __call__(self, item: OutboxItem) -> None:
         extra = {"request_id": str(item.request_id)}
         try:
             images = await self._store.images(item.request_id)

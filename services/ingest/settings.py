@@ -12,7 +12,8 @@ from services.ingest.csv_format import CsvLimits
 from services.ingest.dispatcher import DispatchSettings
 from services.ingest.retry_policy import RetryPolicy
 from services.ingest.watch import WatchSettings
-from shared.config import CommonSettings, env_float, env_int, env_str
+from services.ingest.webhooks import WebhookSettings
+from shared.config import CommonSettings, env_bool, env_float, env_int, env_str
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,9 @@ class Settings:
     csv_limits: CsvLimits
     owner: str
     auth_tokens: tuple[str, ...]
+    webhooks: WebhookSettings
+    # Webhook URLs may resolve to loopback/private addresses (local runs and tests only).
+    allow_private_networks: bool
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -56,6 +60,16 @@ class Settings:
                 max_rows=env_int(env, "IMGPIPE_MAX_CSV_ROWS", CsvLimits.max_rows, minimum=1),
             ),
             owner=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+            webhooks=WebhookSettings(
+                secret=env.get("IMGPIPE_WEBHOOK_SECRET", ""),
+                timeout_seconds=env_float(env, "IMGPIPE_WEBHOOK_TIMEOUT", 10.0, minimum=0.1),
+                retry_base_seconds=env_float(env, "IMGPIPE_WEBHOOK_RETRY_BASE_SECONDS", 10.0),
+                retry_cap_seconds=env_float(env, "IMGPIPE_WEBHOOK_RETRY_CAP_SECONDS", 3600.0),
+                retry_period_seconds=env_float(
+                    env, "IMGPIPE_WEBHOOK_RETRY_PERIOD_SECONDS", 86400.0
+                ),
+            ),
+            allow_private_networks=env_bool(env, "IMGPIPE_ALLOW_PRIVATE_NETWORKS"),
             auth_tokens=tuple(
                 t.strip() for t in env.get("IMGPIPE_AUTH_TOKENS", "").split(",") if t.strip()
             ),

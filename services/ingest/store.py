@@ -7,6 +7,7 @@ import functools
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
 import asyncpg
@@ -30,6 +31,7 @@ from services.ingest.model import (
     RequestState,
     RequestStatus,
     Submission,
+    WebhookStatus,
 )
 
 P = ParamSpec("P")
@@ -68,6 +70,8 @@ class OutboxItem:
     id: int
     request_id: uuid.UUID
     attempts: int
+    delivery_id: uuid.UUID
+    created_at: datetime
 
 
 def _progress(row: Any, total: int) -> Progress:
@@ -76,6 +80,21 @@ def _progress(row: Any, total: int) -> Progress:
         succeeded=row["succeeded_count"],
         failed=row["failed_count"],
         cancelled=row["cancelled_count"],
+    )
+
+
+def _webhook(row: Any) -> WebhookStatus | None:
+    if not row["webhook_url"]:
+        return None
+    state = row["webhook_state"] or "PENDING"
+    return WebhookStatus(
+        url=row["webhook_url"],
+        state=state,
+        delivery_id=str(row["webhook_delivery_id"] or ""),
+        attempts=row["webhook_attempts"] or 0,
+        last_error=row["webhook_last_error"] or "",
+        next_attempt_at=row["webhook_next_attempt_at"] if state == "PENDING" else None,
+        delivered_at=row["webhook_done_at"] if state == "DELIVERED" else None,
     )
 
 
@@ -176,6 +195,7 @@ class Store:
             created_at=row["created_at"],
             updated_at=row["updated_at"],
             completed_at=row["completed_at"],
+            webhook=_webhook(row),
         )
 
     @_translated
@@ -286,11 +306,23 @@ class Store:
     @_translated
     async def claim_outbox(self, kind: str, lease_seconds: float) -> OutboxItem | None:
         row = await self._pool.fetchrow(Q("claim_outbox"), kind, lease_seconds)
-        return None if row is None else OutboxItem(row["id"], row["request_id"], row["attempts"])
+        if row is None:
+            return None
+        return OutboxItem(
+            row["id"], row["request_id"], row["attempts"], row["delivery_id"], row["created_at"]
+        )
 
     @_translated
     async def retry_outbox(self, item: OutboxItem, delay: float, error: str) -> None:
         await self._pool.execute(Q("retry_outbox"), item.id, delay, error)
+
+    @_translated
+    async def end_outbox(self, item: OutboxItem, state: str, error: str = "") -> None:
+        await self._pool.execute(Q("end_outbox"), item.id, state, error)
+
+    @_translated
+    async def webhook_payload(self, request_id: uuid.UUID) -> asyncpg.Record:
+        return await self._pool.fetchrow(Q("webhook_payload"), request_id)
 
     @_translated
     async def finish_request(self, item: OutboxItem, result_csv_url: str) -> None:

@@ -22,9 +22,15 @@ FROM requests WHERE owner = $1 AND idempotency_key = $2;
 
 -- name: request_status
 -- $2: the caller's principal, or NULL for ingest's own reads.
-SELECT id, state, quality, product_count, image_count, succeeded_count, failed_count,
-       cancelled_count, last_sequence, result_csv_url, created_at, updated_at, completed_at
-FROM requests WHERE id = $1 AND ($2::text IS NULL OR owner = $2);
+SELECT r.id, r.state, r.quality, r.product_count, r.image_count, r.succeeded_count,
+       r.failed_count, r.cancelled_count, r.last_sequence, r.result_csv_url, r.created_at,
+       r.updated_at, r.completed_at, r.webhook_url,
+       w.state AS webhook_state, w.delivery_id AS webhook_delivery_id,
+       w.attempts AS webhook_attempts, w.last_error AS webhook_last_error,
+       w.available_at AS webhook_next_attempt_at, w.done_at AS webhook_done_at
+FROM requests r
+LEFT JOIN outbox w ON w.request_id = r.id AND w.kind = 'webhook'
+WHERE r.id = $1 AND ($2::text IS NULL OR r.owner = $2);
 
 -- name: request_images
 SELECT p.serial_number, p.product_name, i.idx, i.input_url, i.output_url, i.state,
@@ -151,7 +157,7 @@ WITH img AS (
 ), notified AS (
     SELECT pg_notify('imgpipe_events', request_id::text) FROM appended
     UNION ALL
-    SELECT pg_notify('imgpipe_outbox', '') FROM queued
+    SELECT pg_notify('imgpipe_outbox', 'result_csv') FROM queued
 )
 SELECT count(*) AS applied FROM img WHERE (SELECT count(*) FROM notified) >= 0;
 
@@ -198,7 +204,7 @@ WITH cancelled AS (
 ), notified AS (
     SELECT pg_notify('imgpipe_events', request_id::text) FROM appended
     UNION ALL
-    SELECT pg_notify('imgpipe_outbox', '') FROM queued
+    SELECT pg_notify('imgpipe_outbox', 'result_csv') FROM queued
 )
 SELECT id, state, image_count, succeeded_count, failed_count, cancelled_count
 FROM req WHERE (SELECT count(*) FROM notified) >= 0;
@@ -215,7 +221,18 @@ WHERE o.id = (
     LIMIT 1
     FOR UPDATE SKIP LOCKED
 )
-RETURNING o.id, o.request_id, o.attempts;
+RETURNING o.id, o.request_id, o.attempts, o.delivery_id, o.created_at;
+
+-- name: end_outbox
+-- A webhook delivery ended: $2 is DELIVERED or FAILED.
+UPDATE outbox
+SET state = $2, last_error = $3, done_at = now(), lease_expires_at = NULL
+WHERE id = $1;
+
+-- name: webhook_payload
+SELECT id, state, image_count, succeeded_count, failed_count, cancelled_count,
+       result_csv_url, created_at, completed_at, webhook_url
+FROM requests WHERE id = $1;
 
 -- name: retry_outbox
 UPDATE outbox
@@ -227,7 +244,7 @@ WHERE id = $1;
 -- The result CSV is stored: make the request terminal (unless it already is, e.g.
 -- cancelled), with its URL, in one event; queue the webhook when there is one.
 WITH done AS (
-    UPDATE outbox SET done_at = now(), lease_expires_at = NULL
+    UPDATE outbox SET done_at = now(), lease_expires_at = NULL, state = 'DELIVERED'
     WHERE id = $2 AND done_at IS NULL
     RETURNING request_id
 ), req AS (
@@ -261,6 +278,6 @@ WITH done AS (
 ), notified AS (
     SELECT pg_notify('imgpipe_events', request_id::text) FROM appended
     UNION ALL
-    SELECT pg_notify('imgpipe_outbox', '') FROM webhook
+    SELECT pg_notify('imgpipe_outbox', 'webhook') FROM webhook
 )
 SELECT state FROM req WHERE (SELECT count(*) FROM notified) >= 0;

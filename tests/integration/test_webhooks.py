@@ -1,0 +1,159 @@
+"""Webhooks: signed, retried with one delivery id, delivered to a receiver that comes up
+late, and visible in GetStatus."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from devstack.image_server import ImageServer
+from devstack.ports import free_port
+from devstack.sample_images import sample
+from imgpipe.v1 import ingest_pb2
+from tests.e2e.batch import TERMINAL, batch_csv
+from tests.integration.ingest_harness import RunningIngest, running_ingest, running_processor
+
+SECRET = "whsec_" + base64.b64encode(b"a secret of 24 bytes....").decode()
+
+
+@dataclass
+class Receiver:
+    """A loopback webhook receiver answering a script of statuses, then 200."""
+
+    port: int
+    script: list[int] = field(default_factory=list)
+    calls: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    delivered: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks/imgpipe"
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.calls.append((dict(request.headers), await request.read()))
+        status = self.script.pop(0) if self.script else 200
+        if status == 200:
+            self.delivered.set()
+        return web.Response(status=status)
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[None]:
+        app = web.Application()
+        app.router.add_post("/hooks/imgpipe", self.handle)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", self.port).start()
+        try:
+            yield
+        finally:
+            await runner.cleanup()
+
+
+@pytest.fixture
+async def ingest(database_url: str, tmp_path: Path) -> AsyncIterator[RunningIngest]:
+    storage = {"IMGPIPE_STORAGE_URL": f"file://{tmp_path}/objects"}
+    async with running_processor(storage) as target:
+        env = {
+            **storage,
+            "DATABASE_URL": database_url,
+            "IMGPIPE_PROCESSOR_TARGET": target,
+            "IMGPIPE_ALLOW_PRIVATE_NETWORKS": "true",
+            "IMGPIPE_WEBHOOK_SECRET": SECRET,
+            "IMGPIPE_WEBHOOK_RETRY_BASE_SECONDS": "0.2",
+            "IMGPIPE_WEBHOOK_RETRY_CAP_SECONDS": "0.5",
+            "IMGPIPE_WEBHOOK_TIMEOUT": "2",
+        }
+        async with running_ingest(env) as running:
+            yield running
+
+
+async def submit(ingest: RunningIngest, image_server: ImageServer, webhook_url: str) -> str:
+    url = image_server.add("/a.jpg", sample(64, 48, "JPEG"))
+    response = await ingest.stub.Submit(
+        ingest_pb2.SubmitRequest(csv=batch_csv([url]), webhook_url=webhook_url)
+    )
+    return response.request_id
+
+
+async def status(ingest: RunningIngest, request_id: str) -> ingest_pb2.GetStatusResponse:
+    return await ingest.stub.GetStatus(ingest_pb2.GetStatusRequest(request_id=request_id))
+
+
+async def wait_for_webhook_state(
+    ingest: RunningIngest, request_id: str, state: ingest_pb2.WebhookDelivery.State.ValueType
+) -> ingest_pb2.GetStatusResponse:
+    for _ in range(300):
+        current = await status(ingest, request_id)
+        if current.webhook.state == state:
+            return current
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"webhook never reached {state}: {current.webhook}")
+
+
+async def test_retried_with_one_delivery_id_and_signed(
+    ingest: RunningIngest, image_server: ImageServer
+) -> None:
+    receiver = Receiver(free_port(), script=[500, 500])
+    async with receiver.serving():
+        request_id = await submit(ingest, image_server, receiver.url)
+        await asyncio.wait_for(receiver.delivered.wait(), 30)
+        final = await wait_for_webhook_state(
+            ingest, request_id, ingest_pb2.WebhookDelivery.STATE_DELIVERED
+        )
+
+    assert len(receiver.calls) == 3
+    ids = {headers["webhook-id"] for headers, _ in receiver.calls}
+    assert ids == {final.webhook.delivery_id}
+    headers, body = receiver.calls[-1]
+    # An independent verifier (the Standard Webhooks library) accepts the signature.
+    verified = Webhook(SECRET).verify(body, headers)
+    assert verified["request_id"] == request_id
+    assert verified["state"] == "REQUEST_STATE_COMPLETED"
+    assert verified["progress"]["succeeded_images"] == 1
+    assert verified["result_csv_url"] == final.result_csv_url
+    with pytest.raises(WebhookVerificationError):
+        Webhook(SECRET).verify(body.replace(b"COMPLETED", b"FAILED"), headers)
+    assert final.webhook.attempts == 3
+    assert final.webhook.url == receiver.url
+    assert final.webhook.HasField("delivered_time")
+
+
+async def test_a_receiver_that_comes_up_late_still_gets_it(
+    ingest: RunningIngest, image_server: ImageServer
+) -> None:
+    receiver = Receiver(free_port())
+    request_id = await submit(ingest, image_server, receiver.url)
+    for _ in range(300):
+        current = await status(ingest, request_id)
+        if current.state in TERMINAL and current.webhook.attempts >= 2:
+            break
+        await asyncio.sleep(0.05)
+    assert current.webhook.state == ingest_pb2.WebhookDelivery.STATE_PENDING
+    assert "cannot connect" in current.webhook.last_error
+    async with receiver.serving():
+        await asyncio.wait_for(receiver.delivered.wait(), 30)
+        await wait_for_webhook_state(ingest, request_id, ingest_pb2.WebhookDelivery.STATE_DELIVERED)
+    assert len(receiver.calls) == 1
+
+
+async def test_a_4xx_answer_ends_the_delivery(
+    ingest: RunningIngest, image_server: ImageServer
+) -> None:
+    receiver = Receiver(free_port(), script=[410])
+    async with receiver.serving():
+        request_id = await submit(ingest, image_server, receiver.url)
+        final = await wait_for_webhook_state(
+            ingest, request_id, ingest_pb2.WebhookDelivery.STATE_FAILED
+        )
+    assert len(receiver.calls) == 1
+    assert "HTTP 410" in final.webhook.last_error
+    assert json.loads(receiver.calls[0][1])["request_id"] == request_id
