@@ -7,6 +7,7 @@ import hashlib
 import hmac
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
 from shared.grpc_errors import Unauthenticated
 from shared.grpc_interceptors import Context, WrappingInterceptor
@@ -56,7 +57,9 @@ class AuthInterceptor(WrappingInterceptor):
     def __init__(self, auth: TokenAuth) -> None:
         self._auth = auth
 
-    def around(self, method: str, context: Context) -> AbstractAsyncContextManager[None] | None:
+    def around(
+        self, method: str, request: Any, context: Context
+    ) -> AbstractAsyncContextManager[None] | None:
         if method.startswith(OPEN_METHOD_PREFIXES):
             return None
         return self._authenticated(context)

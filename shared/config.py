@@ -82,6 +82,49 @@ class S3Settings:
 
 
 @dataclass(frozen=True)
+class GrpcServerSettings:
+    """How a gRPC server listens: message size, keepalive, connection age, TLS."""
+
+    max_message_bytes: int = 64 * 1024 * 1024
+    # The server pings idle connections this often, so proxies keep long streams open.
+    keepalive_seconds: float = 60.0
+    # Connections are closed after this long (0: never), so clients rebalance over new
+    # replicas; calls in flight get max_connection_age_grace_seconds to finish.
+    max_connection_age_seconds: float = 0.0
+    max_connection_age_grace_seconds: float = 120.0
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    # With a client CA, clients must present a certificate it signed (mutual TLS).
+    tls_client_ca: str | None = None
+
+    @classmethod
+    def from_env(
+        cls, env: Mapping[str, str], *, max_connection_age_seconds: float = 0.0
+    ) -> GrpcServerSettings:
+        cert, key = env.get("IMGPIPE_TLS_CERT") or None, env.get("IMGPIPE_TLS_KEY") or None
+        if bool(cert) != bool(key):
+            raise SettingsError("IMGPIPE_TLS_CERT and IMGPIPE_TLS_KEY go together")
+        client_ca = env.get("IMGPIPE_TLS_CLIENT_CA") or None
+        if client_ca and not cert:
+            raise SettingsError("IMGPIPE_TLS_CLIENT_CA needs IMGPIPE_TLS_CERT and _KEY")
+        return cls(
+            max_message_bytes=env_int(
+                env, "IMGPIPE_GRPC_MAX_MESSAGE_BYTES", cls.max_message_bytes, minimum=1024
+            ),
+            keepalive_seconds=env_float(env, "IMGPIPE_GRPC_KEEPALIVE_SECONDS", 60.0, minimum=1),
+            max_connection_age_seconds=env_float(
+                env, "IMGPIPE_GRPC_MAX_CONNECTION_AGE_SECONDS", max_connection_age_seconds
+            ),
+            max_connection_age_grace_seconds=env_float(
+                env, "IMGPIPE_GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS", 120.0
+            ),
+            tls_cert=cert,
+            tls_key=key,
+            tls_client_ca=client_ca,
+        )
+
+
+@dataclass(frozen=True)
 class CommonSettings:
     """Settings both services read."""
 
@@ -92,9 +135,17 @@ class CommonSettings:
     s3: S3Settings
     log_level: str
     grace_seconds: float
+    grpc: GrpcServerSettings
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str], *, grpc_addr: str, http_addr: str) -> CommonSettings:
+    def from_env(
+        cls,
+        env: Mapping[str, str],
+        *,
+        grpc_addr: str,
+        http_addr: str,
+        max_connection_age_seconds: float = 0.0,
+    ) -> CommonSettings:
         return cls(
             grpc_addr=env_str(env, "IMGPIPE_GRPC_ADDR", grpc_addr),
             http_addr=env_str(env, "IMGPIPE_HTTP_ADDR", http_addr),
@@ -103,6 +154,9 @@ class CommonSettings:
             s3=S3Settings.from_env(env),
             log_level=env_str(env, "IMGPIPE_LOG_LEVEL", "INFO").upper(),
             grace_seconds=env_float(env, "IMGPIPE_GRACE_SECONDS", 20.0),
+            grpc=GrpcServerSettings.from_env(
+                env, max_connection_age_seconds=max_connection_age_seconds
+            ),
         )
 
 

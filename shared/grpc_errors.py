@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
@@ -99,7 +100,9 @@ def to_status(exc: ServiceError) -> grpc.Status:
 class ErrorMappingInterceptor(WrappingInterceptor):
     """Turns ServiceError into its status (with rich details); anything else is INTERNAL."""
 
-    def around(self, method: str, context: Context) -> AbstractAsyncContextManager[None]:
+    def around(
+        self, method: str, request: Any, context: Context
+    ) -> AbstractAsyncContextManager[None]:
         return _mapped_errors(context)
 
 

@@ -18,7 +18,9 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class WrappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Subclasses say what to wrap each call in; None leaves the method alone."""
 
-    def around(self, method: str, context: Context) -> AbstractAsyncContextManager[Any] | None:
+    def around(
+        self, method: str, request: Any, context: Context
+    ) -> AbstractAsyncContextManager[Any] | None:
         raise NotImplementedError
 
     async def intercept_service(
@@ -34,7 +36,7 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             unary = handler.unary_unary
 
             async def unary_wrapper(request: Any, context: Context) -> Any:
-                scope = self.around(method, context)
+                scope = self.around(method, request, context)
                 if scope is None:
                     return await unary(request, context)
                 async with scope:
@@ -49,7 +51,7 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             stream: Callable[..., AsyncIterator[Any]] = handler.unary_stream
 
             async def stream_wrapper(request: Any, context: Context) -> AsyncIterator[Any]:
-                scope = self.around(method, context)
+                scope = self.around(method, request, context)
                 if scope is None:
                     async for message in stream(request, context):
                         yield message

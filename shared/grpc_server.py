@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -12,14 +13,46 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
+from shared.config import GrpcServerSettings
 from shared.grpc_errors import ErrorMappingInterceptor
+from shared.grpc_observe import ObservingInterceptor
 
-SERVER_OPTIONS: list[tuple[str, Any]] = [
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-]
+
+def server_options(settings: GrpcServerSettings) -> list[tuple[str, Any]]:
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.keepalive_time_ms", int(settings.keepalive_seconds * 1000)),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        # Clients may ping this often (gRPC's default, 5 min, makes common client
+        # keepalive settings fail with too_many_pings).
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_ping_strikes", 0),
+    ]
+    if settings.max_connection_age_seconds > 0:
+        options += [
+            ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
+            (
+                "grpc.max_connection_age_grace_ms",
+                int(settings.max_connection_age_grace_seconds * 1000),
+            ),
+        ]
+    return options
+
+
+def server_credentials(settings: GrpcServerSettings) -> grpc.ServerCredentials | None:
+    if not (settings.tls_cert and settings.tls_key):
+        return None
+    chain = Path(settings.tls_cert).read_bytes()
+    key = Path(settings.tls_key).read_bytes()
+    client_ca = Path(settings.tls_client_ca).read_bytes() if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(key, chain)],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
 
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 
@@ -43,13 +76,14 @@ class GrpcServer:
         self,
         addr: str,
         services: Sequence[tuple[Callable[[Any, grpc.aio.Server], None], Any, str]],
-        options: Sequence[tuple[str, Any]] = (),
+        settings: GrpcServerSettings,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),  # type: ignore[type-arg]
     ) -> None:
-        # The error mapping is outermost, so errors raised by the others are mapped too.
+        # Outermost first: the RPC log and metrics see the final code; the error mapping
+        # maps what the inner ones (auth) raise too.
         self.server = grpc.aio.server(
-            interceptors=[ErrorMappingInterceptor(), *interceptors],
-            options=[*SERVER_OPTIONS, *options],
+            interceptors=[ObservingInterceptor(), ErrorMappingInterceptor(), *interceptors],
+            options=server_options(settings),
         )
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -67,7 +101,11 @@ class GrpcServer:
         reflection_servicer = reflection.ReflectionServicer(reflection_names)
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection_servicer, self.server)
         self.server.add_generic_rpc_handlers((_reflection_v1_alias(reflection_servicer),))
-        self.port = self.server.add_insecure_port(addr)
+        credentials = server_credentials(settings)
+        if credentials is None:
+            self.port = self.server.add_insecure_port(addr)
+        else:
+            self.port = self.server.add_secure_port(addr, credentials)
         if self.port == 0:
             raise OSError(f"cannot listen on {addr}")
 

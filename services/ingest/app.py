@@ -97,6 +97,7 @@ class IngestApp:
         self.grpc = GrpcServer(
             settings.common.grpc_addr,
             [(ingest_pb2_grpc.add_IngestServiceServicer_to_server, servicer, SERVICE_NAME)],
+            settings=settings.common.grpc,
             interceptors=[AuthInterceptor(self.auth)],
         )
         await self.grpc.start()
@@ -109,6 +110,7 @@ class IngestApp:
         self.http_port = self._http_runner.addresses[0][1]
         await self.grpc.set_serving(True)
         self._ready = True
+        self._db_watch = asyncio.create_task(self._watch_database(), name="db-health")
         log.info(
             "ingest serving",
             extra={"grpc_port": self.grpc.port, "http_port": self.http_port},
@@ -118,8 +120,23 @@ class IngestApp:
     def ready(self) -> bool:
         return self._ready
 
+    async def _watch_database(self, interval: float = 2.0) -> None:
+        """Health follows the database: NOT_SERVING while it cannot be reached."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.pool.fetchval("SELECT 1", timeout=interval)
+                reachable = True
+            except CONNECTION_ERRORS:  # TimeoutError is an OSError
+                reachable = False
+            if reachable != self._ready:
+                log.warning("database reachable" if reachable else "database unreachable")
+                self._ready = reachable
+                await self.grpc.set_serving(reachable)
+
     async def stop(self) -> None:
         grace = self.settings.common.grace_seconds
+        self._db_watch.cancel()  # health stays NOT_SERVING from here on
         self._ready = False
         await self.grpc.set_serving(False)
         self.dispatcher.stop_claiming()

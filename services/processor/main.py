@@ -27,14 +27,6 @@ from shared.storage import open_storage
 
 log = logging.getLogger(__name__)
 
-# Connections are closed after a while (calls in flight get a grace period), so that
-# ingest's client-side round_robin spreads over replicas added since it connected.
-GRPC_OPTIONS = [
-    ("grpc.max_connection_age_ms", 5 * 60_000),
-    ("grpc.max_connection_age_grace_ms", 2 * 60_000),
-]
-
-
 class ProcessorApp:
     """Executors, storage, HTTP side, fetcher and gRPC server, started in that order and
     stopped in reverse: health NOT_SERVING, drain within the grace period, close pools."""
@@ -85,7 +77,7 @@ class ProcessorApp:
                     SERVICE_NAME,
                 )
             ],
-            options=GRPC_OPTIONS,
+            settings=common.grpc,
         )
         self.grpc_port = server.port
         stack.push_async_callback(server.stop, common.grace_seconds)

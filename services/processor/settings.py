@@ -52,7 +52,12 @@ class Settings:
         max_in_flight = env_int(env, "IMGPIPE_MAX_IN_FLIGHT", 4 * workers, minimum=1)
         return cls(
             common=CommonSettings.from_env(
-                env, grpc_addr="0.0.0.0:50052", http_addr="0.0.0.0:8081"
+                env,
+                grpc_addr="0.0.0.0:50052",
+                http_addr="0.0.0.0:8081",
+                # Closed after 5 minutes, so ingest's round_robin spreads over replicas
+                # added since it connected.
+                max_connection_age_seconds=300.0,
             ),
             fetch=FetchSettings.from_env(env),
             workers=workers,
