@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -53,6 +54,10 @@ class FailedPrecondition(ServiceError):
 class ResourceExhausted(ServiceError):
     """Too much at once; try again later."""
 
+    def __init__(self, message: str | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
 
 class Unavailable(ServiceError):
     """Temporarily unavailable; try again."""
@@ -94,6 +99,12 @@ def to_status(exc: ServiceError) -> grpc.Status:
             )
         )
         status.details.append(detail)
+    if isinstance(exc, ResourceExhausted) and exc.retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromTimedelta(timedelta(seconds=exc.retry_after))
+        retry = any_pb2.Any()
+        retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        status.details.append(retry)
     return rpc_status.to_status(status)
 
 

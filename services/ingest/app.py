@@ -18,6 +18,7 @@ from services.ingest.http_app import build_http_app
 from services.ingest.notifications import Notifier
 from services.ingest.operations import Requests
 from services.ingest.outbox import RESULT_CSV, WEBHOOK, OutboxWorker, ResultCsvWriter
+from services.ingest.rate_limit import RateLimiter
 from services.ingest.servicer import IngestServicer
 from services.ingest.settings import Settings
 from services.ingest.store import CONNECTION_ERRORS, Store
@@ -92,7 +93,13 @@ class IngestApp:
             asyncio.create_task(result_csv.run(), name="result-csv"),
             asyncio.create_task(webhooks.run(), name="webhooks"),
         ]
-        self.requests = Requests(self.store, self.notifier, settings.csv_limits, settings.watch)
+        self.requests = Requests(
+            self.store,
+            self.notifier,
+            settings.csv_limits,
+            settings.watch,
+            RateLimiter(settings.submit_rate_per_minute, settings.submit_burst),
+        )
         servicer = IngestServicer(self.requests)
         self.grpc = GrpcServer(
             settings.common.grpc_addr,

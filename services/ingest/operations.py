@@ -16,6 +16,7 @@ from services.ingest.csv_format import CsvLimits, parse_products
 from services.ingest.errors import InvalidOption, InvalidRequestId
 from services.ingest.model import Event, ImageStatus, RequestStatus, Submission
 from services.ingest.notifications import Notifier
+from services.ingest.rate_limit import RateLimiter
 from services.ingest.store import Store
 from services.ingest.watch import WatchSettings, watch
 
@@ -74,8 +75,14 @@ def check_after_sequence(after_sequence: int) -> int:
 
 class Requests:
     def __init__(
-        self, store: Store, notifier: Notifier, csv_limits: CsvLimits, watch_settings: WatchSettings
+        self,
+        store: Store,
+        notifier: Notifier,
+        csv_limits: CsvLimits,
+        watch_settings: WatchSettings,
+        rate_limiter: RateLimiter,
     ) -> None:
+        self._rate_limiter = rate_limiter
         self._store = store
         self._notifier = notifier
         self._csv_limits = csv_limits
@@ -84,6 +91,7 @@ class Requests:
     async def submit(
         self, csv: bytes, *, quality: int, webhook_url: str, idempotency_key: str, caller: str
     ) -> Submission:
+        self._rate_limiter.check(caller)
         quality = check_quality(quality)
         webhook_url = check_webhook_url(webhook_url)
         key = check_idempotency_key(idempotency_key)

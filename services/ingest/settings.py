@@ -24,6 +24,9 @@ class Settings:
     dispatch: DispatchSettings
     watch: WatchSettings
     csv_limits: CsvLimits
+    # Per token (per replica); 0 turns the limit off.
+    submit_rate_per_minute: float
+    submit_burst: int
     owner: str
     auth_tokens: tuple[str, ...]
     webhooks: WebhookSettings
@@ -58,7 +61,15 @@ class Settings:
             csv_limits=CsvLimits(
                 max_bytes=env_int(env, "IMGPIPE_MAX_CSV_BYTES", CsvLimits.max_bytes, minimum=1),
                 max_rows=env_int(env, "IMGPIPE_MAX_CSV_ROWS", CsvLimits.max_rows, minimum=1),
+                max_urls_per_row=env_int(
+                    env, "IMGPIPE_MAX_URLS_PER_ROW", CsvLimits.max_urls_per_row, minimum=1
+                ),
+                max_url_length=env_int(
+                    env, "IMGPIPE_MAX_URL_LENGTH", CsvLimits.max_url_length, minimum=16
+                ),
             ),
+            submit_rate_per_minute=env_float(env, "IMGPIPE_SUBMIT_RATE_PER_MINUTE", 120.0),
+            submit_burst=env_int(env, "IMGPIPE_SUBMIT_BURST", 30, minimum=1),
             owner=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
             webhooks=WebhookSettings(
                 secret=env.get("IMGPIPE_WEBHOOK_SECRET", ""),

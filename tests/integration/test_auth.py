@@ -8,7 +8,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 
 from imgpipe.v1 import ingest_pb2
 from tests.integration.ingest_harness import RunningIngest, running_ingest
@@ -23,6 +25,8 @@ async def ingest(database_url: str, tmp_path: Path) -> AsyncIterator[RunningInge
         "IMGPIPE_STORAGE_URL": f"file://{tmp_path}/objects",
         "IMGPIPE_PROCESSOR_TARGET": "127.0.0.1:9",
         "IMGPIPE_AUTH_TOKENS": "alpha-token, beta-token",
+        "IMGPIPE_SUBMIT_RATE_PER_MINUTE": "6",
+        "IMGPIPE_SUBMIT_BURST": "3",
     }
     async with running_ingest(env) as running:
         yield running
@@ -83,3 +87,18 @@ async def test_a_request_is_visible_only_to_its_token(ingest: RunningIngest) -> 
         ingest_pb2.SubmitRequest(csv=CSV, idempotency_key="k"), metadata=bearer("beta-token")
     )
     assert other.request_id != submitted.request_id
+
+
+async def test_submit_is_rate_limited_per_token_with_retry_info(ingest: RunningIngest) -> None:
+    for _ in range(3):
+        await ingest.stub.Submit(ingest_pb2.SubmitRequest(csv=CSV), metadata=bearer("alpha-token"))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await ingest.stub.Submit(ingest_pb2.SubmitRequest(csv=CSV), metadata=bearer("alpha-token"))
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    status = rpc_status.from_call(caught.value)
+    assert status is not None
+    retry = error_details_pb2.RetryInfo()
+    assert any(detail.Unpack(retry) for detail in status.details)
+    assert 0 < retry.retry_delay.ToTimedelta().total_seconds() <= 10
+    # Another token has its own allowance.
+    await ingest.stub.Submit(ingest_pb2.SubmitRequest(csv=CSV), metadata=bearer("beta-token"))
