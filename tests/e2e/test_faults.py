@@ -4,8 +4,10 @@ image still reaches a terminal state exactly once. Real processes throughout."""
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import boto3
@@ -16,13 +18,15 @@ from devstack.image_server import ImageServer
 from devstack.ports import free_port
 from devstack.postgres import PostgresServer, PrivateCluster
 from devstack.stack import Stack
-from imgpipe.v1 import types_pb2
+from imgpipe.v1 import ingest_pb2, types_pb2
 from tests.e2e.batch import (
     FAULT_ENV,
     batch_csv,
     done_count,
     query,
     serve_batch,
+    status,
+    stub,
     submit,
     terminal_events_per_image,
     wait_terminal,
@@ -226,3 +230,57 @@ def test_transient_failures_are_retried_and_permanent_ones_are_not(
     assert "404" in missing_image.error
     assert "not retried" in missing_image.error
     assert (good_image.state, good_image.attempts) == (types_pb2.IMAGE_STATE_SUCCEEDED, 1)
+
+
+class WebhookReceiver:
+    """A loopback receiver that answers 503 until told to accept; records every call."""
+
+    def __init__(self) -> None:
+        self.accepting = False
+        self.calls: list[tuple[int, str]] = []  # (status answered, webhook-id)
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length", "0")))
+                status = 200 if receiver.accepting else 503
+                receiver.calls.append((status, self.headers.get("webhook-id", "")))
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_a_crash_between_terminal_and_webhook_delivery_still_delivers(
+    database_url: str, s3_env: dict[str, str], image_server: ImageServer, tmp_path: Path
+) -> None:
+    receiver = WebhookReceiver()
+    env = {
+        **FAULT_ENV,
+        "IMGPIPE_ALLOW_PRIVATE_NETWORKS": "true",
+        "IMGPIPE_WEBHOOK_RETRY_BASE_SECONDS": "0.5",
+        "IMGPIPE_WEBHOOK_RETRY_CAP_SECONDS": "1",
+    }
+    urls = serve_batch(image_server, 4)
+    try:
+        with Stack(database_url, s3_env, log_dir=tmp_path / "logs", extra_env=env) as stack:
+            request = ingest_pb2.SubmitRequest(csv=batch_csv(urls), webhook_url=receiver.url)
+            request_id = stub(stack.ingest_target).Submit(request, timeout=30).request_id
+            wait_until(lambda: len(receiver.calls) >= 1, 60, "a first delivery attempt")
+            stack.kill("ingest", signal.SIGKILL)
+            stack.wait("ingest")
+            receiver.accepting = True
+            stack.restart("ingest")
+            wait_until(lambda: receiver.calls[-1][0] == 200, 60, "delivery after restart")
+            final = status(stack.ingest_target, request_id)
+    finally:
+        receiver.server.shutdown()
+    assert final.state == types_pb2.REQUEST_STATE_COMPLETED
+    assert final.webhook.state == ingest_pb2.WebhookDelivery.STATE_DELIVERED
+    assert {webhook_id for _, webhook_id in receiver.calls} == {final.webhook.delivery_id}
