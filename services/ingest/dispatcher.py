@@ -94,9 +94,12 @@ class Dispatcher:
         leftover = [claim for task, claim in self._in_flight.items() if not task.done()]
         for task in list(self._in_flight):
             task.cancel()
+        handed_back = Outcome(
+            ImageState.QUEUED, error="handed back at shutdown", refund_attempt=True
+        )
         for claim in leftover:
             with contextlib.suppress(DatabaseUnavailable):
-                await self._store.finish(lease_of(claim), Outcome(ImageState.QUEUED))
+                await self._store.finish(lease_of(claim), handed_back)
         if leftover:
             log.info("handed back unfinished leases", extra={"count": len(leftover)})
 
