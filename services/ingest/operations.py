@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
+from services.ingest import metrics
 from services.ingest.csv_format import CsvLimits, parse_products
 from services.ingest.errors import InvalidOption, InvalidRequestId
 from services.ingest.model import Event, ImageStatus, RequestStatus, Submission
@@ -96,6 +97,7 @@ class Requests:
         webhook_url = check_webhook_url(webhook_url)
         key = check_idempotency_key(idempotency_key)
         products = await asyncio.to_thread(parse_products, csv, self._csv_limits)
+        metrics.REQUESTS_SUBMITTED.inc()
         return await self._store.submit(
             products,
             quality=quality,
