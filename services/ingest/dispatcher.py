@@ -55,6 +55,7 @@ class Dispatcher:
         settings: DispatchSettings,
     ) -> None:
         self._store = store
+        self._channel = channel
         self._stub = processor_pb2_grpc.ProcessorServiceStub(channel)
         self._notifier = notifier
         self._owner = owner
@@ -145,7 +146,10 @@ class Dispatcher:
             response = await self._stub.ProcessImage(request, timeout=self._settings.call_timeout)
         except grpc.aio.AioRpcError as exc:
             outcome = self._settings.retry.after_error(
-                exc.code(), exc.details() or "", claim.attempt
+                exc.code(),
+                exc.details() or "",
+                claim.attempt,
+                reached=not self._no_processor_reachable(exc),
             )
             if outcome.refund_attempt:
                 self._busy_until = time.monotonic() + outcome.retry_after
@@ -157,6 +161,14 @@ class Dispatcher:
                 output_bytes=response.output_bytes,
             )
         await self._record(lease_of(claim), outcome, claim)
+
+    def _no_processor_reachable(self, exc: grpc.aio.AioRpcError) -> bool:
+        """UNAVAILABLE because the channel has no processor to call (all down), not
+        because a processor answered so."""
+        if exc.code() != grpc.StatusCode.UNAVAILABLE:
+            return False
+        state = self._channel.get_state(try_to_connect=False)
+        return state is not grpc.ChannelConnectivity.READY
 
     async def _record(self, lease: Lease, outcome: Outcome, claim: Claim) -> None:
         extra = {

@@ -42,13 +42,17 @@ class RetryPolicy:
         """How long to leave an image, and the dispatcher, alone after a processor was full."""
         return random.uniform(0.1, 0.5)
 
-    def after_error(self, code: grpc.StatusCode, details: str, attempt: int) -> Outcome:
+    def after_error(
+        self, code: grpc.StatusCode, details: str, attempt: int, *, reached: bool = True
+    ) -> Outcome:
+        """reached: the call got to a processor (False when none could be connected to)."""
         error = f"{code.name}: {details}" if details else code.name
-        if code == BUSY:
+        if code == BUSY or not reached:
+            # Full, or no processor up at all: work is delayed, never failed, for that.
             return Outcome(
                 ImageState.QUEUED,
                 error=f"{error} (not counted as an attempt)",
-                retry_after=self.busy_backoff(),
+                retry_after=self.busy_backoff() if reached else random.uniform(0.5, 2.0),
                 refund_attempt=True,
             )
         if code in PERMANENT:

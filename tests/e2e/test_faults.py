@@ -284,3 +284,22 @@ def test_a_crash_between_terminal_and_webhook_delivery_still_delivers(
     assert final.state == types_pb2.REQUEST_STATE_COMPLETED
     assert final.webhook.state == ingest_pb2.WebhookDelivery.STATE_DELIVERED
     assert {webhook_id for _, webhook_id in receiver.calls} == {final.webhook.delivery_id}
+
+
+def test_every_processor_down_for_a_while_delays_work_without_failing_it(
+    database_url: str, s3_env: dict[str, str], image_server: ImageServer, tmp_path: Path
+) -> None:
+    urls = serve_batch(image_server, 40)
+    # Three attempts would be spent in seconds if an unreachable processor counted.
+    env = {**FAULT_ENV, "IMGPIPE_RETRY_MAX_ATTEMPTS": "3"}
+    with Stack(database_url, s3_env, log_dir=tmp_path / "logs", extra_env=env) as stack:
+        request_id = submit(stack.ingest_target, batch_csv(urls))
+        wait_until(lambda: done_count(stack.ingest_target, request_id) >= 5, 60, "5 done")
+        for name in ("processor-1", "processor-2"):
+            stack.kill(name, signal.SIGKILL)
+            stack.wait(name)
+        time.sleep(8)
+        assert done_count(stack.ingest_target, request_id) < 40
+        stack.restart("processor-1")
+        stack.restart("processor-2")
+        assert_complete_exactly_once(database_url, stack.ingest_target, request_id, 40)
