@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PROTOS := $(wildcard protos/imgpipe/v1/*.proto)
 
-.PHONY: all venv gen run test lint bench clean
+.PHONY: all venv gen run test lint audit bench clean
 
 all: lint test
 
@@ -32,6 +32,14 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	cd protos && ../$(VENV)/bin/buf lint
+
+# Known vulnerabilities in the installed packages, by pip-audit. Where its advisory
+# service cannot be reached, pip-audit checks nothing and calls every package skipped;
+# --strict makes that a failure, so this target never passes without having checked.
+audit: $(STAMP)
+	$(VENV)/bin/pip-audit --local --strict --skip-editable --progress-spinner off || { \
+	  echo "make audit: FAILED: a known vulnerability above, or pip-audit could not check" \
+	    "every installed package (its advisory service must be reachable)" >&2; exit 1; }
 
 bench: $(STAMP)
 	$(PY) -m devstack.bench

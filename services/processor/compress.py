@@ -1,20 +1,24 @@
 """Source bytes to JPEG with Pillow. Pure and CPU-bound: run it in the codec executor.
 
-Any input it cannot turn into an image is a permanent error (NotAnImage or TooManyPixels),
-whatever Pillow raised; the pixel limit is checked from the header, before decoding.
+The format comes from the first bytes (formats.detect) and only that format's Pillow plugin
+opens them. Any input it cannot turn into an image is a permanent error (NotAnImage,
+TooManyPixels or TooManyFrames), whatever Pillow raised; the pixel and frame limits are
+checked before decoding.
 """
 
 from __future__ import annotations
 
 import io
+import traceback
 import warnings
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps
 
-from services.processor.errors import NotAnImage, TooManyPixels
+from services.processor.errors import NotAnImage, TooManyFrames, TooManyPixels
+from services.processor.formats import detect, gif_frame_count
+from services.processor.settings import DEFAULT_MAX_FRAMES
 
-FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 DEFAULT_QUALITY = 50
 MAX_QUALITY = 95
 MAX_JPEG_SIDE = 65_500  # libjpeg's JPEG_MAX_DIMENSION
@@ -40,33 +44,34 @@ def limit_pillow(max_pixels: int) -> None:
     warnings.simplefilter("error", Image.DecompressionBombWarning)
 
 
-def compress(data: bytes, quality: int, max_pixels: int) -> Compressed:
+def compress(
+    data: bytes, quality: int, max_pixels: int, max_frames: int = DEFAULT_MAX_FRAMES
+) -> Compressed:
     """Decodes data (first frame, upright per EXIF, flattened onto white) and encodes it
     as a JPEG at quality (1-95; 0 means 50), keeping the ICC profile of an RGB source and
     no other metadata."""
     if not 0 <= quality <= MAX_QUALITY:
         raise ValueError(f"quality must be 0-{MAX_QUALITY}, not {quality}")
+    detected = detect(data)
     try:
-        source = Image.open(io.BytesIO(data), formats=FORMATS)
+        source = Image.open(io.BytesIO(data), formats=[detected])
     except Exception as exc:
-        raise _decode_error(exc, "not a JPEG, PNG, WebP, GIF, BMP or TIFF image") from None
-    with source:
-        source_format = source.format or "unknown"
-        width, height = source.size
-        if width * height > max_pixels:
-            raise TooManyPixels(
-                f"the image is {width}x{height}, more than the limit of {max_pixels} pixels"
-            )
-        if max(width, height) > MAX_JPEG_SIDE:
-            raise TooManyPixels(
-                f"the image is {width}x{height}; a JPEG is at most {MAX_JPEG_SIDE} pixels a side"
-            )
+        raise _decode_error(exc, f"corrupt {detected} image") from None
+    try:
+        source_format = source.format or detected
+        _check_size(source, max_pixels)
+        _check_frames(source, data, max_frames)
         icc = source.info.get("icc_profile")
         try:
             image = _to_rgb(ImageOps.exif_transpose(source))
         except Exception as exc:
             raise _decode_error(exc, f"corrupt or truncated {source_format} image") from None
-    # Drop every piece of source metadata (EXIF, XMP, comments) but an RGB colour profile.
+    finally:
+        # Frees the source's pixels now, even while an error from here is being handled
+        # (its traceback holds this frame); `with source` would only close the file.
+        source.close()
+    # Drop every piece of source metadata (EXIF with GPS, XMP, comments) but an RGB colour
+    # profile: the JPEG encoder writes only what it is given and what is left in info.
     image.info.clear()
     out = io.BytesIO()
     image.save(
@@ -79,8 +84,45 @@ def compress(data: bytes, quality: int, max_pixels: int) -> Compressed:
     return Compressed(out.getvalue(), image.width, image.height, source_format)
 
 
+def _check_size(source: Image.Image, max_pixels: int) -> None:
+    width, height = source.size
+    if width * height > max_pixels:
+        raise TooManyPixels(
+            f"the image is {width}x{height}, more than the limit of {max_pixels} pixels"
+        )
+    if max(width, height) > MAX_JPEG_SIDE:
+        raise TooManyPixels(
+            f"the image is {width}x{height}; a JPEG is at most {MAX_JPEG_SIDE} pixels a side"
+        )
+
+
+def _check_frames(source: Image.Image, data: bytes, max_frames: int) -> None:
+    """Refuses an animation of more than max_frames frames, without decoding any.
+
+    PNG (APNG), WebP and MPO declare their frame count in a header; a GIF's frames are
+    counted by walking its blocks, up to the limit (Pillow's n_frames would walk them all).
+    TIFF pages are not frames of an animation and only the first is read.
+    """
+    if source.format == "TIFF":
+        return
+    if source.format == "GIF":
+        frames = gif_frame_count(data, stop_after=max_frames)
+    else:
+        frames = int(getattr(source, "n_frames", 1))
+    if frames > max_frames:
+        raise TooManyFrames(
+            f"the {source.format} image has more than {max_frames} frames, the limit"
+        )
+
+
 def _decode_error(exc: Exception, what: str) -> NotAnImage | TooManyPixels:
-    """Pillow raises many kinds of exception on hostile bytes; all are permanent."""
+    """Pillow raises many kinds of exception on hostile bytes; all are permanent.
+
+    The frames of the failed decode are cleared: their locals (a decoder, say) hold the
+    partly decoded pixels, which the error, through its context, would otherwise keep
+    alive for as long as it is handled.
+    """
+    traceback.clear_frames(exc.__traceback__)
     if isinstance(exc, Image.DecompressionBombError | Image.DecompressionBombWarning):
         return TooManyPixels(f"the image has too many pixels: {exc}")
     return NotAnImage(f"{what}: {exc}" if str(exc) else what)

@@ -10,11 +10,12 @@ from shared.grpc_errors import FailedPrecondition, InvalidArgument, ResourceExha
 
 
 class UnsupportedUrl(InvalidArgument):
-    """The source URL is not an absolute http(s) URL without user info."""
+    """The source URL is not an absolute http(s) URL without user info, on an allowed port."""
 
 
 class BlockedAddress(FailedPrecondition):
-    """The source is on a loopback, private, link-local or otherwise non-public address."""
+    """The source is on a loopback, private, link-local, metadata or otherwise non-public
+    host or address."""
 
 
 class SourceNotFound(FailedPrecondition):
@@ -39,6 +40,10 @@ class NotAnImage(FailedPrecondition):
 
 class TooManyPixels(FailedPrecondition):
     """The image has more pixels than the limit."""
+
+
+class TooManyFrames(FailedPrecondition):
+    """The animation has more frames than the limit."""
 
 
 class SourceUnavailable(Unavailable):

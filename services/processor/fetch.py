@@ -1,20 +1,16 @@
 """Fetching source images over HTTP: SSRF-safe, size-capped, with manual redirects.
 
-One aiohttp session (a keep-alive pool) serves every call. Unless private networks are
-allowed, a source must be on a public address: IP-literal hosts are checked here, host
-names on the very addresses the connector will connect to (a filtering resolver), so a DNS
-answer cannot change between the check and the connection.
+One aiohttp session (a keep-alive pool) serves every call. The URL of every hop, and the
+address every connection goes to, pass shared.address_policy (public addresses on allowed
+ports only, unless private networks are allowed). Bodies are read as sent: no automatic
+decompression, at most max_source_bytes, all within the total timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import socket
 
 import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
 from services.processor.errors import (
@@ -27,6 +23,7 @@ from services.processor.errors import (
     UnsupportedUrl,
 )
 from services.processor.settings import FetchSettings
+from shared.address_policy import AddressNotAllowed, AddressPolicy, UrlNotAllowed
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 CHUNK_BYTES = 64 * 1024
@@ -36,62 +33,6 @@ REQUEST_HEADERS = {
     "Accept-Encoding": "identity",
     "User-Agent": "imgpipe-processor",
 }
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-def is_public(ip: IPAddress) -> bool:
-    """False for loopback, private, link-local, multicast, unspecified and reserved
-    addresses, and for IPv6 addresses that embed such an IPv4 address."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not (
-        ip.is_loopback
-        or ip.is_private
-        or ip.is_link_local
-        or ip.is_multicast
-        or ip.is_unspecified
-        or ip.is_reserved
-    )
-
-
-class PublicAddressResolver(AbstractResolver):
-    """Resolves through another resolver and keeps only public addresses."""
-
-    def __init__(self, inner: AbstractResolver) -> None:
-        self._inner = inner
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        resolved = await self._inner.resolve(host, port, family)
-        public = [r for r in resolved if is_public(ipaddress.ip_address(r["host"]))]
-        if not public:
-            addresses = ", ".join(sorted({r["host"] for r in resolved}))
-            raise BlockedAddress(
-                f"source host {host} resolves to non-public addresses only ({addresses})"
-            )
-        return public
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-
-def check_url(url: URL, allow_private_networks: bool) -> None:
-    """Raises unless url is absolute http(s), without user info, and (unless private
-    networks are allowed) not an IP literal of a non-public address."""
-    if url.scheme not in {"http", "https"} or not url.raw_host:
-        raise UnsupportedUrl(f"{url} is not an absolute http(s) URL")
-    if url.raw_user is not None or url.raw_password is not None:
-        raise UnsupportedUrl(f"{url.with_user(None)} must not carry user info")
-    if allow_private_networks:
-        return
-    try:
-        ip = ipaddress.ip_address(url.raw_host)
-    except ValueError:
-        return  # a host name: the resolver checks what it resolves to
-    if not is_public(ip):
-        raise BlockedAddress(f"{url} is on a non-public address")
 
 
 def check_status(url: URL, status: int) -> None:
@@ -110,11 +51,9 @@ class Fetcher:
 
     def __init__(self, settings: FetchSettings, max_connections: int) -> None:
         self._settings = settings
-        resolver: AbstractResolver = DefaultResolver()
-        if not settings.allow_private_networks:
-            resolver = PublicAddressResolver(resolver)
+        self._policy = AddressPolicy(settings.allow_private_networks, settings.allowed_ports)
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(resolver=resolver, limit=max_connections),
+            connector=self._policy.connector(limit=max_connections),
             timeout=aiohttp.ClientTimeout(
                 total=None,
                 sock_connect=settings.connect_timeout,
@@ -136,6 +75,10 @@ class Fetcher:
         try:
             async with asyncio.timeout(self._settings.total_timeout):
                 return await self._follow(url)
+        except UrlNotAllowed as exc:
+            raise UnsupportedUrl(str(exc)) from None
+        except AddressNotAllowed as exc:
+            raise BlockedAddress(str(exc)) from None
         except TimeoutError as exc:
             reason = str(exc) or f"no complete answer in {self._settings.total_timeout:g} s"
             raise SourceUnavailable(f"{url} timed out: {reason}") from None
@@ -147,7 +90,7 @@ class Fetcher:
     async def _follow(self, source: URL) -> bytes:
         url = source
         for _ in range(self._settings.max_redirects + 1):
-            check_url(url, self._settings.allow_private_networks)
+            self._policy.check_url(url)
             async with self._session.get(url, allow_redirects=False) as response:
                 if response.status not in REDIRECT_STATUSES:
                     check_status(url, response.status)
@@ -156,6 +99,7 @@ class Fetcher:
         raise TooManyRedirects(f"{source} redirects more than {self._settings.max_redirects} times")
 
     async def _read(self, url: URL, response: aiohttp.ClientResponse) -> bytes:
+        """The body as sent (a Content-Encoding is not undone), at most the byte limit."""
         limit = self._settings.max_source_bytes
         too_large = f"{url} is larger than {limit} bytes"
         if response.content_length is not None and response.content_length > limit:

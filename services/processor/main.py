@@ -27,6 +27,7 @@ from shared.storage import open_storage
 
 log = logging.getLogger(__name__)
 
+
 class ProcessorApp:
     """Executors, storage, HTTP side, fetcher and gRPC server, started in that order and
     stopped in reverse: health NOT_SERVING, drain within the grace period, close pools."""
@@ -65,7 +66,7 @@ class ProcessorApp:
             storage,
             codec_executor=codec_executor,
             storage_executor=storage_executor,
-            max_pixels=settings.max_pixels,
+            decode=settings.decode,
             max_in_flight=settings.max_in_flight,
         )
         server = GrpcServer(
@@ -111,7 +112,7 @@ def main() -> None:
     except SettingsError as exc:
         sys.exit(f"imgpipe-processor: {exc}")
     setup_logging(settings.common.log_level)
-    limit_pillow(settings.max_pixels)
+    limit_pillow(settings.decode.max_pixels)
     try:
         asyncio.run(serve(settings))
     except Exception:

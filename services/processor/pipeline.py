@@ -17,6 +17,7 @@ from services.processor import metrics
 from services.processor.compress import MAX_QUALITY, Compressed, compress
 from services.processor.errors import ProcessorFull, StorageUnavailable
 from services.processor.fetch import Fetcher
+from services.processor.settings import DecodeSettings
 from shared.grpc_errors import InvalidArgument, ServiceError, Unavailable
 from shared.storage import Storage, StorageError
 
@@ -59,9 +60,9 @@ def validate(output_key: str, quality: int) -> None:
         raise InvalidArgument("; ".join(f"{f}: {d}" for f, d in violations), violations)
 
 
-def _timed_compress(data: bytes, quality: int, max_pixels: int) -> Compressed:
+def _timed_compress(data: bytes, quality: int, limits: DecodeSettings) -> Compressed:
     with metrics.COMPRESS_SECONDS.time():
-        return compress(data, quality, max_pixels)
+        return compress(data, quality, limits.max_pixels, limits.max_frames)
 
 
 class Pipeline:
@@ -72,14 +73,14 @@ class Pipeline:
         *,
         codec_executor: Executor,
         storage_executor: Executor,
-        max_pixels: int,
+        decode: DecodeSettings,
         max_in_flight: int,
     ) -> None:
         self._fetcher = fetcher
         self._storage = storage
         self._codec_executor = codec_executor
         self._storage_executor = storage_executor
-        self._max_pixels = max_pixels
+        self._decode = decode
         self._max_in_flight = max_in_flight
         self._in_flight = 0
 
@@ -127,7 +128,7 @@ class Pipeline:
             data = await self._fetcher.fetch(source_url)
         metrics.INPUT_BYTES.inc(len(data))
         compressed = await loop.run_in_executor(
-            self._codec_executor, _timed_compress, data, quality, self._max_pixels
+            self._codec_executor, _timed_compress, data, quality, self._decode
         )
         try:
             output_url = await loop.run_in_executor(

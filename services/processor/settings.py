@@ -6,9 +6,23 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from shared.config import CommonSettings, env_bool, env_float, env_int
+from shared.address_policy import DEFAULT_PORTS
+from shared.config import CommonSettings, SettingsError, env_bool, env_float, env_int
 
 MIB = 1024 * 1024
+DEFAULT_MAX_FRAMES = 1000
+MAX_PORT = 65_535
+
+
+def env_ports(env: Mapping[str, str], name: str) -> frozenset[int] | None:
+    """A comma-separated list of TCP ports; None when the variable is unset or empty."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    items = [item.strip() for item in raw.split(",") if item.strip()]
+    if not items or not all(item.isdigit() and 1 <= int(item) <= MAX_PORT for item in items):
+        raise SettingsError(f"{name} must be comma-separated ports (1-{MAX_PORT}), not {raw!r}")
+    return frozenset(int(item) for item in items)
 
 
 @dataclass(frozen=True)
@@ -16,6 +30,8 @@ class FetchSettings:
     """How sources are fetched."""
 
     allow_private_networks: bool
+    # Ports a source URL may use; None allows any.
+    allowed_ports: frozenset[int] | None
     max_source_bytes: int
     connect_timeout: float
     read_timeout: float
@@ -24,8 +40,14 @@ class FetchSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> FetchSettings:
+        allow_private_networks = env_bool(env, "IMGPIPE_ALLOW_PRIVATE_NETWORKS")
+        # By default 80 and 443, or any port where private networks are allowed (local runs).
+        allowed_ports = env_ports(env, "IMGPIPE_ALLOWED_PORTS")
+        if allowed_ports is None and not allow_private_networks:
+            allowed_ports = DEFAULT_PORTS
         return cls(
-            allow_private_networks=env_bool(env, "IMGPIPE_ALLOW_PRIVATE_NETWORKS"),
+            allow_private_networks=allow_private_networks,
+            allowed_ports=allowed_ports,
             max_source_bytes=env_int(env, "IMGPIPE_MAX_SOURCE_BYTES", 50 * MIB, minimum=1),
             connect_timeout=env_float(env, "IMGPIPE_FETCH_CONNECT_TIMEOUT", 5.0, minimum=0.01),
             read_timeout=env_float(env, "IMGPIPE_FETCH_READ_TIMEOUT", 10.0, minimum=0.01),
@@ -35,16 +57,33 @@ class FetchSettings:
 
 
 @dataclass(frozen=True)
+class DecodeSettings:
+    """How much of an image the processor agrees to decode."""
+
+    # Width x height, checked from the header before decoding.
+    max_pixels: int
+    # Frames of an animation (GIF, APNG, WebP), counted without decoding them.
+    max_frames: int
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> DecodeSettings:
+        return cls(
+            max_pixels=env_int(env, "IMGPIPE_MAX_PIXELS", 100_000_000, minimum=1),
+            max_frames=env_int(env, "IMGPIPE_MAX_FRAMES", DEFAULT_MAX_FRAMES, minimum=1),
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the processor reads from its environment."""
 
     common: CommonSettings
     fetch: FetchSettings
+    decode: DecodeSettings
     # Threads that decode and encode images.
     workers: int
     # Calls handled at once; one more is refused with RESOURCE_EXHAUSTED, never queued.
     max_in_flight: int
-    max_pixels: int
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -60,7 +99,7 @@ class Settings:
                 max_connection_age_seconds=300.0,
             ),
             fetch=FetchSettings.from_env(env),
+            decode=DecodeSettings.from_env(env),
             workers=workers,
             max_in_flight=max_in_flight,
-            max_pixels=env_int(env, "IMGPIPE_MAX_PIXELS", 100_000_000, minimum=1),
         )

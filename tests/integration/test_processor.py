@@ -28,8 +28,8 @@ from devstack.sample_images import sample
 from imgpipe.v1 import processor_pb2, processor_pb2_grpc, types_pb2
 from services.processor.http_app import make_http_app
 from services.processor.main import ProcessorApp
-from services.processor.settings import Settings
-from shared.config import S3Settings
+from services.processor.settings import FetchSettings, Settings
+from shared.config import S3Settings, SettingsError
 from shared.storage import open_storage
 
 PNG = sample(160, 120, "PNG")
@@ -282,11 +282,42 @@ async def test_private_sources_are_blocked_by_default(
         f"http://[::ffff:127.0.0.1]:{port}/photo.png",
         f"http://[::1]:{port}/photo.png",
         f"http://0.0.0.0:{port}/photo.png",
+        f"http://2130706433:{port}/photo.png",
+        f"http://0x7f.1:{port}/photo.png",
+        f"http://api.localhost:{port}/photo.png",
     ]:
         error = await processor.fails(source)
         assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, source
         assert "non-public" in (error.details() or ""), source
     assert sum(image_server.hits.values()) == 0
+
+
+async def test_only_allowed_ports_are_fetched(
+    start_processor: StartProcessor, image_server: ImageServer, tmp_path: Path
+) -> None:
+    processor = await start_processor(
+        {
+            "IMGPIPE_STORAGE_URL": tmp_path.as_uri(),
+            "IMGPIPE_ALLOW_PRIVATE_NETWORKS": "true",
+            "IMGPIPE_ALLOWED_PORTS": "80, 443",
+        }
+    )
+    error = await processor.fails(image_server.add("/photo.png", PNG))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"port {image_server.port}; allowed ports: 80, 443" in (error.details() or "")
+    assert sum(image_server.hits.values()) == 0
+
+
+def test_allowed_ports_setting() -> None:
+    base = {"IMGPIPE_STORAGE_URL": "file:///tmp/out"}
+    assert FetchSettings.from_env(base).allowed_ports == frozenset({80, 443})
+    local = {**base, "IMGPIPE_ALLOW_PRIVATE_NETWORKS": "true"}
+    assert FetchSettings.from_env(local).allowed_ports is None
+    only_8080 = FetchSettings.from_env({**local, "IMGPIPE_ALLOWED_PORTS": "8080"})
+    assert only_8080.allowed_ports == frozenset({8080})
+    for bad in ["http", "80;443", "0", "65536", ","]:
+        with pytest.raises(SettingsError, match="IMGPIPE_ALLOWED_PORTS"):
+            FetchSettings.from_env({**base, "IMGPIPE_ALLOWED_PORTS": bad})
 
 
 async def test_a_body_over_the_byte_cap_is_permanent(

@@ -1,20 +1,21 @@
-"""services.processor.compress: every supported source to a valid JPEG; bad bytes to a
-permanent error."""
+"""services.processor.compress and formats: every supported source to a valid JPEG with no
+metadata but its colour profile; other formats, bad bytes, bombs and overlong animations to
+a permanent error."""
 
 from __future__ import annotations
 
 import io
 import random
-import struct
-import zlib
 
 import pytest
-from PIL import Image, ImageCms
+from PIL import ExifTags, Image, ImageCms
 
 from devstack.sample_images import encode, photo_like, sample
 from services.processor.compress import Compressed, compress
-from services.processor.errors import NotAnImage, TooManyPixels
+from services.processor.errors import NotAnImage, TooManyFrames, TooManyPixels
+from services.processor.formats import gif_frame_count
 from shared.grpc_errors import FailedPrecondition
+from tests.hostile_payloads import eps, gif_with_frames, gzip_of_zeros, png_header_only, psd
 
 MAX_PIXELS = 100_000_000
 ORIENTATION = 0x0112
@@ -27,22 +28,6 @@ def decoded(result: Compressed) -> Image.Image:
     assert image.size == (result.width, result.height)
     image.load()
     return image
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header declares width x height, with (almost) no pixel data."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(kind + data)
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b""))
-        + chunk(b"IEND", b"")
-    )
 
 
 def srgb_profile() -> bytes:
@@ -176,3 +161,127 @@ def test_the_pixel_limit_is_the_one_given() -> None:
 def test_an_image_too_wide_for_jpeg_is_refused() -> None:
     with pytest.raises(TooManyPixels, match="a side"):
         compress(png_header_only(70_000, 10), quality=50, max_pixels=MAX_PIXELS)
+
+
+def encoded_frames(fmt: str, count: int, **params: object) -> bytes:
+    frames = [Image.new("RGB", (8, 8), (i * 40 % 256, 0, 0)) for i in range(count)]
+    out = io.BytesIO()
+    frames[0].save(out, format=fmt, save_all=True, append_images=frames[1:], **params)
+    return out.getvalue()
+
+
+def jpeg2000() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(out, format="JPEG2000")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("data", "named"),
+    [
+        pytest.param(psd(), "a Photoshop document (PSD)", id="psd"),
+        pytest.param(eps(), "PostScript (EPS)", id="eps"),
+        pytest.param(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj", "a PDF document", id="pdf"),
+        pytest.param(jpeg2000(), "a JPEG 2000 image", id="jpeg2000"),
+        pytest.param(b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00", "an AVIF image", id="avif"),
+        pytest.param(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00", "a HEIC image", id="heic"),
+        pytest.param(b"\xef\xbb\xbf\n  <!DOCTYPE html><html>", "an HTML page", id="html"),
+        pytest.param(b'<?xml version="1.0"?>\n<svg xmlns="', "an SVG image", id="svg"),
+        pytest.param(gzip_of_zeros(1), "gzip-compressed data", id="gzip"),
+        pytest.param(b"PK\x03\x04\x14\x00", "a ZIP archive", id="zip"),
+        pytest.param(b"", "the source is empty", id="empty"),
+        pytest.param(
+            b"\x01\x02\x03\x04\x05\x06\x07\x08\x09", "01 02 03 04 05 06 07 08)", id="unknown"
+        ),
+    ],
+)
+def test_formats_are_told_by_their_bytes_and_refused_by_name(data: bytes, named: str) -> None:
+    with pytest.raises(NotAnImage) as caught:
+        compress(data, quality=50, max_pixels=MAX_PIXELS)
+    assert named in caught.value.message
+    assert "not a JPEG, PNG, WebP, GIF, BMP or TIFF image" in caught.value.message
+
+
+def test_big_tiff_is_a_tiff() -> None:
+    data = encode(photo_like(40, 30), "TIFF", big_tiff=True)
+    assert data.startswith(b"II+\x00")
+    assert compress(data, quality=50, max_pixels=MAX_PIXELS).source_format == "TIFF"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "params"),
+    [("GIF", {"duration": 40, "loop": 0}), ("PNG", {}), ("WEBP", {"lossless": True})],
+)
+def test_an_animation_over_the_frame_limit_is_refused(fmt: str, params: dict[str, object]) -> None:
+    data = encoded_frames(fmt, 6, **params)
+    assert compress(data, quality=50, max_pixels=MAX_PIXELS, max_frames=6).source_format == fmt
+    with pytest.raises(TooManyFrames, match="more than 5 frames"):
+        compress(data, quality=50, max_pixels=MAX_PIXELS, max_frames=5)
+
+
+def test_tiff_pages_are_not_counted_as_frames() -> None:
+    data = encoded_frames("TIFF", 3)
+    assert compress(data, quality=50, max_pixels=MAX_PIXELS, max_frames=1).width == 8
+
+
+def test_gif_frames_are_counted_as_pillow_counts_them() -> None:
+    # Extensions (graphic control, application, comment) and local colour tables included.
+    frames = [Image.new("RGB", (16, 16), (i * 30, 255 - i * 30, 0)) for i in range(7)]
+    out = io.BytesIO()
+    frames[0].save(
+        out, "GIF", save_all=True, append_images=frames[1:], duration=30, loop=0, comment=b"hi"
+    )
+    data = out.getvalue()
+    with Image.open(io.BytesIO(data)) as image:
+        assert gif_frame_count(data, stop_after=100) == getattr(image, "n_frames", 1) == 7
+
+
+def test_counting_gif_frames_stops_past_the_limit() -> None:
+    assert gif_frame_count(gif_with_frames(10_000), stop_after=1000) == 1001
+    assert gif_frame_count(gif_with_frames(1000), stop_after=1000) == 1000
+    with pytest.raises(TooManyFrames, match="more than 1000 frames"):
+        compress(gif_with_frames(10_000), quality=50, max_pixels=MAX_PIXELS)
+
+
+def test_a_gif_built_to_make_counting_slow_is_refused() -> None:
+    # One frame whose data comes in a million and one 1-byte sub-blocks.
+    data = bytearray(gif_with_frames(1))
+    assert data[-5:] == b"\x02\x44\x01\x00\x3b"  # a 2-byte sub-block, 0, the trailer
+    data[-5:-1] = b"\x01\x00" * 1_000_001 + b"\x00"
+    with pytest.raises(NotAnImage, match="more than 1000000 sub-blocks"):
+        compress(bytes(data), quality=50, max_pixels=MAX_PIXELS)
+
+
+def gps_exif() -> Image.Exif:
+    exif = Image.Exif()
+    exif[ExifTags.Base.Make] = "Camera maker"
+    exif[ExifTags.Base.GPSInfo] = {
+        ExifTags.GPS.GPSLatitudeRef: "N",
+        ExifTags.GPS.GPSLatitude: (52.0, 31.0, 12.0),
+        ExifTags.GPS.GPSLongitudeRef: "E",
+        ExifTags.GPS.GPSLongitude: (13.0, 24.0, 36.0),
+    }
+    return exif
+
+
+GPS_XMP = (
+    b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/'
+    b'22-rdf-syntax-ns#"><rdf:Description xmlns:exif="http://ns.adobe.com/exif/1.0/" '
+    b'exif:GPSLatitude="52,31.2N" exif:GPSLongitude="13,24.6E"/></rdf:RDF></x:xmpmeta>'
+)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_gps_and_all_other_exif_are_stripped(fmt: str) -> None:
+    data = encode(photo_like(64, 48), fmt, exif=gps_exif(), xmp=GPS_XMP)
+    with Image.open(io.BytesIO(data)) as source:
+        assert source.getexif().get_ifd(ExifTags.IFD.GPSInfo)  # the test is not vacuous
+
+    result = compress(data, quality=50, max_pixels=MAX_PIXELS)
+
+    out = decoded(result)
+    assert len(out.getexif()) == 0
+    assert not out.getexif().get_ifd(ExifTags.IFD.GPSInfo)
+    assert not {"exif", "xmp"} & set(out.info)
+    assert b"Exif" not in result.jpeg
+    assert b"GPS" not in result.jpeg

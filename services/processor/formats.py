@@ -1,0 +1,134 @@
+"""A source's format, from its first bytes: never from its Content-Type or its name.
+
+Only the allowed formats go on to Pillow, and each only to its own plugin, so no other
+decoder (PSD, EPS, PDF, JPEG 2000, ... where Pillow's CVEs keep turning up) ever sees
+hostile bytes. Other formats we can name are named in the error.
+"""
+
+from __future__ import annotations
+
+from services.processor.errors import NotAnImage
+
+ALLOWED_NAMES = "JPEG, PNG, WebP, GIF, BMP or TIFF"
+
+# Leading bytes -> the Pillow format that may decode them.
+ALLOWED: tuple[tuple[bytes, str], ...] = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"II+\x00", "TIFF"),  # BigTIFF
+    (b"MM\x00+", "TIFF"),
+)
+
+# Leading bytes -> what the source is, for formats we refuse.
+REFUSED: tuple[tuple[bytes, str], ...] = (
+    (b"8BPS", "a Photoshop document (PSD)"),
+    (b"%!PS", "PostScript (EPS)"),
+    (b"\xc5\xd0\xd3\xc6", "PostScript (EPS, DOS binary)"),
+    (b"%PDF", "a PDF document"),
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "a JPEG 2000 image"),
+    (b"\xffO\xffQ", "a JPEG 2000 codestream"),
+    (b"\x00\x00\x00\x0cJXL \r\n\x87\n", "a JPEG XL image"),
+    (b"\xff\n", "a JPEG XL codestream"),
+    (b"DDS ", "a DirectDraw Surface (DDS)"),
+    (b"SIMPLE  =", "a FITS file"),
+    (b"\x00\x00\x01\x00", "a Windows icon (ICO)"),
+    (b"icns", "an Apple icon (ICNS)"),
+    (b"qoif", "a QOI image"),
+    (b"\x1f\x8b", "gzip-compressed data"),
+    (b"BZh", "bzip2-compressed data"),
+    (b"\xfd7zXZ\x00", "xz-compressed data"),
+    (b"(\xb5/\xfd", "zstd-compressed data"),
+    (b"PK\x03\x04", "a ZIP archive"),
+)
+
+# ISO base media files (HEIF, AVIF, MP4, ...) say what they are in their ftyp box.
+ISO_BRANDS = {
+    b"avif": "an AVIF image",
+    b"avis": "an AVIF image sequence",
+    b"heic": "a HEIC image",
+    b"heix": "a HEIC image",
+    b"mif1": "a HEIF image",
+    b"msf1": "a HEIF image sequence",
+}
+
+# Text formats, recognised from the start of their lower-cased text.
+MARKUP: tuple[tuple[bytes, str], ...] = (
+    (b"<!doctype html", "an HTML page"),
+    (b"<html", "an HTML page"),
+    (b"<head", "an HTML page"),
+    (b"<body", "an HTML page"),
+    (b"<?xml", "an XML document"),
+)
+SNIFF_TEXT_BYTES = 512
+# Encoders write GIF data in sub-blocks of 255 bytes, so 1,000,000 of them is 255 MB. A GIF
+# in far more, far smaller ones is built to make counting its frames slow, and refused.
+MAX_GIF_SUB_BLOCKS = 1_000_000
+
+
+def detect(data: bytes) -> str:
+    """The Pillow format (JPEG, PNG, WEBP, GIF, BMP or TIFF) data starts as; raises
+    NotAnImage, naming what it is when known, for anything else."""
+    for magic, pillow_format in ALLOWED:
+        if data.startswith(magic):
+            return pillow_format
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    what = _describe(data)
+    raise NotAnImage(f"the source is {what}, not a {ALLOWED_NAMES} image")
+
+
+def _describe(data: bytes) -> str:
+    """What a source that is not an allowed image is, as far as its first bytes say."""
+    if not data:
+        return "empty"
+    for magic, what in REFUSED:
+        if data.startswith(magic):
+            return what
+    if data[4:8] == b"ftyp":
+        return ISO_BRANDS.get(data[8:12], "an ISO media file (MP4, MOV, ...)")
+    text = data[:SNIFF_TEXT_BYTES].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith((b"<svg", b"<?xml")) and b"<svg" in text:
+        return "an SVG image"
+    for start, what in MARKUP:
+        if text.startswith(start):
+            return what
+    return f"unrecognised data (starting {data[:8].hex(' ')})"
+
+
+def gif_frame_count(data: bytes, stop_after: int) -> int:
+    """The frames (image descriptors) of a GIF, counted by walking its blocks without
+    decoding any; the walk stops once the count passes stop_after."""
+    size = len(data)
+    position = 13  # header (6 bytes) and logical screen descriptor (7)
+    if size > 10 and data[10] & 0x80:  # a global colour table follows
+        position += 3 << ((data[10] & 0x07) + 1)
+    frames = 0
+    sub_blocks = 0
+    while position < size and frames <= stop_after:
+        introducer = data[position]
+        if introducer == 0x2C:  # image descriptor: 9 bytes, a colour table, LZW data
+            frames += 1
+            flags = data[position + 9] if position + 9 < size else 0
+            position += 10
+            if flags & 0x80:
+                position += 3 << ((flags & 0x07) + 1)
+            position += 1  # the LZW minimum code size
+        elif introducer == 0x21:  # extension: a label, then sub-blocks
+            position += 2
+        else:  # the trailer, or garbage
+            break
+        # Sub-blocks: a length byte and that many bytes each, up to a 0 length.
+        while position < size and data[position]:
+            position += data[position] + 1
+            sub_blocks += 1
+            if sub_blocks > MAX_GIF_SUB_BLOCKS:
+                raise NotAnImage(
+                    f"the GIF splits its data into more than {MAX_GIF_SUB_BLOCKS} sub-blocks"
+                )
+        position += 1
+    return frames

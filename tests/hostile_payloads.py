@@ -1,0 +1,64 @@
+"""Hostile image files, built byte by byte: bombs, tricks and formats we refuse."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+from PIL import Image
+
+MIB = 1024 * 1024
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height, with (almost) no pixel data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
+
+
+def gif_with_frames(count: int) -> bytes:
+    """A 1x1 GIF of count frames, each the classic one-pixel image (15 bytes a frame)."""
+    screen = b"GIF89a" + struct.pack("<HHBBB", 1, 1, 0x80, 0, 0) + b"\x00\x00\x00\xff\xff\xff"
+    frame = b"\x2c" + struct.pack("<HHHHB", 0, 0, 1, 1, 0) + b"\x02\x02\x44\x01\x00"
+    return screen + frame * count + b"\x3b"
+
+
+def psd(width: int = 2, height: int = 2) -> bytes:
+    """A minimal valid Photoshop document: RGB, 8 bits, raw pixel data."""
+    header = b"8BPS" + struct.pack(">H6xHIIHH", 1, 3, height, width, 8, 3)
+    empty_sections = struct.pack(">III", 0, 0, 0)  # colour mode data, resources, layers
+    return header + empty_sections + struct.pack(">H", 0) + b"\x80" * (3 * width * height)
+
+
+def eps() -> bytes:
+    """A minimal Encapsulated PostScript file."""
+    return (
+        b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n%%EndComments\n"
+        b"newpath 0 0 moveto 10 10 lineto stroke\n%%EOF\n"
+    )
+
+
+def truncated_jpeg(width: int, height: int) -> bytes:
+    """A baseline JPEG of width x height cut off half way through its scan."""
+    out = io.BytesIO()
+    Image.linear_gradient("L").resize((width, height)).convert("RGB").save(out, "JPEG")
+    data = out.getvalue()
+    return data[: len(data) // 2]
+
+
+def gzip_of_zeros(mebibytes: int) -> bytes:
+    """gzip data that inflates to mebibytes MiB of zeros (about 4.5 KiB a MiB)."""
+    compressor = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    zeros = bytes(MIB)
+    return b"".join(compressor.compress(zeros) for _ in range(mebibytes)) + compressor.flush()

@@ -1,0 +1,256 @@
+"""Bombs and tricks through a real processor: the console script `imgpipe-processor` as a
+subprocess, called over gRPC, fetching from a hostile loopback source.
+
+Every image fails with the right code within its timeout, the processor stays SERVING and
+still works, and its peak RSS (VmHWM) stays under RSS_BOUND. Sources are on loopback, so
+the processor runs with private networks allowed; the SSRF guard has its own test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from aiohttp import web
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from devstack.ports import free_port
+from devstack.sample_images import sample
+from imgpipe.v1 import processor_pb2, processor_pb2_grpc
+from tests import hostile_payloads as payloads
+
+MIB = 1024 * 1024
+MAX_SOURCE_BYTES = 8 * MIB
+TOTAL_TIMEOUT = 3.0
+READ_TIMEOUT = 1.5  # longer than the 1 s between the trickling source's bytes
+# The processor's peak resident memory over the whole test (VmHWM). It starts near 65 MB
+# and peaks near 125 MB; the 100k x 100k bomb decoded would take 30 GB, and a failed decode
+# whose 18 MB of pixels outlived its call would, over the repeats, take 360 MB more.
+RSS_BOUND_MB = 250
+TRUNCATED_REPEATS = 20
+SLACK = 2.0  # seconds allowed past a timeout for the call to come back
+FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
+UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+
+
+@dataclass(frozen=True)
+class Case:
+    path: str
+    code: grpc.StatusCode
+    says: str
+    # Seconds the call may take: fast refusals come back at once, timeouts at the limit.
+    within: float = SLACK
+
+
+CASES = [
+    Case("/bomb.png", FAILED_PRECONDITION, "too many pixels"),
+    Case("/ten-thousand-frames.gif", FAILED_PRECONDITION, "more than 1000 frames"),
+    Case("/truncated.jpg", FAILED_PRECONDITION, "corrupt or truncated JPEG"),
+    Case("/page.jpg", FAILED_PRECONDITION, "an HTML page, not a JPEG"),
+    Case("/photoshop.jpg", FAILED_PRECONDITION, "Photoshop document (PSD)"),
+    Case("/postscript.jpg", FAILED_PRECONDITION, "PostScript (EPS)"),
+    Case("/gzip-bomb.jpg", FAILED_PRECONDITION, "gzip-compressed data"),
+    Case("/flood", FAILED_PRECONDITION, f"larger than {MAX_SOURCE_BYTES} bytes"),
+    Case("/endless", UNAVAILABLE, "timed out", TOTAL_TIMEOUT + SLACK),
+    Case("/one-byte-a-second.jpg", UNAVAILABLE, "timed out", TOTAL_TIMEOUT + SLACK),
+]
+
+
+class HostileSource:
+    """Static hostile files, plus bodies that never end or trickle."""
+
+    def __init__(self) -> None:
+        self.stopping = asyncio.Event()
+        self.port = 0
+        self.files: dict[str, tuple[bytes, dict[str, str]]] = {
+            "/bomb.png": (payloads.png_header_only(100_000, 100_000), {}),
+            "/ten-thousand-frames.gif": (payloads.gif_with_frames(10_000), {}),
+            "/truncated.jpg": (payloads.truncated_jpeg(3000, 2000), {}),
+            "/page.jpg": (b"<!DOCTYPE html><html><body>Moved</body></html>", {}),
+            "/photoshop.jpg": (payloads.psd(), {}),
+            "/postscript.jpg": (payloads.eps(), {}),
+            # 64 MiB once inflated, 8 times the byte cap.
+            "/gzip-bomb.jpg": (payloads.gzip_of_zeros(64), {"Content-Encoding": "gzip"}),
+            "/photo.jpg": (sample(320, 240, "JPEG"), {}),
+        }
+        app = web.Application()
+        app.router.add_get("/flood", self.flood)
+        app.router.add_get("/endless", self.endless)
+        app.router.add_get("/one-byte-a-second.jpg", self.one_byte_a_second)
+        app.router.add_get("/{name}", self.static)
+        self.runner = web.AppRunner(app, access_log=None)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    async def static(self, request: web.Request) -> web.Response:
+        body, headers = self.files[request.path]
+        return web.Response(body=body, headers={"Content-Type": "image/jpeg", **headers})
+
+    async def flood(self, request: web.Request) -> web.StreamResponse:
+        """A body without a length that never ends, sent as fast as it is read."""
+        return await self._stream(request, b"\xff" * 65536, pause=0)
+
+    async def endless(self, request: web.Request) -> web.StreamResponse:
+        """A body that never ends, slowly enough to stay under the byte cap."""
+        return await self._stream(request, b"\xff" * 1024, pause=0.05)
+
+    async def one_byte_a_second(self, request: web.Request) -> web.StreamResponse:
+        body = self.files["/photo.jpg"][0]
+        response = web.StreamResponse(
+            headers={"Content-Type": "image/jpeg", "Content-Length": str(len(body))}
+        )
+        await response.prepare(request)
+        for byte in body:
+            if not await self._send(response, bytes([byte]), pause=1.0):
+                break
+        return response
+
+    async def _stream(self, request: web.Request, chunk: bytes, pause: float) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        while await self._send(response, chunk, pause):
+            pass
+        return response
+
+    async def _send(self, response: web.StreamResponse, data: bytes, pause: float) -> bool:
+        """Writes data then waits pause seconds; False once the client has gone or the
+        server stops."""
+        try:
+            await response.write(data)
+        except ConnectionError:
+            return False
+        if pause:
+            await asyncio.sleep(pause)
+        return not self.stopping.is_set()
+
+
+@pytest.fixture
+async def hostile() -> AsyncIterator[HostileSource]:
+    source = HostileSource()
+    await source.runner.setup()
+    await web.TCPSite(source.runner, "127.0.0.1", 0).start()
+    source.port = int(source.runner.addresses[0][1])
+    try:
+        yield source
+    finally:
+        source.stopping.set()
+        await source.runner.cleanup()
+
+
+@dataclass
+class ProcessorProcess:
+    process: subprocess.Popen[bytes]
+    grpc_port: int
+    log: Path
+
+    def peak_rss_mb(self) -> float:
+        """VmHWM, the peak resident set size of the process so far."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        line = next(line for line in status.splitlines() if line.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024
+
+
+@pytest.fixture
+def processor_process(tmp_path: Path) -> Iterator[ProcessorProcess]:
+    script = Path(sys.executable).with_name("imgpipe-processor")
+    if not script.exists():
+        pytest.skip(f"the console script is not installed: {script}")
+    grpc_port = free_port()
+    env = {
+        **os.environ,
+        "IMGPIPE_GRPC_ADDR": f"127.0.0.1:{grpc_port}",
+        "IMGPIPE_HTTP_ADDR": f"127.0.0.1:{free_port()}",
+        "IMGPIPE_STORAGE_URL": (tmp_path / "out").as_uri(),
+        "IMGPIPE_ALLOW_PRIVATE_NETWORKS": "true",
+        "IMGPIPE_MAX_SOURCE_BYTES": str(MAX_SOURCE_BYTES),
+        "IMGPIPE_FETCH_CONNECT_TIMEOUT": "1",
+        "IMGPIPE_FETCH_READ_TIMEOUT": str(READ_TIMEOUT),
+        "IMGPIPE_FETCH_TOTAL_TIMEOUT": str(TOTAL_TIMEOUT),
+        "IMGPIPE_WORKERS": "2",
+        "IMGPIPE_MAX_IN_FLIGHT": "64",
+        "IMGPIPE_GRACE_SECONDS": "2",
+        "IMGPIPE_LOG_LEVEL": "WARNING",
+    }
+    log = tmp_path / "processor.log"
+    with log.open("wb") as stderr:
+        process = subprocess.Popen([str(script)], env=env, stderr=stderr)
+    try:
+        yield ProcessorProcess(process, grpc_port, log)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+async def wait_serving(health: health_pb2_grpc.HealthStub, processor: ProcessorProcess) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        assert processor.process.poll() is None, processor.log.read_text()
+        try:
+            answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+            if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.aio.AioRpcError:
+            pass
+        assert time.monotonic() < deadline, processor.log.read_text()
+        await asyncio.sleep(0.1)
+
+
+async def process(
+    stub: processor_pb2_grpc.ProcessorServiceAsyncStub, source_url: str
+) -> tuple[grpc.StatusCode, str, float]:
+    """The status code and message of one call, and the seconds it took."""
+    started = time.monotonic()
+    try:
+        await stub.ProcessImage(
+            processor_pb2.ProcessImageRequest(
+                source_url=source_url, output_key=f"{uuid.uuid4()}/1-0.jpg"
+            ),
+            timeout=TOTAL_TIMEOUT + 10,
+        )
+    except grpc.aio.AioRpcError as error:
+        return error.code(), error.details() or "", time.monotonic() - started
+    return grpc.StatusCode.OK, "", time.monotonic() - started
+
+
+async def test_bombs_and_tricks_fail_cleanly(
+    processor_process: ProcessorProcess, hostile: HostileSource
+) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{processor_process.grpc_port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        stub = processor_pb2_grpc.ProcessorServiceStub(channel)
+        await wait_serving(health, processor_process)
+
+        calls = [hostile.url(case.path) for case in CASES]
+        calls += [hostile.url("/truncated.jpg")] * (TRUNCATED_REPEATS - 1)
+        outcomes = await asyncio.gather(*(process(stub, url) for url in calls))
+
+        for case, (code, details, seconds) in zip(CASES, outcomes, strict=False):
+            assert code == case.code, (case.path, code, details)
+            assert case.says in details, (case.path, details)
+            assert seconds < case.within, (case.path, seconds)
+        for code, details, _ in outcomes[len(CASES) :]:
+            assert (code, "truncated" in details) == (FAILED_PRECONDITION, True), details
+
+        # Still serving, and still doing its job.
+        answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        code, details, _ = await process(stub, hostile.url("/photo.jpg"))
+        assert code == grpc.StatusCode.OK, details
+
+    peak = processor_process.peak_rss_mb()
+    assert peak < RSS_BOUND_MB, f"peak RSS {peak:.0f} MB"
+    processor_process.process.send_signal(signal.SIGTERM)
+    assert processor_process.process.wait(timeout=15) == 0, processor_process.log.read_text()
