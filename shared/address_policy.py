@@ -22,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -29,6 +30,8 @@ from aiohappyeyeballs import AddrInfoType
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
+
+from shared.config import env_bool, env_ports
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -142,6 +145,16 @@ class AddressPolicy:
     allow_private_networks: bool = False
     # Ports URLs may name (explicitly or by their scheme's default); None allows any.
     allowed_ports: frozenset[int] | None = DEFAULT_PORTS
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> AddressPolicy:
+        """IMGPIPE_ALLOW_PRIVATE_NETWORKS and IMGPIPE_ALLOWED_PORTS (by default 80 and 443,
+        or any port where private networks are allowed: local runs)."""
+        allow_private_networks = env_bool(env, "IMGPIPE_ALLOW_PRIVATE_NETWORKS")
+        allowed_ports = env_ports(env, "IMGPIPE_ALLOWED_PORTS")
+        if allowed_ports is None and not allow_private_networks:
+            allowed_ports = DEFAULT_PORTS
+        return cls(allow_private_networks, allowed_ports)
 
     def check_url(self, url: URL) -> None:
         """Raises UrlNotAllowed or AddressNotAllowed unless url may be fetched."""

@@ -61,6 +61,20 @@ def env_bool(env: Mapping[str, str], name: str, default: bool = False) -> bool:
     raise SettingsError(f"{name} must be true or false, not {raw!r}")
 
 
+MAX_PORT = 65_535
+
+
+def env_ports(env: Mapping[str, str], name: str) -> frozenset[int] | None:
+    """A comma-separated list of TCP ports; None when the variable is unset or empty."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    items = [item.strip() for item in raw.split(",") if item.strip()]
+    if not items or not all(item.isdigit() and 1 <= int(item) <= MAX_PORT for item in items):
+        raise SettingsError(f"{name} must be comma-separated ports (1-{MAX_PORT}), not {raw!r}")
+    return frozenset(int(item) for item in items)
+
+
 @dataclass(frozen=True)
 class S3Settings:
     """The standard AWS variables, as the minio SDK needs them."""

@@ -22,7 +22,7 @@ from services.ingest.rate_limit import RateLimiter
 from services.ingest.servicer import IngestServicer
 from services.ingest.settings import Settings
 from services.ingest.store import CONNECTION_ERRORS, Store
-from services.ingest.webhooks import WebhookSender, webhook_connector
+from services.ingest.webhooks import WebhookSender
 from shared.auth import AuthInterceptor, TokenAuth
 from shared.config import split_host_port
 from shared.grpc_server import GrpcServer
@@ -72,7 +72,7 @@ class IngestApp:
             self.store, self.channel, self.notifier, settings.owner, settings.dispatch
         )
         self.webhook_session = aiohttp.ClientSession(
-            connector=webhook_connector(settings.allow_private_networks),
+            connector=settings.address_policy.connector(limit=50),
             auto_decompress=False,
         )
         result_csv = OutboxWorker(
@@ -85,7 +85,9 @@ class IngestApp:
             self.store,
             self.notifier,
             WEBHOOK,
-            WebhookSender(self.store, self.webhook_session, settings.webhooks),
+            WebhookSender(
+                self.store, self.webhook_session, settings.webhooks, settings.address_policy
+            ),
         )
         self._tasks = [
             asyncio.create_task(self.notifier.run(), name="notifier"),
@@ -99,6 +101,7 @@ class IngestApp:
             settings.csv_limits,
             settings.watch,
             RateLimiter(settings.submit_rate_per_minute, settings.submit_burst),
+            settings.address_policy,
         )
         servicer = IngestServicer(self.requests)
         self.grpc = GrpcServer(

@@ -10,7 +10,8 @@ import asyncio
 import hashlib
 import uuid
 from collections.abc import AsyncIterator
-from urllib.parse import urlsplit
+
+from yarl import URL
 
 from services.ingest import metrics
 from services.ingest.csv_format import CsvLimits, parse_products
@@ -20,6 +21,7 @@ from services.ingest.notifications import Notifier
 from services.ingest.rate_limit import RateLimiter
 from services.ingest.store import Store
 from services.ingest.watch import WatchSettings, watch
+from shared.address_policy import AddressPolicy, PolicyViolation
 
 DEFAULT_QUALITY = 50
 MAX_QUALITY = 95
@@ -47,13 +49,15 @@ def check_quality(quality: int) -> int:
     return quality
 
 
-def check_webhook_url(url: str) -> str:
-    parts = urlsplit(url)
-    if url and (parts.scheme not in {"http", "https"} or not parts.hostname):
-        raise InvalidOption(
-            "webhook_url must be an absolute http(s) URL",
-            violations=[("webhook_url", "not an absolute http(s) URL")],
-        )
+def check_webhook_url(url: str, policy: AddressPolicy) -> str:
+    """The same rules as image sources; the address is checked again at delivery."""
+    if url:
+        try:
+            policy.check_url(URL(url))
+        except (PolicyViolation, ValueError) as exc:
+            raise InvalidOption(
+                f"webhook_url is not allowed: {exc}", violations=[("webhook_url", str(exc))]
+            ) from None
     return url
 
 
@@ -82,7 +86,9 @@ class Requests:
         csv_limits: CsvLimits,
         watch_settings: WatchSettings,
         rate_limiter: RateLimiter,
+        address_policy: AddressPolicy,
     ) -> None:
+        self._address_policy = address_policy
         self._rate_limiter = rate_limiter
         self._store = store
         self._notifier = notifier
@@ -94,7 +100,7 @@ class Requests:
     ) -> Submission:
         self._rate_limiter.check(caller)
         quality = check_quality(quality)
-        webhook_url = check_webhook_url(webhook_url)
+        webhook_url = check_webhook_url(webhook_url, self._address_policy)
         key = check_idempotency_key(idempotency_key)
         products = await asyncio.to_thread(parse_products, csv, self._csv_limits)
         metrics.REQUESTS_SUBMITTED.inc()

@@ -13,7 +13,8 @@ from services.ingest.dispatcher import DispatchSettings
 from services.ingest.retry_policy import RetryPolicy
 from services.ingest.watch import WatchSettings
 from services.ingest.webhooks import WebhookSettings
-from shared.config import CommonSettings, env_bool, env_float, env_int, env_str
+from shared.address_policy import AddressPolicy
+from shared.config import CommonSettings, env_float, env_int, env_str
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,8 @@ class Settings:
     owner: str
     auth_tokens: tuple[str, ...]
     webhooks: WebhookSettings
-    # Webhook URLs may resolve to loopback/private addresses (local runs and tests only).
-    allow_private_networks: bool
+    # Where webhooks may be sent: the same rules as image sources.
+    address_policy: AddressPolicy
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -80,7 +81,7 @@ class Settings:
                     env, "IMGPIPE_WEBHOOK_RETRY_PERIOD_SECONDS", 86400.0
                 ),
             ),
-            allow_private_networks=env_bool(env, "IMGPIPE_ALLOW_PRIVATE_NETWORKS"),
+            address_policy=AddressPolicy.from_env(env),
             auth_tokens=tuple(
                 t.strip() for t in env.get("IMGPIPE_AUTH_TOKENS", "").split(",") if t.strip()
             ),

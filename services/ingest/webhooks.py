@@ -24,10 +24,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from services.ingest.errors import DatabaseUnavailable
 from services.ingest.model import RequestState
 from services.ingest.store import OutboxItem, Store
+from shared.address_policy import AddressPolicy, PolicyViolation
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +80,6 @@ def payload(row: Any) -> dict[str, Any]:
     }
 
 
-def webhook_connector(allow_private_networks: bool) -> aiohttp.TCPConnector:
-    """Connections for webhook deliveries."""
-    return aiohttp.TCPConnector(limit=50, ttl_dns_cache=60)
-
-
 class Retry(Exception):
     """This attempt failed in a way that may pass."""
 
@@ -95,8 +92,15 @@ class WebhookSender:
     """The outbox handler for webhook rows."""
 
     def __init__(
-        self, store: Store, session: aiohttp.ClientSession, settings: WebhookSettings
+        self,
+        store: Store,
+        session: aiohttp.ClientSession,
+        settings: WebhookSettings,
+        policy: AddressPolicy,
     ) -> None:
+        """session must connect through policy.connector(), so the address finally
+        connected to is checked too (DNS rebinding)."""
+        self._policy = policy
         self._store = store
         self._session = session
         self._settings = settings
@@ -128,6 +132,10 @@ class WebhookSender:
         log.info("webhook delivery ended", extra={**extra, "state": state, "error": error})
 
     async def _post(self, url: str, delivery_id: str, body_json: dict[str, Any]) -> None:
+        try:
+            self._policy.check_url(URL(url))
+        except (PolicyViolation, ValueError) as exc:
+            raise GiveUp(str(exc)) from None
         body = json.dumps(body_json, separators=(",", ":")).encode()
         timestamp = int(time.time())
         headers = {
@@ -147,6 +155,8 @@ class WebhookSender:
                 timeout=aiohttp.ClientTimeout(total=self._settings.timeout_seconds),
             ) as response:
                 status = response.status
+        except PolicyViolation as exc:
+            raise GiveUp(str(exc)) from None
         except TimeoutError:
             raise Retry("timed out") from None
         except aiohttp.ClientConnectorError as exc:

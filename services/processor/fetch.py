@@ -23,7 +23,7 @@ from services.processor.errors import (
     UnsupportedUrl,
 )
 from services.processor.settings import FetchSettings
-from shared.address_policy import AddressNotAllowed, AddressPolicy, UrlNotAllowed
+from shared.address_policy import AddressNotAllowed, UrlNotAllowed
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 CHUNK_BYTES = 64 * 1024
@@ -51,7 +51,7 @@ class Fetcher:
 
     def __init__(self, settings: FetchSettings, max_connections: int) -> None:
         self._settings = settings
-        self._policy = AddressPolicy(settings.allow_private_networks, settings.allowed_ports)
+        self._policy = settings.policy
         self._session = aiohttp.ClientSession(
             connector=self._policy.connector(limit=max_connections),
             timeout=aiohttp.ClientTimeout(

@@ -6,32 +6,18 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from shared.address_policy import DEFAULT_PORTS
-from shared.config import CommonSettings, SettingsError, env_bool, env_float, env_int
+from shared.address_policy import AddressPolicy
+from shared.config import CommonSettings, env_float, env_int
 
 MIB = 1024 * 1024
 DEFAULT_MAX_FRAMES = 1000
-MAX_PORT = 65_535
-
-
-def env_ports(env: Mapping[str, str], name: str) -> frozenset[int] | None:
-    """A comma-separated list of TCP ports; None when the variable is unset or empty."""
-    raw = env.get(name, "").strip()
-    if not raw:
-        return None
-    items = [item.strip() for item in raw.split(",") if item.strip()]
-    if not items or not all(item.isdigit() and 1 <= int(item) <= MAX_PORT for item in items):
-        raise SettingsError(f"{name} must be comma-separated ports (1-{MAX_PORT}), not {raw!r}")
-    return frozenset(int(item) for item in items)
 
 
 @dataclass(frozen=True)
 class FetchSettings:
     """How sources are fetched."""
 
-    allow_private_networks: bool
-    # Ports a source URL may use; None allows any.
-    allowed_ports: frozenset[int] | None
+    policy: AddressPolicy
     max_source_bytes: int
     connect_timeout: float
     read_timeout: float
@@ -40,14 +26,8 @@ class FetchSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> FetchSettings:
-        allow_private_networks = env_bool(env, "IMGPIPE_ALLOW_PRIVATE_NETWORKS")
-        # By default 80 and 443, or any port where private networks are allowed (local runs).
-        allowed_ports = env_ports(env, "IMGPIPE_ALLOWED_PORTS")
-        if allowed_ports is None and not allow_private_networks:
-            allowed_ports = DEFAULT_PORTS
         return cls(
-            allow_private_networks=allow_private_networks,
-            allowed_ports=allowed_ports,
+            policy=AddressPolicy.from_env(env),
             max_source_bytes=env_int(env, "IMGPIPE_MAX_SOURCE_BYTES", 50 * MIB, minimum=1),
             connect_timeout=env_float(env, "IMGPIPE_FETCH_CONNECT_TIMEOUT", 5.0, minimum=0.01),
             read_timeout=env_float(env, "IMGPIPE_FETCH_READ_TIMEOUT", 10.0, minimum=0.01),

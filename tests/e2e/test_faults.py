@@ -281,6 +281,7 @@ def test_a_crash_between_terminal_and_webhook_delivery_still_delivers(
             final = status(stack.ingest_target, request_id)
     finally:
         receiver.server.shutdown()
+        receiver.server.server_close()
     assert final.state == types_pb2.REQUEST_STATE_COMPLETED
     assert final.webhook.state == ingest_pb2.WebhookDelivery.STATE_DELIVERED
     assert {webhook_id for _, webhook_id in receiver.calls} == {final.webhook.delivery_id}

@@ -204,3 +204,24 @@ async def test_cancel_ends_the_request_and_its_watch(ingest: RunningIngest) -> N
             break
         await asyncio.sleep(0.1)
     assert status.result_csv_url.endswith(f"{submitted.request_id}/result.csv")
+
+
+@pytest.mark.parametrize(
+    "webhook_url",
+    [
+        "http://127.0.0.1:8080/hook",
+        "http://169.254.169.254/latest",
+        "http://10.0.0.1/hook",
+        "http://user:pw@hooks.example/",
+        "ftp://hooks.example/",
+        "https://hooks.example:8443/",
+        "not a url",
+    ],
+)
+async def test_webhook_urls_pass_the_source_address_rules(
+    ingest: RunningIngest, webhook_url: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await ingest.stub.Submit(ingest_pb2.SubmitRequest(csv=CSV, webhook_url=webhook_url))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(caught.value) == ["webhook_url"]

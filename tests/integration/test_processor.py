@@ -310,11 +310,11 @@ async def test_only_allowed_ports_are_fetched(
 
 def test_allowed_ports_setting() -> None:
     base = {"IMGPIPE_STORAGE_URL": "file:///tmp/out"}
-    assert FetchSettings.from_env(base).allowed_ports == frozenset({80, 443})
+    assert FetchSettings.from_env(base).policy.allowed_ports == frozenset({80, 443})
     local = {**base, "IMGPIPE_ALLOW_PRIVATE_NETWORKS": "true"}
-    assert FetchSettings.from_env(local).allowed_ports is None
+    assert FetchSettings.from_env(local).policy.allowed_ports is None
     only_8080 = FetchSettings.from_env({**local, "IMGPIPE_ALLOWED_PORTS": "8080"})
-    assert only_8080.allowed_ports == frozenset({8080})
+    assert only_8080.policy.allowed_ports == frozenset({8080})
     for bad in ["http", "80;443", "0", "65536", ","]:
         with pytest.raises(SettingsError, match="IMGPIPE_ALLOWED_PORTS"):
             FetchSettings.from_env({**base, "IMGPIPE_ALLOWED_PORTS": bad})
