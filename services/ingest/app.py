@@ -111,7 +111,14 @@ class IngestApp:
             interceptors=[AuthInterceptor(self.auth)],
         )
         await self.grpc.start()
-        http = build_http_app(self.storage, self.executor, lambda: self.ready)
+        http = build_http_app(
+            self.requests,
+            self.auth,
+            self.storage,
+            self.executor,
+            lambda: self.ready,
+            max_csv_bytes=settings.csv_limits.max_bytes,
+        )
         self._http_runner = web.AppRunner(http, access_log=None)
         await self._http_runner.setup()
         host, port = split_host_port(settings.common.http_addr)

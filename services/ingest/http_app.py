@@ -1,4 +1,10 @@
-"""Ingest's HTTP side (aiohttp): health, metrics, and the objects of file:// storage."""
+"""Ingest's HTTP side (aiohttp): the API of http_routes (/v1/...) and its OpenAPI document,
+health, metrics, and the objects of file:// storage.
+
+Errors are JSON (shared.http_errors). When tokens are configured, every route but health,
+metrics and /objects/ (unguessable keys, so links work in a browser) needs
+`Authorization: Bearer TOKEN`; the caller's principal goes in shared.auth.CALLER, as on gRPC.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +13,48 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from services.ingest.csv_format import CsvTooLarge
+from services.ingest.http_routes import MULTIPART_OVERHEAD, BodyTooLarge, RequestRoutes
+from services.ingest.openapi import document
+from services.ingest.operations import Requests
+from shared.auth import CALLER, TokenAuth
+from shared.http_errors import json_errors_middleware
 from shared.storage import FileStorage, Storage
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+OPEN_PREFIXES = ("/objects/",)
+SSE_KEEPALIVE = 15.0  # seconds
+
+
+def _auth_middleware(auth: TokenAuth) -> Middleware:
+    @web.middleware
+    async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in OPEN_PATHS or request.path.startswith(OPEN_PREFIXES):
+            return await handler(request)
+        token = CALLER.set(auth.authenticate(request.headers.get("Authorization")))
+        try:
+            return await handler(request)
+        finally:
+            CALLER.reset(token)
+
+    return authenticate
 
 
 def build_http_app(
-    storage: Storage, executor: Executor, is_ready: Callable[[], bool]
+    requests: Requests,
+    auth: TokenAuth,
+    storage: Storage,
+    executor: Executor,
+    is_ready: Callable[[], bool],
+    *,
+    max_csv_bytes: int,
+    keepalive: float = SSE_KEEPALIVE,
 ) -> web.Application:
+    """keepalive: seconds of silence after which an event stream gets a comment line."""
+
     async def healthz(_request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
@@ -37,10 +77,26 @@ def build_http_app(
         content_type = "text/csv" if key.endswith(".csv") else "image/jpeg"
         return web.Response(body=data, content_type=content_type)
 
-    app = web.Application()
+    serves_objects = isinstance(storage, FileStorage)
+    openapi = document(objects=serves_objects, auth=auth.enabled)
+
+    async def openapi_json(_request: web.Request) -> web.Response:
+        return web.json_response(openapi)
+
+    app = web.Application(
+        client_max_size=max_csv_bytes + MULTIPART_OVERHEAD,
+        middlewares=[
+            json_errors_middleware(too_large=(CsvTooLarge, BodyTooLarge)),
+            _auth_middleware(auth),
+        ],
+    )
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
-    if isinstance(storage, FileStorage):
+    app.router.add_get("/v1/openapi.json", openapi_json)
+    RequestRoutes(
+        requests, storage, executor, max_csv_bytes=max_csv_bytes, keepalive=keepalive
+    ).add_to(app)
+    if serves_objects:
         app.router.add_get("/objects/{key:.+}", get_object)
     return app

@@ -120,6 +120,10 @@ class Requests:
         status = await self._store.status(rid, caller)
         return status, await self._store.images(rid)
 
+    async def summary(self, request_id: str, *, caller: str) -> RequestStatus:
+        """The request without its images: one row, whatever its size."""
+        return await self._store.status(parse_request_id(request_id), caller)
+
     def watch(
         self, request_id: str, after_sequence: int, *, caller: str
     ) -> AsyncIterator[tuple[Event, bool]]:

@@ -1,0 +1,282 @@
+"""IngestService over HTTP: /v1/requests and below. Like the gRPC servicer, thin: HTTP in,
+domain calls (operations.Requests), the very protobuf messages gRPC answers out, as JSON
+(protobuf's JSON mapping). Errors are domain errors; shared.http_errors answers them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Mapping
+from concurrent.futures import Executor
+from typing import Any
+
+from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from services.ingest import convert
+from services.ingest.model import Event, result_csv_key
+from services.ingest.operations import Requests, parse_request_id
+from services.ingest.sse import ServerEvent, aclose_quietly, stream_events
+from shared.auth import CALLER
+from shared.grpc_errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
+from shared.storage import Storage, StorageError
+
+# Room for the multipart framing and the option fields around the CSV.
+MULTIPART_OVERHEAD = 64 * 1024
+MAX_FIELD_BYTES = 4096
+CHUNK = 64 * 1024
+RAW_CSV_TYPES = {"text/csv", "application/csv", "text/plain", "application/octet-stream"}
+OPTIONS = ("webhook_url", "quality", "idempotency_key")
+SSE_EVENT = "status"
+MAX_SEQUENCE = 2**63 - 1  # sequences are int64, as in the .proto
+
+
+class BodyTooLarge(ResourceExhausted):
+    """The request body is larger than the limit."""
+
+
+class ResultNotReady(FailedPrecondition):
+    """The result CSV is written once the request is done."""
+
+
+class ResultMissing(NotFound):
+    """The result CSV is missing from storage."""
+
+
+class StorageUnavailable(Unavailable):
+    """Storage is unavailable; try again."""
+
+
+def message_json(message: Message) -> dict[str, Any]:
+    """Protobuf's JSON mapping: names as in the .proto, enums by name, every field without
+    presence written (zeros and empty strings too), message fields only when set."""
+    return json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+def _bad(field: str, description: str) -> InvalidArgument:
+    return InvalidArgument(f"{field}: {description}", violations=[(field, description)])
+
+
+class RequestRoutes:
+    def __init__(
+        self,
+        requests: Requests,
+        storage: Storage,
+        executor: Executor,
+        *,
+        max_csv_bytes: int,
+        keepalive: float,
+    ) -> None:
+        self._requests = requests
+        self._storage = storage
+        self._executor = executor
+        self._max_csv_bytes = max_csv_bytes
+        self._keepalive = keepalive
+        self._closing = asyncio.Event()  # set on shutdown: event streams end
+
+    def add_to(self, app: web.Application) -> None:
+        app.router.add_post("/v1/requests", self.submit)
+        app.router.add_get("/v1/requests/{request_id}", self.status)
+        app.router.add_post("/v1/requests/{request_id}/cancel", self.cancel)
+        # No HEAD: it would hold a stream open with nothing to send.
+        app.router.add_get("/v1/requests/{request_id}/events", self.events, allow_head=False)
+        app.router.add_get("/v1/requests/{request_id}/result.csv", self.result_csv)
+        app.on_shutdown.append(self._on_shutdown)
+
+    async def _on_shutdown(self, _app: web.Application) -> None:
+        self._closing.set()
+
+    # -- the operations --------------------------------------------------------------------
+
+    async def submit(self, request: web.Request) -> web.Response:
+        limit = self._max_csv_bytes + MULTIPART_OVERHEAD
+        if request.content_length is not None and request.content_length > limit:
+            raise BodyTooLarge(f"the body is {request.content_length} bytes; the limit is {limit}")
+        options = _options(request.query, "query parameter")
+        if request.content_type == "multipart/form-data":
+            csv, form = await self._read_form(request)
+            twice = sorted(set(form) & set(options))
+            if twice:
+                raise _bad(twice[0], "given both as a query parameter and as a form field")
+            options |= form
+        elif request.content_type in RAW_CSV_TYPES:
+            csv = await _read_capped(request.content, self._max_csv_bytes, "the CSV")
+        else:
+            raise _bad(
+                "Content-Type",
+                f"{request.content_type!r}: send the CSV as the multipart/form-data field "
+                "`file`, or as the body with Content-Type: text/csv",
+            )
+        submission = await self._requests.submit(
+            csv,
+            quality=_quality(options.get("quality", "")),
+            webhook_url=options.get("webhook_url", ""),
+            idempotency_key=options.get("idempotency_key", ""),
+            caller=CALLER.get(),
+        )
+        response = convert.submit_response(submission)
+        return web.json_response(
+            message_json(response),
+            status=202,
+            headers={"Location": f"/v1/requests/{response.request_id}"},
+        )
+
+    async def status(self, request: web.Request) -> web.Response:
+        request_id = request.match_info["request_id"]
+        status, images = await self._requests.status(request_id, caller=CALLER.get())
+        return web.json_response(message_json(convert.status_response(status, images)))
+
+    async def cancel(self, request: web.Request) -> web.Response:
+        request_id = request.match_info["request_id"]
+        status = await self._requests.cancel(request_id, caller=CALLER.get())
+        return web.json_response(message_json(convert.cancel_response(status)))
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        request_id = request.match_info["request_id"]
+        watched = self._requests.watch(request_id, _after_sequence(request), caller=CALLER.get())
+        return await stream_events(
+            request,
+            _server_events(request_id, watched),
+            keepalive=self._keepalive,
+            closing=self._closing,
+        )
+
+    async def result_csv(self, request: web.Request) -> web.Response:
+        request_id = request.match_info["request_id"]
+        current = await self._requests.summary(request_id, caller=CALLER.get())
+        if not current.state.terminal:
+            raise ResultNotReady(
+                f"the request is {current.state.value}; its result CSV is written once it is done"
+            )
+        if not current.result_csv_url:
+            raise ResultNotReady("the result CSV is being written; try again in a moment")
+        key = result_csv_key(parse_request_id(request_id))
+        loop = asyncio.get_running_loop()
+        try:
+            data = await loop.run_in_executor(self._executor, self._storage.get, key)
+        except KeyError:
+            raise ResultMissing() from None
+        except StorageError as exc:
+            raise StorageUnavailable(f"storage unavailable: {exc}") from exc
+        return web.Response(
+            body=data,
+            content_type="text/csv",
+            charset="utf-8",
+            headers={"Content-Disposition": f'attachment; filename="{key.replace("/", "-")}"'},
+        )
+
+    async def _read_form(self, request: web.Request) -> tuple[bytes, dict[str, str]]:
+        """The CSV (field `file`) and the options of a multipart/form-data body."""
+        csv: bytes | None = None
+        fields: dict[str, str] = {}
+        try:
+            reader = await request.multipart()
+            while (part := await reader.next()) is not None:
+                if not isinstance(part, BodyPartReader):
+                    raise _bad("file", "a nested multipart body is not a CSV")
+                name = part.name or ""
+                if name == "file" and csv is None:
+                    csv = await _read_capped(part, self._max_csv_bytes, "the CSV")
+                elif name in OPTIONS and name not in fields:
+                    fields[name] = _text(name, await _read_capped(part, MAX_FIELD_BYTES, name))
+                else:
+                    raise _bad(
+                        name or "(unnamed)",
+                        "an unknown or repeated field: the form takes one `file` (the CSV) "
+                        "and, optionally, one each of " + ", ".join(OPTIONS),
+                    )
+        except (ValueError, AssertionError, HttpProcessingError) as exc:  # bad framing
+            raise _bad("file", f"malformed multipart/form-data body: {exc}") from None
+        if csv is None:
+            raise _bad("file", "missing: the form needs the CSV in a field named `file`")
+        return csv, fields
+
+
+async def _read_capped(source: Any, limit: int, what: str) -> bytes:
+    """Everything a request body (or one part of it) holds, refused past limit bytes.
+
+    source is aiohttp's StreamReader or BodyPartReader; both return b"" at the end."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        if isinstance(source, BodyPartReader):
+            chunk = await source.read_chunk(CHUNK)
+        else:
+            chunk = await source.read(CHUNK)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"{what} is larger than the limit of {limit} bytes")
+        chunks.append(chunk)
+
+
+def _text(name: str, value: bytes) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _bad(name, "not UTF-8 text") from None
+
+
+def _options(query: Mapping[str, str], where: str) -> dict[str, str]:
+    unknown = sorted(set(query) - set(OPTIONS))
+    if unknown:
+        raise _bad(unknown[0], f"an unknown {where}: the options are " + ", ".join(OPTIONS))
+    return {name: query[name] for name in OPTIONS if name in query}
+
+
+def _quality(value: str) -> int:
+    text = value.strip()
+    if not text:
+        return 0
+    try:
+        return int(text)
+    except ValueError:
+        raise _bad("options.quality", f"{text[:20]!r} is not a whole number") from None
+
+
+def _after_sequence(request: web.Request) -> int:
+    """Last-Event-ID (set by EventSource when it reconnects, so it wins) or ?after_sequence=;
+    0 if neither. Each must be a sequence number when given; the domain refuses negatives."""
+    given = [
+        _sequence(field, raw.strip())
+        for field, raw in (
+            ("Last-Event-ID", request.headers.get("Last-Event-ID", "")),
+            ("after_sequence", request.query.get("after_sequence", "")),
+        )
+        if raw.strip()
+    ]
+    return given[0] if given else 0
+
+
+def _sequence(field: str, text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise _bad(field, f"{text[:20]!r} is not a sequence number") from None
+    if value > MAX_SEQUENCE:
+        raise _bad(field, f"{text[:20]!r} is larger than any sequence (int64)")
+    return value
+
+
+async def _server_events(
+    request_id: str, watched: AsyncIterator[tuple[Event, bool]]
+) -> AsyncIterator[ServerEvent]:
+    """One event per WatchStatus message: id the sequence, data the message as JSON."""
+    try:
+        async for event, is_snapshot in watched:
+            message = convert.watch_response(request_id, event, is_snapshot)
+            data = json.dumps(message_json(message), separators=(",", ":"))
+            yield ServerEvent(str(message.sequence), SSE_EVENT, data)
+    finally:
+        await aclose_quietly(watched)
