@@ -124,6 +124,11 @@ class Dispatcher:
                 log.warning("claim failed; retrying", extra={"error": str(exc)})
                 await asyncio.sleep(settings.poll_interval)
                 continue
+            except Exception:
+                # Never let the claim loop die: work would stop without a word.
+                log.exception("claim failed unexpectedly; retrying")
+                await asyncio.sleep(settings.poll_interval)
+                continue
             metrics.ATTEMPTS.inc(len(claims))
             for claim in claims:
                 task = asyncio.create_task(self._process(claim))
@@ -199,6 +204,8 @@ class Dispatcher:
                 metrics.QUEUE_DEPTH.set(await self._store.queue_depth())
             except DatabaseUnavailable as exc:
                 log.warning("sweep failed", extra={"error": str(exc)})
+            except Exception:
+                log.exception("sweep failed unexpectedly")
 
     async def sweep(self) -> int:
         """Returns expired leases to the queue (or fails them at the last attempt)."""

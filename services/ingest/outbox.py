@@ -55,8 +55,15 @@ class OutboxWorker:
                 item = await self._store.claim_outbox(self._kind, self._lease)
             except DatabaseUnavailable:
                 item = None
+            except Exception:
+                log.exception("outbox claim failed unexpectedly", extra={"kind": self._kind})
+                item = None
             if item is not None:
-                await self._handle(item)
+                try:
+                    await self._handle(item)
+                except Exception:
+                    # The row's lease runs out and it is tried again.
+                    log.exception("outbox item failed", extra={"kind": self._kind})
                 continue
             await wait_event(self._wake, self._poll)
 

@@ -44,6 +44,8 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
+    # A connection left mid-operation when the server went away.
+    asyncpg.InternalClientError,
 )
 
 
