@@ -135,7 +135,8 @@ class Stack:
     for `file://` storage, `IMGPIPE_PUBLIC_BASE_URL=http://INGEST_HTTP/objects`;
     `storage_env`; the stack's own settings (ingest: `DATABASE_URL`,
     `IMGPIPE_PROCESSOR_TARGET`; processors: `IMGPIPE_ALLOW_PRIVATE_NETWORKS=true`);
-    `extra_env`; and last the listen addresses. Ports are chosen here, so every address
+    `extra_env`; then `processor_env` (processors) or `ingest_env` (ingests); and last the
+    listen addresses. Ports are chosen here, so every address
     (`ingest_target`, `ingest_http`, ...) is known before `start()`.
     """
 
@@ -148,6 +149,8 @@ class Stack:
         processors: int = 2,
         ingests: int = 1,
         extra_env: Mapping[str, str] | None = None,
+        processor_env: Mapping[str, str] | None = None,
+        ingest_env: Mapping[str, str] | None = None,
         health_timeout: float = HEALTH_TIMEOUT,
     ) -> None:
         if processors < 1 or ingests < 1:
@@ -169,15 +172,17 @@ class Stack:
             common["IMGPIPE_PUBLIC_BASE_URL"] = f"http://{http}/objects"
         common |= dict(storage_env)
         extra = dict(extra_env or {})
+        for_processors = extra | dict(processor_env or {})
+        for_ingests = extra | dict(ingest_env or {})
 
         self.services: dict[str, Service] = {}
         for i, addrs in enumerate(processor_addrs, start=1):
-            env = common | {"IMGPIPE_ALLOW_PRIVATE_NETWORKS": "true"} | extra | addrs
+            env = common | {"IMGPIPE_ALLOW_PRIVATE_NETWORKS": "true"} | for_processors | addrs
             self._add(f"processor-{i}", "imgpipe-processor", env)
         ingest = {"DATABASE_URL": database_url, "IMGPIPE_PROCESSOR_TARGET": processor_target}
         for i, addrs in enumerate(ingest_addrs, start=1):
             name = INGEST if i == 1 else f"{INGEST}-{i}"
-            self._add(name, "imgpipe-ingest", common | ingest | extra | addrs)
+            self._add(name, "imgpipe-ingest", common | ingest | for_ingests | addrs)
 
     def _add(self, name: str, script: str, env: dict[str, str]) -> None:
         self.services[name] = Service(name, script, env, self.log_dir / f"{name}.log")

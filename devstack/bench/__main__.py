@@ -1,0 +1,5 @@
+import sys
+
+from devstack.bench.cli import main
+
+sys.exit(main())
