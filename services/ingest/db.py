@@ -70,4 +70,16 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
 
 
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20) -> asyncpg.Pool:
-    return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, command_timeout=60)
+    return await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        command_timeout=60,
+        # Pool connections hold no LISTEN, session locks or settings (the notifier has a
+        # connection of its own), so skip the reset asyncpg sends on every release.
+        reset=_no_reset,
+    )
+
+
+async def _no_reset(connection: asyncpg.Connection) -> None:
+    """Nothing to undo between uses of a pooled connection."""

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
@@ -16,11 +18,15 @@ from services.ingest import metrics
 from services.ingest.errors import DatabaseUnavailable
 from services.ingest.model import Claim, ImageState, Outcome
 from services.ingest.notifications import Notifier
-from services.ingest.retry_policy import RetryPolicy
+from services.ingest.retry_policy import BUSY, RetryPolicy
 from services.ingest.store import Lease, Store, lease_of
 from shared.waiting import wait_event
 
 log = logging.getLogger(__name__)
+
+# Waits between asking a full processor again (seconds, doubling, with jitter).
+BUSY_RETRY_FIRST = 0.05
+BUSY_RETRY_CAP = 1.0
 
 
 @dataclass(frozen=True)
@@ -141,6 +147,24 @@ class Dispatcher:
         self._in_flight.pop(task, None)
         self._slot_freed.set()
 
+    async def _call(self, request: processor_pb2.ProcessImageRequest) -> Any:
+        """ProcessImage; while processors answer RESOURCE_EXHAUSTED (full), waits and asks
+        again here, in memory, as long as a whole call still fits in the lease: a full
+        processor costs no database write and no event."""
+        settings = self._settings
+        last_start = time.monotonic() + settings.lease_seconds - settings.call_timeout - 1.0
+        delay = BUSY_RETRY_FIRST
+        while True:
+            try:
+                return await self._stub.ProcessImage(request, timeout=settings.call_timeout)
+            except grpc.aio.AioRpcError as exc:
+                wait = random.uniform(delay / 2, delay)
+                if exc.code() != BUSY or time.monotonic() + wait > last_start:
+                    raise
+            metrics.OUTCOMES.labels("busy").inc()
+            await asyncio.sleep(wait)
+            delay = min(BUSY_RETRY_CAP, delay * 2)
+
     async def _process(self, claim: Claim) -> None:
         request = processor_pb2.ProcessImageRequest(
             source_url=claim.input_url,
@@ -148,7 +172,7 @@ class Dispatcher:
             options=types_pb2.CompressionOptions(quality=claim.quality),
         )
         try:
-            response = await self._stub.ProcessImage(request, timeout=self._settings.call_timeout)
+            response = await self._call(request)
         except grpc.aio.AioRpcError as exc:
             outcome = self._settings.retry.after_error(
                 exc.code(),

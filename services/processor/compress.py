@@ -57,19 +57,23 @@ def compress(
         source = Image.open(io.BytesIO(data), formats=[detected])
     except Exception as exc:
         raise _decode_error(exc, f"corrupt {detected} image") from None
+    image: Image.Image | None = None
     try:
         source_format = source.format or detected
         _check_size(source, max_pixels)
         _check_frames(source, data, max_frames)
         icc = source.info.get("icc_profile")
         try:
-            image = _to_rgb(ImageOps.exif_transpose(source))
+            # In place: an upright image is not copied (a full frame saved per image).
+            ImageOps.exif_transpose(source, in_place=True)
+            image = _to_rgb(source)
         except Exception as exc:
             raise _decode_error(exc, f"corrupt or truncated {source_format} image") from None
     finally:
         # Frees the source's pixels now, even while an error from here is being handled
         # (its traceback holds this frame); `with source` would only close the file.
-        source.close()
+        if image is not source:
+            source.close()
     # Drop every piece of source metadata (EXIF with GPS, XMP, comments) but an RGB colour
     # profile: the JPEG encoder writes only what it is given and what is left in info.
     image.info.clear()

@@ -14,6 +14,7 @@ from contextlib import AsyncExitStack
 from aiohttp import web
 
 from imgpipe.v1 import processor_pb2_grpc
+from services.processor.allocator import tune_malloc
 from services.processor.compress import limit_pillow
 from services.processor.fetch import Fetcher
 from services.processor.http_app import make_http_app
@@ -113,6 +114,7 @@ def main() -> None:
         sys.exit(f"imgpipe-processor: {exc}")
     setup_logging(settings.common.log_level)
     limit_pillow(settings.decode.max_pixels)
+    tune_malloc()
     try:
         asyncio.run(serve(settings))
     except Exception:

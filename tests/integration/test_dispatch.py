@@ -119,3 +119,25 @@ async def test_dispatch_and_watch_survive_the_listen_connection_being_killed(
     sequences = [m.sequence for m in received]
     assert sequences == list(range(sequences[0], sequences[-1] + 1))
     assert received[-1].progress.succeeded_images == 40
+
+
+async def test_a_full_processor_is_asked_again_in_memory_not_through_the_queue(
+    database_url: str, tmp_path: Path, image_server: ImageServer
+) -> None:
+    storage = {"IMGPIPE_STORAGE_URL": f"file://{tmp_path}/objects"}
+    async with running_processor({**storage, "IMGPIPE_MAX_IN_FLIGHT": "1"}) as target:
+        env = {
+            **storage,
+            "DATABASE_URL": database_url,
+            "IMGPIPE_PROCESSOR_TARGET": target,
+            "IMGPIPE_MAX_IN_FLIGHT": "6",
+        }
+        async with running_ingest(env) as ingest:
+            submitted = await ingest.stub.Submit(
+                ingest_pb2.SubmitRequest(csv=batch_csv(serve(image_server, "full", 12, 0.05)))
+            )
+            status = await wait_terminal(ingest, submitted.request_id)
+    assert status.state == types_pb2.REQUEST_STATE_COMPLETED
+    assert {i.attempts for p in status.products for i in p.images} == {1}
+    # Created, one claim and one outcome per image, terminal: no requeue events.
+    assert status.sequence == 1 + 2 * 12 + 1
