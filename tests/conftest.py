@@ -4,6 +4,7 @@ server over HTTP (moto) and a loopback image server."""
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -15,6 +16,17 @@ from devstack.ports import free_port
 from devstack.postgres import PostgresServer, postgres
 from shared.config import S3Settings
 from tests import pg
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@pytest.fixture(scope="session", autouse=True)
+def teardown_on_sigterm() -> None:
+    """A SIGTERM (a CI timeout, `timeout`) ends the run like Ctrl-C: fixtures are torn
+    down, so no private PostgreSQL or server outlives the run."""
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 @pytest.fixture(scope="session")
