@@ -1,0 +1,45 @@
+"""Health follows readiness: ingest is NOT_SERVING while its database is down."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from devstack.postgres import PostgresServer, PrivateCluster
+from tests.integration.ingest_harness import running_ingest
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def test_ingest_is_not_serving_while_the_database_is_down(
+    pg_server: PostgresServer, database_url: str, tmp_path: Path
+) -> None:
+    if not isinstance(pg_server, PrivateCluster):
+        pytest.skip("needs the private PostgreSQL cluster (DATABASE_URL was given)")
+    env = {
+        "DATABASE_URL": database_url,
+        "IMGPIPE_STORAGE_URL": f"file://{tmp_path}/objects",
+        "IMGPIPE_PROCESSOR_TARGET": "127.0.0.1:9",
+    }
+    async with running_ingest(env) as ingest:
+        health = health_pb2_grpc.HealthStub(ingest.channel)
+
+        async def wait_for(status: int) -> None:
+            for _ in range(100):
+                response = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+                if response.status == status:
+                    return
+                await asyncio.sleep(0.1)
+            raise AssertionError(f"health never became {status}")
+
+        await wait_for(SERVING)
+        await asyncio.to_thread(pg_server.stop)
+        try:
+            await wait_for(NOT_SERVING)
+        finally:
+            await asyncio.to_thread(pg_server.start)
+        await wait_for(SERVING)
