@@ -20,7 +20,7 @@ from services.ingest.model import Event, ImageStatus, RequestStatus, Submission
 from services.ingest.notifications import Notifier
 from services.ingest.rate_limit import RateLimiter
 from services.ingest.store import Store
-from services.ingest.watch import WatchSettings, watch
+from services.ingest.watch import EventReader, WatchSettings, watch
 from shared.address_policy import AddressPolicy, PolicyViolation
 
 DEFAULT_QUALITY = 50
@@ -89,6 +89,7 @@ class Requests:
         address_policy: AddressPolicy,
     ) -> None:
         self._address_policy = address_policy
+        self._reader = EventReader(store)
         self._rate_limiter = rate_limiter
         self._store = store
         self._notifier = notifier
@@ -129,7 +130,9 @@ class Requests:
     ) -> AsyncIterator[tuple[Event, bool]]:
         rid = parse_request_id(request_id)
         after = check_after_sequence(after_sequence)
-        return watch(self._store, self._notifier, rid, after, self._watch_settings, caller)
+        return watch(
+            self._store, self._reader, self._notifier, rid, after, self._watch_settings, caller
+        )
 
     async def cancel(self, request_id: str, *, caller: str) -> RequestStatus:
         return await self._store.cancel(parse_request_id(request_id), caller)

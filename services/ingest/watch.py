@@ -1,12 +1,15 @@
 """WatchStatus: a snapshot (or a resume point), then every event in order from the events
 table, woken by notifications and by a slow poll. A watcher holds no buffer: it reads
-pages of events when it is ready for them, so a slow reader costs nothing but its cursor."""
+pages of events when it is ready for them, so a slow reader costs nothing but its cursor.
+Watchers of one request that ask for the same page at once share one query."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from functools import partial
 
 from services.ingest.model import Event, RequestStatus
 from services.ingest.notifications import Notifier
@@ -18,6 +21,37 @@ from shared.waiting import wait_event
 class WatchSettings:
     poll_interval: float = 2.0
     page_size: int = 500
+
+
+PageKey = tuple[uuid.UUID, int, int]
+
+
+class EventReader:
+    """Reads pages of events; concurrent reads of the same page (many watchers woken by
+    the same NOTIFY) become one query whose result they all get."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._reading: dict[PageKey, asyncio.Future[list[Event]]] = {}
+
+    async def events_after(
+        self, request_id: uuid.UUID, after: int, limit: int, total: int
+    ) -> list[Event]:
+        key = (request_id, after, limit)
+        reading = self._reading.get(key)
+        if reading is None:
+            reading = asyncio.ensure_future(
+                self._store.events_after(request_id, after, limit, total)
+            )
+            self._reading[key] = reading
+            reading.add_done_callback(partial(self._done, key))
+        # Shielded: a watcher that goes away does not cancel the read for the others.
+        return await asyncio.shield(reading)
+
+    def _done(self, key: PageKey, reading: asyncio.Future[list[Event]]) -> None:
+        self._reading.pop(key, None)
+        if not reading.cancelled():
+            reading.exception()  # retrieved here, so a read nobody awaited any more is quiet
 
 
 def snapshot(status: RequestStatus) -> Event:
@@ -32,6 +66,7 @@ def snapshot(status: RequestStatus) -> Event:
 
 async def watch(
     store: Store,
+    reader: EventReader,
     notifier: Notifier,
     request_id: uuid.UUID,
     after_sequence: int,
@@ -53,7 +88,7 @@ async def watch(
     with notifier.subscribe(str(request_id)) as wake:
         while True:
             wake.clear()
-            events = await store.events_after(request_id, after, settings.page_size, total)
+            events = await reader.events_after(request_id, after, settings.page_size, total)
             for event in events:
                 yield event, False
                 after = event.sequence

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -10,10 +12,11 @@ import pytest
 from services.ingest import db
 from services.ingest.csv_format import Product
 from services.ingest.dispatcher import Dispatcher, DispatchSettings, processor_channel
-from services.ingest.model import ImageState, Outcome
+from services.ingest.model import Event, ImageState, Outcome
 from services.ingest.notifications import Notifier
 from services.ingest.retry_policy import RetryPolicy
 from services.ingest.store import Store, lease_of
+from services.ingest.watch import EventReader
 
 PRODUCTS = [
     Product(1, "Shoe", ("https://img.example/a.jpg", "https://img.example/b.jpg")),
@@ -134,3 +137,26 @@ async def test_events_are_numbered_without_gaps(store: Store) -> None:
         ImageState.FAILED
     ] * 3
     assert events[-1].progress.failed == 3
+
+
+async def test_watchers_reading_the_same_page_at_once_share_one_query(store: Store) -> None:
+    await submit(store)
+    request_id = (await store.claim("owner-a", 3, lease_seconds=30))[0].request_id
+
+    class CountingStore(Store):
+        reads = 0
+
+        async def events_after(  # type: ignore[override]
+            self, request_id: uuid.UUID, after: int, limit: int, total: int
+        ) -> list[Event]:
+            CountingStore.reads += 1
+            return await super().events_after(request_id, after, limit, total)
+
+    counting = CountingStore(store._pool)
+    reader = EventReader(counting)
+    pages = await asyncio.gather(*(reader.events_after(request_id, 1, 100, 3) for _ in range(50)))
+    assert CountingStore.reads == 1
+    assert all(page == pages[0] for page in pages)
+    assert [e.sequence for e in pages[0]] == [2, 3, 4]
+    await reader.events_after(request_id, 2, 100, 3)  # another page: another query
+    assert CountingStore.reads == 2
