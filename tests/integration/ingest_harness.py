@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
@@ -74,3 +75,23 @@ async def running_processor(env: dict[str, str]) -> AsyncIterator[str]:
         yield f"127.0.0.1:{app.grpc_port}"
     finally:
         await app.stop()
+
+
+@contextlib.asynccontextmanager
+async def running_pipeline(
+    database_url: str,
+    objects: Path,
+    ingest_env: dict[str, str] | None = None,
+    processor_env: dict[str, str] | None = None,
+) -> AsyncIterator[RunningIngest]:
+    """An in-process processor and an ingest that calls it, storing into objects/."""
+    storage = {"IMGPIPE_STORAGE_URL": objects.as_uri()}
+    async with running_processor({**storage, **(processor_env or {})}) as target:
+        env = {
+            **storage,
+            "DATABASE_URL": database_url,
+            "IMGPIPE_PROCESSOR_TARGET": target,
+            **(ingest_env or {}),
+        }
+        async with running_ingest(env) as running:
+            yield running

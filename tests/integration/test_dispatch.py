@@ -15,21 +15,14 @@ from devstack.sample_images import sample
 from imgpipe.v1 import ingest_pb2, types_pb2
 from services.ingest.notifications import LISTENER_APPLICATION_NAME
 from tests.e2e.batch import TERMINAL, batch_csv
-from tests.integration.ingest_harness import RunningIngest, running_ingest, running_processor
+from tests.integration.ingest_harness import RunningIngest, running_pipeline
 
 
 @pytest.fixture
 async def ingest(database_url: str, tmp_path: Path) -> AsyncIterator[RunningIngest]:
-    storage = {"IMGPIPE_STORAGE_URL": f"file://{tmp_path}/objects"}
-    async with running_processor(storage) as target:
-        env = {
-            **storage,
-            "DATABASE_URL": database_url,
-            "IMGPIPE_PROCESSOR_TARGET": target,
-            "IMGPIPE_MAX_IN_FLIGHT": "2",
-        }
-        async with running_ingest(env) as running:
-            yield running
+    env = {"IMGPIPE_MAX_IN_FLIGHT": "2"}
+    async with running_pipeline(database_url, tmp_path / "objects", env) as running:
+        yield running
 
 
 def serve(server: ImageServer, prefix: str, count: int, delay: float) -> list[str]:
@@ -124,19 +117,16 @@ async def test_dispatch_and_watch_survive_the_listen_connection_being_killed(
 async def test_a_full_processor_is_asked_again_in_memory_not_through_the_queue(
     database_url: str, tmp_path: Path, image_server: ImageServer
 ) -> None:
-    storage = {"IMGPIPE_STORAGE_URL": f"file://{tmp_path}/objects"}
-    async with running_processor({**storage, "IMGPIPE_MAX_IN_FLIGHT": "1"}) as target:
-        env = {
-            **storage,
-            "DATABASE_URL": database_url,
-            "IMGPIPE_PROCESSOR_TARGET": target,
-            "IMGPIPE_MAX_IN_FLIGHT": "6",
-        }
-        async with running_ingest(env) as ingest:
-            submitted = await ingest.stub.Submit(
-                ingest_pb2.SubmitRequest(csv=batch_csv(serve(image_server, "full", 12, 0.05)))
-            )
-            status = await wait_terminal(ingest, submitted.request_id)
+    async with running_pipeline(
+        database_url,
+        tmp_path / "objects",
+        ingest_env={"IMGPIPE_MAX_IN_FLIGHT": "6"},
+        processor_env={"IMGPIPE_MAX_IN_FLIGHT": "1"},
+    ) as ingest:
+        submitted = await ingest.stub.Submit(
+            ingest_pb2.SubmitRequest(csv=batch_csv(serve(image_server, "full", 12, 0.05)))
+        )
+        status = await wait_terminal(ingest, submitted.request_id)
     assert status.state == types_pb2.REQUEST_STATE_COMPLETED
     assert {i.attempts for p in status.products for i in p.images} == {1}
     # Created, one claim and one outcome per image, terminal: no requeue events.

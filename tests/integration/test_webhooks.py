@@ -20,7 +20,7 @@ from devstack.ports import free_port
 from devstack.sample_images import sample
 from imgpipe.v1 import ingest_pb2
 from tests.e2e.batch import TERMINAL, batch_csv
-from tests.integration.ingest_harness import RunningIngest, running_ingest, running_processor
+from tests.integration.ingest_harness import RunningIngest, running_pipeline
 
 SECRET = "whsec_" + base64.b64encode(b"a secret of 24 bytes....").decode()
 
@@ -60,20 +60,15 @@ class Receiver:
 
 @pytest.fixture
 async def ingest(database_url: str, tmp_path: Path) -> AsyncIterator[RunningIngest]:
-    storage = {"IMGPIPE_STORAGE_URL": f"file://{tmp_path}/objects"}
-    async with running_processor(storage) as target:
-        env = {
-            **storage,
-            "DATABASE_URL": database_url,
-            "IMGPIPE_PROCESSOR_TARGET": target,
-            "IMGPIPE_ALLOW_PRIVATE_NETWORKS": "true",
-            "IMGPIPE_WEBHOOK_SECRET": SECRET,
-            "IMGPIPE_WEBHOOK_RETRY_BASE_SECONDS": "0.2",
-            "IMGPIPE_WEBHOOK_RETRY_CAP_SECONDS": "0.5",
-            "IMGPIPE_WEBHOOK_TIMEOUT": "2",
-        }
-        async with running_ingest(env) as running:
-            yield running
+    env = {
+        "IMGPIPE_ALLOW_PRIVATE_NETWORKS": "true",
+        "IMGPIPE_WEBHOOK_SECRET": SECRET,
+        "IMGPIPE_WEBHOOK_RETRY_BASE_SECONDS": "0.2",
+        "IMGPIPE_WEBHOOK_RETRY_CAP_SECONDS": "0.5",
+        "IMGPIPE_WEBHOOK_TIMEOUT": "2",
+    }
+    async with running_pipeline(database_url, tmp_path / "objects", env) as running:
+        yield running
 
 
 async def submit(ingest: RunningIngest, image_server: ImageServer, webhook_url: str) -> str:
