@@ -71,7 +71,6 @@ NON_PUBLIC_V6 = (
 )
 # IPv6 forms that carry an IPv4 address, judged by that address.
 NAT64 = _V6("64:ff9b::/96")
-SIX_TO_FOUR = _V6("2002::/16")
 
 _NUMERIC_HOST = re.compile(r"[0-9a-fx.]+")
 _HOST_NAME = re.compile(

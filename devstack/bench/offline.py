@@ -4,8 +4,6 @@ section 2 divides by."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from devstack.bench import codec
 from devstack.bench.config import Config
 from devstack.bench.corpus import Source
@@ -217,16 +215,3 @@ def quality_section(config: Config, corpus: dict[str, list[Source]], section: Se
                 f"{kind.name}.psnr", f"{kind.title}: PSNR", "dB", [q["psnr"] for q in found]
             )
             section.add(f"{kind.name}.ssim", f"{kind.title}: SSIM", "", [q["ssim"] for q in found])
-
-
-def corpus_summary(corpus: dict[str, list[Source]]) -> dict[str, object]:
-    return {
-        kind: {
-            "files": len(sources),
-            "width": sources[0].width if sources else 0,
-            "height": sources[0].height if sources else 0,
-            "bytes": [s.size for s in sources],
-            "paths": [str(Path(s.path).name) for s in sources],
-        }
-        for kind, sources in corpus.items()
-    }

@@ -73,10 +73,6 @@ class Dispatcher:
         self._busy_until = 0.0
         metrics.IN_FLIGHT.set_function(lambda: len(self._in_flight))
 
-    @property
-    def in_flight(self) -> int:
-        return len(self._in_flight)
-
     async def run(self) -> None:
         """Claims and dispatches until stop_claiming(); runs the sweeper beside it."""
         sweeper = asyncio.create_task(self._sweep_forever())

@@ -41,7 +41,6 @@ class Notifier:
         # One event per outbox kind (the NOTIFY payload names the kind).
         self.outbox: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self._watchers: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
-        self.connected = asyncio.Event()
         metrics.WATCHERS.set_function(lambda: self.watcher_count)
 
     @contextlib.contextmanager
@@ -94,7 +93,6 @@ class Notifier:
                 conn.add_termination_listener(partial(_resolve, lost))
                 for channel in (WORK, EVENTS, OUTBOX):
                     await conn.add_listener(channel, self._on_notify)
-                self.connected.set()
                 delay = 0.2
                 self.wake_all()
                 while not lost.done():
@@ -108,7 +106,6 @@ class Notifier:
             except Exception as exc:
                 log.warning("LISTEN connection lost; reconnecting", extra={"error": str(exc)})
             finally:
-                self.connected.clear()
                 if conn is not None and not conn.is_closed():
                     conn.terminate()
             self.wake_all()

@@ -301,11 +301,6 @@ class Store:
         return int(await self._pool.fetchval(Q("queue_depth")))
 
     @_translated
-    async def owned_leases(self, owner: str) -> list[Lease]:
-        rows = await self._pool.fetch(Q("owned_leases"), owner)
-        return [Lease(r["id"], r["attempts"], r["lease_owner"]) for r in rows]
-
-    @_translated
     async def claim_outbox(self, kind: str, lease_seconds: float) -> OutboxItem | None:
         row = await self._pool.fetchrow(Q("claim_outbox"), kind, lease_seconds)
         if row is None:

@@ -170,10 +170,6 @@ LIMIT $1;
 -- name: queue_depth
 SELECT count(*) FROM images WHERE state = 'QUEUED';
 
--- name: owned_leases
-SELECT id, attempts, lease_owner FROM images
-WHERE state = 'PROCESSING' AND lease_owner = $1;
-
 -- name: cancel_request
 WITH cancelled AS (
     UPDATE images i
