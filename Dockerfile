@@ -18,12 +18,12 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 
 # Every dependency ships manylinux wheels (grpcio, asyncpg, Pillow, aiohttp), so no
-# compiler is needed even here. The generated stubs are committed under imgpipe/v1, so
+# compiler is needed even here. The generated stubs are committed under src/imgpipe/v1, so
 # `pip install .` needs no protoc.
 RUN python -m venv /opt/imgpipe
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY imgpipe ./imgpipe
+COPY src ./src
 COPY services ./services
 COPY shared ./shared
 RUN /opt/imgpipe/bin/pip install . \

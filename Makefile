@@ -9,15 +9,19 @@ PROTOS := $(wildcard protos/imgpipe/v1/*.proto)
 
 all: lint test
 
-$(STAMP): pyproject.toml
+# Editable in setuptools' strict mode: a tree of links that mypy reads like an installed
+# package (the lenient mode's import hook is invisible to type checkers). A module added
+# or removed needs a reinstall, hence the package folders among the prerequisites.
+$(STAMP): pyproject.toml devstack/pyproject.toml src/imgpipe services/ingest \
+    services/ingest/migrations services/processor shared devstack devstack/bench
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --config-settings editable_mode=strict -e '.[dev]' -e ./devstack
 	touch $(STAMP)
 
 venv: $(STAMP)
 
-# Generated code is committed (imgpipe/v1/); tests/test_protos.py fails when it drifts.
+# Generated code is committed (src/imgpipe/v1/); tests/test_protos.py fails when it drifts.
 gen: $(STAMP)
 	$(PY) -m devstack.protogen
 
@@ -25,12 +29,13 @@ run: $(STAMP)
 	$(PY) -m devstack.run
 
 test: $(STAMP)
-	$(PY) -m pytest
+	$(VENV)/bin/pytest
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 	cd protos && ../$(VENV)/bin/buf lint
 
 # Known vulnerabilities in the installed packages, by pip-audit. Where its advisory

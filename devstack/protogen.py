@@ -1,4 +1,4 @@
-"""Generates imgpipe/v1/ from protos/ (`make gen`); the tests compare against it."""
+"""Generates src/imgpipe/v1/ from protos/ (`make gen`); the tests compare against it."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from grpc_tools import protoc
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
 PACKAGE_DIR = "imgpipe/v1"
+# Where the generated package is committed: src/imgpipe/v1.
+OUT_ROOT = ROOT / "src"
 
 
 def generate(out_dir: Path) -> list[Path]:
@@ -36,7 +38,7 @@ def generate(out_dir: Path) -> list[Path]:
 
 
 def main() -> int:
-    written = generate(ROOT)
+    written = generate(OUT_ROOT)
     for path in written:
         print(path.relative_to(ROOT))
     return 0

@@ -31,7 +31,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
-from shared.config import env_bool, env_ports
+from imgpipe.common.config import env_bool, env_ports
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

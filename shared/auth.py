@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-from shared.grpc_errors import Unauthenticated
-from shared.grpc_interceptors import Context, WrappingInterceptor
+from imgpipe.common.grpc_errors import Unauthenticated
+from imgpipe.common.grpc_interceptors import Context, WrappingInterceptor
 
 ANONYMOUS = ""
 # The principal of the current gRPC call, set by AuthInterceptor.

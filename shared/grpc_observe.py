@@ -15,8 +15,8 @@ from typing import Any
 import grpc
 from prometheus_client import Counter, Histogram
 
-from shared.grpc_interceptors import Context, WrappingInterceptor
-from shared.logs import log_fields
+from imgpipe.common.grpc_interceptors import Context, WrappingInterceptor
+from imgpipe.common.logs import log_fields
 
 log = logging.getLogger(__name__)
 

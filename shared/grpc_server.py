@@ -13,9 +13,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
-from shared.config import GrpcServerSettings
-from shared.grpc_errors import ErrorMappingInterceptor
-from shared.grpc_observe import ObservingInterceptor
+from imgpipe.common.config import GrpcServerSettings
+from imgpipe.common.grpc_errors import ErrorMappingInterceptor
+from imgpipe.common.grpc_observe import ObservingInterceptor
 
 
 def server_options(settings: GrpcServerSettings) -> list[tuple[str, Any]]:

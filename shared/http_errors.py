@@ -1,5 +1,5 @@
-"""Domain errors over HTTP: the gRPC code of shared.grpc_errors, turned into an HTTP status by
-one table, with a JSON body that carries the same code, message and field violations:
+"""Domain errors over HTTP: the gRPC code of imgpipe.common.grpc_errors, turned into an HTTP
+status by one table, with a JSON body that carries the same code, message and field violations:
 
     {"error": {"code": "INVALID_ARGUMENT", "message": "...",
                "field_violations": [{"field": "csv.row[3].serial_number", "description": "..."}]}}
@@ -16,7 +16,7 @@ import grpc
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from shared.grpc_errors import InvalidArgument, ResourceExhausted, ServiceError, grpc_code
+from imgpipe.common.grpc_errors import InvalidArgument, ResourceExhausted, ServiceError, grpc_code
 
 log = logging.getLogger(__name__)
 

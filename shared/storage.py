@@ -16,7 +16,7 @@ from urllib.parse import quote, urlsplit
 from minio import Minio
 from minio.error import S3Error
 
-from shared.config import S3Settings, SettingsError
+from imgpipe.common.config import S3Settings, SettingsError
 
 PRESIGN_TTL = timedelta(days=7)  # the longest SigV4 allows
 

@@ -7,6 +7,7 @@ import os
 import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from moto.server import ThreadedMotoServer
@@ -14,8 +15,9 @@ from moto.server import ThreadedMotoServer
 from devstack.image_server import ImageServer
 from devstack.ports import free_port
 from devstack.postgres import PostgresServer, postgres
-from shared.config import S3Settings
-from tests import pg
+from imgpipe.common.config import S3Settings
+from support import pg
+from support.pki import make_pki
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -77,3 +79,9 @@ def s3_settings(s3_env: dict[str, str]) -> S3Settings:
 def image_server() -> Iterator[ImageServer]:
     with ImageServer() as server:
         yield server
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> dict[str, Path]:
+    """A CA and the server and client certificates it signs, as PEM files in tmp_path."""
+    return make_pki(tmp_path)

@@ -6,7 +6,7 @@ Variants (each: bytes in memory -> JPEG q50 at the same size):
   (the chroma subsampling Pillow uses, so the output has the same form); PNG: Pillow
   decode, flattened onto white, then `encode_jpeg`. simplejpeg has no Huffman
   optimisation.
-- `compress`: `services.processor.compress.compress` as the processor calls it
+- `compress`: `imgpipe.processor.compress.compress` as the processor calls it
   (EXIF transpose, flattening, `optimize=True`).
 - `pillow`: a bare Pillow loop, `optimize=False` (the same work as simplejpeg).
 - `pillow_opt`: the same with `optimize=True` (what optimisation costs).
@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from devstack.bench.corpus import Source
-from services.processor.compress import compress
+from imgpipe.processor.compress import compress
 
 QUALITY = 50
 MAX_PIXELS = 1_000_000_000

@@ -11,22 +11,22 @@ import aiohttp
 import asyncpg
 from aiohttp import web
 
+from imgpipe.common.auth import AuthInterceptor, TokenAuth
+from imgpipe.common.config import split_host_port
+from imgpipe.common.grpc_server import GrpcServer
+from imgpipe.common.storage import open_storage
+from imgpipe.ingest import db
+from imgpipe.ingest.dispatcher import Dispatcher, processor_channel
+from imgpipe.ingest.http_app import build_http_app
+from imgpipe.ingest.notifications import Notifier
+from imgpipe.ingest.operations import Requests
+from imgpipe.ingest.outbox import RESULT_CSV, WEBHOOK, OutboxWorker, ResultCsvWriter
+from imgpipe.ingest.rate_limit import RateLimiter
+from imgpipe.ingest.servicer import IngestServicer
+from imgpipe.ingest.settings import Settings
+from imgpipe.ingest.store import CONNECTION_ERRORS, Store
+from imgpipe.ingest.webhooks import WebhookSender
 from imgpipe.v1 import ingest_pb2_grpc
-from services.ingest import db
-from services.ingest.dispatcher import Dispatcher, processor_channel
-from services.ingest.http_app import build_http_app
-from services.ingest.notifications import Notifier
-from services.ingest.operations import Requests
-from services.ingest.outbox import RESULT_CSV, WEBHOOK, OutboxWorker, ResultCsvWriter
-from services.ingest.rate_limit import RateLimiter
-from services.ingest.servicer import IngestServicer
-from services.ingest.settings import Settings
-from services.ingest.store import CONNECTION_ERRORS, Store
-from services.ingest.webhooks import WebhookSender
-from shared.auth import AuthInterceptor, TokenAuth
-from shared.config import split_host_port
-from shared.grpc_server import GrpcServer
-from shared.storage import open_storage
 
 log = logging.getLogger(__name__)
 

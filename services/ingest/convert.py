@@ -6,8 +6,7 @@ from datetime import datetime
 
 from google.protobuf import timestamp_pb2
 
-from imgpipe.v1 import ingest_pb2, types_pb2
-from services.ingest.model import (
+from imgpipe.ingest.model import (
     Event,
     ImageState,
     ImageStatus,
@@ -17,6 +16,7 @@ from services.ingest.model import (
     Submission,
     WebhookStatus,
 )
+from imgpipe.v1 import ingest_pb2, types_pb2
 
 
 def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:

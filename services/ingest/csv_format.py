@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from shared.grpc_errors import InvalidArgument, ResourceExhausted
+from imgpipe.common.grpc_errors import InvalidArgument, ResourceExhausted
 
 MAX_SERIAL = 2**31 - 1  # serial numbers are int32 in the protos
 # Violations kept, in bytes of field and description (some 50): they travel in gRPC trailers,

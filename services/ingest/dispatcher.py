@@ -13,14 +13,14 @@ from typing import Any
 
 import grpc
 
+from imgpipe.common.waiting import wait_event
+from imgpipe.ingest import metrics
+from imgpipe.ingest.errors import DatabaseUnavailable
+from imgpipe.ingest.model import Claim, ImageState, Outcome
+from imgpipe.ingest.notifications import Notifier
+from imgpipe.ingest.retry_policy import BUSY, RetryPolicy
+from imgpipe.ingest.store import Lease, Store, lease_of
 from imgpipe.v1 import processor_pb2, processor_pb2_grpc, types_pb2
-from services.ingest import metrics
-from services.ingest.errors import DatabaseUnavailable
-from services.ingest.model import Claim, ImageState, Outcome
-from services.ingest.notifications import Notifier
-from services.ingest.retry_policy import BUSY, RetryPolicy
-from services.ingest.store import Lease, Store, lease_of
-from shared.waiting import wait_event
 
 log = logging.getLogger(__name__)
 

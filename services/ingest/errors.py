@@ -1,8 +1,8 @@
-"""Ingest's domain errors; shared.grpc_errors maps their kinds to gRPC codes."""
+"""Ingest's domain errors; imgpipe.common.grpc_errors maps their kinds to gRPC codes."""
 
 from __future__ import annotations
 
-from shared.grpc_errors import (
+from imgpipe.common.grpc_errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,

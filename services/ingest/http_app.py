@@ -1,9 +1,10 @@
 """Ingest's HTTP side (aiohttp): the API of http_routes (/v1/...) and its OpenAPI document,
 health, metrics, and the objects of file:// storage.
 
-Errors are JSON (shared.http_errors). When tokens are configured, every route but health,
+Errors are JSON (imgpipe.common.http_errors). When tokens are configured, every route but health,
 metrics and /objects/ (unguessable keys, so links work in a browser) needs
-`Authorization: Bearer TOKEN`; the caller's principal goes in shared.auth.CALLER, as on gRPC.
+`Authorization: Bearer TOKEN`; the caller's principal goes in
+imgpipe.common.auth.CALLER, as on gRPC.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from services.ingest.csv_format import CsvTooLarge
-from services.ingest.http_routes import MULTIPART_OVERHEAD, BodyTooLarge, RequestRoutes
-from services.ingest.openapi import document
-from services.ingest.operations import Requests
-from shared.auth import CALLER, TokenAuth
-from shared.http_errors import json_errors_middleware
-from shared.storage import FileStorage, Storage
+from imgpipe.common.auth import CALLER, TokenAuth
+from imgpipe.common.http_errors import json_errors_middleware
+from imgpipe.common.storage import FileStorage, Storage
+from imgpipe.ingest.csv_format import CsvTooLarge
+from imgpipe.ingest.http_routes import MULTIPART_OVERHEAD, BodyTooLarge, RequestRoutes
+from imgpipe.ingest.openapi import document
+from imgpipe.ingest.operations import Requests
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 OPEN_PREFIXES = ("/objects/",)

@@ -1,6 +1,6 @@
 """IngestService over HTTP: /v1/requests and below. Like the gRPC servicer, thin: HTTP in,
 domain calls (operations.Requests), the very protobuf messages gRPC answers out, as JSON
-(protobuf's JSON mapping). Errors are domain errors; shared.http_errors answers them."""
+(protobuf's JSON mapping). Errors are domain errors; imgpipe.common.http_errors answers them."""
 
 from __future__ import annotations
 
@@ -15,19 +15,19 @@ from aiohttp.http_exceptions import HttpProcessingError
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from services.ingest import convert
-from services.ingest.model import Event, result_csv_key
-from services.ingest.operations import Requests, parse_request_id
-from services.ingest.sse import ServerEvent, aclose_quietly, stream_events
-from shared.auth import CALLER
-from shared.grpc_errors import (
+from imgpipe.common.auth import CALLER
+from imgpipe.common.grpc_errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
     Unavailable,
 )
-from shared.storage import Storage, StorageError
+from imgpipe.common.storage import Storage, StorageError
+from imgpipe.ingest import convert
+from imgpipe.ingest.model import Event, result_csv_key
+from imgpipe.ingest.operations import Requests, parse_request_id
+from imgpipe.ingest.sse import ServerEvent, aclose_quietly, stream_events
 
 # Room for the multipart framing and the option fields around the CSV.
 MULTIPART_OVERHEAD = 64 * 1024

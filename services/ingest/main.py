@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from services.ingest.app import IngestApp
-from services.ingest.settings import Settings
-from shared.config import SettingsError, process_env
-from shared.grpc_server import stop_event_on_signals
-from shared.logs import setup_logging
+from imgpipe.common.config import SettingsError, process_env
+from imgpipe.common.grpc_server import stop_event_on_signals
+from imgpipe.common.logs import setup_logging
+from imgpipe.ingest.app import IngestApp
+from imgpipe.ingest.settings import Settings
 
 
 async def serve(settings: Settings) -> None:

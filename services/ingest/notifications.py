@@ -17,7 +17,7 @@ from typing import Any
 
 import asyncpg
 
-from services.ingest import metrics
+from imgpipe.ingest import metrics
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The ingest API in domain terms: what Submit, GetStatus, WatchStatus and Cancel do,
 whichever way they arrive (gRPC or HTTP). Validates input; raises domain errors.
 
-`caller` is the principal of the bearer token (shared.auth), "" when tokens are off; a
+`caller` is the principal of the bearer token (imgpipe.common.auth), "" when tokens are off; a
 request is visible only to the caller that created it (others get NOT_FOUND)."""
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ from collections.abc import AsyncIterator
 
 from yarl import URL
 
-from services.ingest import metrics
-from services.ingest.csv_format import CsvLimits, parse_products
-from services.ingest.errors import InvalidOption, InvalidRequestId
-from services.ingest.model import Event, ImageStatus, RequestStatus, Submission
-from services.ingest.notifications import Notifier
-from services.ingest.rate_limit import RateLimiter
-from services.ingest.store import Store
-from services.ingest.watch import EventReader, WatchSettings, watch
-from shared.address_policy import AddressPolicy, PolicyViolation
+from imgpipe.common.address_policy import AddressPolicy, PolicyViolation
+from imgpipe.ingest import metrics
+from imgpipe.ingest.csv_format import CsvLimits, parse_products
+from imgpipe.ingest.errors import InvalidOption, InvalidRequestId
+from imgpipe.ingest.model import Event, ImageStatus, RequestStatus, Submission
+from imgpipe.ingest.notifications import Notifier
+from imgpipe.ingest.rate_limit import RateLimiter
+from imgpipe.ingest.store import Store
+from imgpipe.ingest.watch import EventReader, WatchSettings, watch
 
 DEFAULT_QUALITY = 50
 MAX_QUALITY = 95

@@ -14,13 +14,13 @@ import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 
-from services.ingest.csv_format import ResultRow, result_csv
-from services.ingest.errors import DatabaseUnavailable
-from services.ingest.model import ImageState, ImageStatus, result_csv_key
-from services.ingest.notifications import Notifier
-from services.ingest.store import OutboxItem, Store
-from shared.storage import Storage, StorageError
-from shared.waiting import wait_event
+from imgpipe.common.storage import Storage, StorageError
+from imgpipe.common.waiting import wait_event
+from imgpipe.ingest.csv_format import ResultRow, result_csv
+from imgpipe.ingest.errors import DatabaseUnavailable
+from imgpipe.ingest.model import ImageState, ImageStatus, result_csv_key
+from imgpipe.ingest.notifications import Notifier
+from imgpipe.ingest.store import OutboxItem, Store
 
 log = logging.getLogger(__name__)
 

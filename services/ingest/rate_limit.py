@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from shared.grpc_errors import ResourceExhausted
+from imgpipe.common.grpc_errors import ResourceExhausted
 
 
 class SubmitRateExceeded(ResourceExhausted):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from services.ingest.model import ImageState, Outcome
+from imgpipe.ingest.model import ImageState, Outcome
 
 # Retrying cannot help: the source is gone, is not an image, is too large, is blocked, or
 # the call itself was wrong.

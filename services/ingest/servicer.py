@@ -7,10 +7,10 @@ from typing import Any
 
 import grpc
 
+from imgpipe.common.auth import CALLER
+from imgpipe.ingest import convert
+from imgpipe.ingest.operations import Requests
 from imgpipe.v1 import ingest_pb2, ingest_pb2_grpc
-from services.ingest import convert
-from services.ingest.operations import Requests
-from shared.auth import CALLER
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

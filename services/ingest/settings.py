@@ -8,13 +8,13 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from services.ingest.csv_format import CsvLimits
-from services.ingest.dispatcher import DispatchSettings
-from services.ingest.retry_policy import RetryPolicy
-from services.ingest.watch import WatchSettings
-from services.ingest.webhooks import WebhookSettings
-from shared.address_policy import AddressPolicy
-from shared.config import CommonSettings, env_float, env_int, env_str
+from imgpipe.common.address_policy import AddressPolicy
+from imgpipe.common.config import CommonSettings, env_float, env_int, env_str
+from imgpipe.ingest.csv_format import CsvLimits
+from imgpipe.ingest.dispatcher import DispatchSettings
+from imgpipe.ingest.retry_policy import RetryPolicy
+from imgpipe.ingest.watch import WatchSettings
+from imgpipe.ingest.webhooks import WebhookSettings
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from shared.grpc_errors import ServiceError, Unavailable
+from imgpipe.common.grpc_errors import ServiceError, Unavailable
 
 log = logging.getLogger(__name__)
 

@@ -12,15 +12,15 @@ from typing import Any, ParamSpec, TypeVar
 
 import asyncpg
 
-from services.ingest.csv_format import Product
-from services.ingest.db import Q
-from services.ingest.errors import (
+from imgpipe.ingest.csv_format import Product
+from imgpipe.ingest.db import Q
+from imgpipe.ingest.errors import (
     DatabaseUnavailable,
     IdempotencyKeyReused,
     RequestAlreadyTerminal,
     RequestNotFound,
 )
-from services.ingest.model import (
+from imgpipe.ingest.model import (
     Claim,
     Event,
     ImageState,

@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import partial
 
-from services.ingest.model import Event, RequestStatus
-from services.ingest.notifications import Notifier
-from services.ingest.store import Store
-from shared.waiting import wait_event
+from imgpipe.common.waiting import wait_event
+from imgpipe.ingest.model import Event, RequestStatus
+from imgpipe.ingest.notifications import Notifier
+from imgpipe.ingest.store import Store
 
 
 @dataclass(frozen=True)

@@ -26,10 +26,10 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from services.ingest.errors import DatabaseUnavailable
-from services.ingest.model import RequestState
-from services.ingest.store import OutboxItem, Store
-from shared.address_policy import AddressPolicy, PolicyViolation
+from imgpipe.common.address_policy import AddressPolicy, PolicyViolation
+from imgpipe.ingest.errors import DatabaseUnavailable
+from imgpipe.ingest.model import RequestState
+from imgpipe.ingest.store import OutboxItem, Store
 
 log = logging.getLogger(__name__)
 

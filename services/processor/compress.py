@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps
 
-from services.processor.errors import NotAnImage, TooManyFrames, TooManyPixels
-from services.processor.formats import detect, gif_frame_count
-from services.processor.settings import DEFAULT_MAX_FRAMES
+from imgpipe.processor.errors import NotAnImage, TooManyFrames, TooManyPixels
+from imgpipe.processor.formats import detect, gif_frame_count
+from imgpipe.processor.settings import DEFAULT_MAX_FRAMES
 
 DEFAULT_QUALITY = 50
 MAX_QUALITY = 95

@@ -6,7 +6,12 @@ Unavailable; a full processor is ResourceExhausted. Each message names the sourc
 
 from __future__ import annotations
 
-from shared.grpc_errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
+from imgpipe.common.grpc_errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
 
 
 class UnsupportedUrl(InvalidArgument):

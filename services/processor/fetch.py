@@ -1,7 +1,7 @@
 """Fetching source images over HTTP: SSRF-safe, size-capped, with manual redirects.
 
 One aiohttp session (a keep-alive pool) serves every call. The URL of every hop, and the
-address every connection goes to, pass shared.address_policy (public addresses on allowed
+address every connection goes to, pass imgpipe.common.address_policy (public addresses on allowed
 ports only, unless private networks are allowed). Bodies are read as sent: no automatic
 decompression, at most max_source_bytes, all within the total timeout.
 """
@@ -13,7 +13,8 @@ import asyncio
 import aiohttp
 from yarl import URL
 
-from services.processor.errors import (
+from imgpipe.common.address_policy import AddressNotAllowed, UrlNotAllowed
+from imgpipe.processor.errors import (
     BlockedAddress,
     SourceNotFound,
     SourceRejected,
@@ -22,8 +23,7 @@ from services.processor.errors import (
     TooManyRedirects,
     UnsupportedUrl,
 )
-from services.processor.settings import FetchSettings
-from shared.address_policy import AddressNotAllowed, UrlNotAllowed
+from imgpipe.processor.settings import FetchSettings
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 CHUNK_BYTES = 64 * 1024

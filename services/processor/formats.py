@@ -7,7 +7,7 @@ hostile bytes. Other formats we can name are named in the error.
 
 from __future__ import annotations
 
-from services.processor.errors import NotAnImage
+from imgpipe.processor.errors import NotAnImage
 
 ALLOWED_NAMES = "JPEG, PNG, WebP, GIF, BMP or TIFF"
 

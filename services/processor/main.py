@@ -13,18 +13,18 @@ from contextlib import AsyncExitStack
 
 from aiohttp import web
 
+from imgpipe.common.config import SettingsError, process_env, split_host_port
+from imgpipe.common.grpc_server import GrpcServer, stop_event_on_signals
+from imgpipe.common.logs import setup_logging
+from imgpipe.common.storage import open_storage
+from imgpipe.processor.allocator import tune_malloc
+from imgpipe.processor.compress import limit_pillow
+from imgpipe.processor.fetch import Fetcher
+from imgpipe.processor.http_app import make_http_app
+from imgpipe.processor.pipeline import Pipeline
+from imgpipe.processor.servicer import SERVICE_NAME, ProcessorServicer
+from imgpipe.processor.settings import Settings
 from imgpipe.v1 import processor_pb2_grpc
-from services.processor.allocator import tune_malloc
-from services.processor.compress import limit_pillow
-from services.processor.fetch import Fetcher
-from services.processor.http_app import make_http_app
-from services.processor.pipeline import Pipeline
-from services.processor.servicer import SERVICE_NAME, ProcessorServicer
-from services.processor.settings import Settings
-from shared.config import SettingsError, process_env, split_host_port
-from shared.grpc_server import GrpcServer, stop_event_on_signals
-from shared.logs import setup_logging
-from shared.storage import open_storage
 
 log = logging.getLogger(__name__)
 

@@ -13,13 +13,13 @@ import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
-from services.processor import metrics
-from services.processor.compress import MAX_QUALITY, Compressed, compress
-from services.processor.errors import ProcessorFull, StorageUnavailable
-from services.processor.fetch import Fetcher
-from services.processor.settings import DecodeSettings
-from shared.grpc_errors import InvalidArgument, ServiceError, Unavailable
-from shared.storage import Storage, StorageError
+from imgpipe.common.grpc_errors import InvalidArgument, ServiceError, Unavailable
+from imgpipe.common.storage import Storage, StorageError
+from imgpipe.processor import metrics
+from imgpipe.processor.compress import MAX_QUALITY, Compressed, compress
+from imgpipe.processor.errors import ProcessorFull, StorageUnavailable
+from imgpipe.processor.fetch import Fetcher
+from imgpipe.processor.settings import DecodeSettings
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import grpc
 
+from imgpipe.processor.pipeline import CONTENT_TYPE, Pipeline
 from imgpipe.v1 import processor_pb2, processor_pb2_grpc
-from services.processor.pipeline import CONTENT_TYPE, Pipeline
 
 SERVICE_NAME = processor_pb2.DESCRIPTOR.services_by_name["ProcessorService"].full_name
 

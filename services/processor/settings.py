@@ -6,8 +6,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from shared.address_policy import AddressPolicy
-from shared.config import CommonSettings, env_float, env_int
+from imgpipe.common.address_policy import AddressPolicy
+from imgpipe.common.config import CommonSettings, env_float, env_int
 
 MIB = 1024 * 1024
 DEFAULT_MAX_FRAMES = 1000

@@ -24,8 +24,7 @@ from devstack.image_server import ImageServer
 from devstack.postgres import PostgresServer
 from devstack.sample_images import sample
 from devstack.stack import Stack
-from tests.integration.ingest_harness import running_ingest
-from tests.integration.test_tls import pki  # noqa: F401 (a fixture)
+from support.ingest_harness import running_ingest
 
 CLI = str(Path(sys.executable).parent / "imgpipe")
 HEADER = "S. No.,Product Name,Input Image Urls\r\n"
@@ -238,7 +237,7 @@ def test_cancel_a_request_whose_images_are_slow(
 async def test_tls_mutual_tls_and_a_token(
     database_url: str,
     tmp_path: Path,
-    pki: dict[str, Path],  # noqa: F811
+    pki: dict[str, Path],
 ) -> None:
     """Against an in-process ingest serving TLS (client certificates required) and tokens."""
     env = {

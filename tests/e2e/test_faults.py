@@ -19,7 +19,7 @@ from devstack.ports import free_port
 from devstack.postgres import PostgresServer, PrivateCluster
 from devstack.stack import Stack
 from imgpipe.v1 import ingest_pb2, types_pb2
-from tests.e2e.batch import (
+from support.batch import (
     FAULT_ENV,
     batch_csv,
     done_count,

@@ -14,7 +14,7 @@ import pytest
 
 from devstack.image_server import ImageServer
 from devstack.stack import Stack
-from tests.e2e.batch import FAULT_ENV, batch_csv, serve_batch
+from support.batch import FAULT_ENV, batch_csv, serve_batch
 
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")
 

@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from imgpipe.v1 import ingest_pb2
-from tests.integration.ingest_harness import RunningIngest, running_ingest
+from support.ingest_harness import RunningIngest, running_ingest
 
 CSV = b"S. No.,Product Name,Input Image Urls\n1,Shoe,https://img.example/a.jpg\n"
 

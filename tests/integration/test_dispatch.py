@@ -12,10 +12,10 @@ import pytest
 
 from devstack.image_server import ImageServer
 from devstack.sample_images import sample
+from imgpipe.ingest.notifications import LISTENER_APPLICATION_NAME
 from imgpipe.v1 import ingest_pb2, types_pb2
-from services.ingest.notifications import LISTENER_APPLICATION_NAME
-from tests.e2e.batch import TERMINAL, batch_csv
-from tests.integration.ingest_harness import RunningIngest, running_pipeline
+from support.batch import TERMINAL, batch_csv
+from support.ingest_harness import RunningIngest, running_pipeline
 
 
 @pytest.fixture

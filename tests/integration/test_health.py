@@ -9,7 +9,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devstack.postgres import PostgresServer, PrivateCluster
-from tests.integration.ingest_harness import running_ingest
+from support.ingest_harness import running_ingest
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -27,7 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from devstack.ports import free_port
 from devstack.sample_images import sample
 from imgpipe.v1 import processor_pb2, processor_pb2_grpc
-from tests import hostile_payloads as payloads
+from support import hostile_payloads as payloads
 
 MIB = 1024 * 1024
 MAX_SOURCE_BYTES = 8 * MIB

@@ -25,14 +25,14 @@ from openapi_spec_validator import validate
 
 from devstack.image_server import ImageServer
 from devstack.sample_images import sample
+from imgpipe.common.config import S3Settings
+from imgpipe.common.storage import S3Storage
+from imgpipe.ingest.http_app import build_http_app
+from imgpipe.ingest.http_routes import message_json
+from imgpipe.processor.main import ProcessorApp
+from imgpipe.processor.settings import Settings as ProcessorSettings
 from imgpipe.v1 import ingest_pb2
-from services.ingest.http_app import build_http_app
-from services.ingest.http_routes import message_json
-from services.processor.main import ProcessorApp
-from services.processor.settings import Settings as ProcessorSettings
-from shared.config import S3Settings
-from shared.storage import S3Storage
-from tests.integration.ingest_harness import RunningIngest, running_ingest
+from support.ingest_harness import RunningIngest, running_ingest
 
 CSV = (
     b"S. No.,Product Name,Input Image Urls\r\n"

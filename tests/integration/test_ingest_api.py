@@ -13,7 +13,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from imgpipe.v1 import ingest_pb2, types_pb2
-from tests.integration.ingest_harness import RunningIngest, running_ingest
+from support.ingest_harness import RunningIngest, running_ingest
 
 CSV = (
     b"S. No.,Product Name,Input Image Urls\r\n"

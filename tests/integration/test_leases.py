@@ -9,14 +9,14 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from services.ingest import db
-from services.ingest.csv_format import Product
-from services.ingest.dispatcher import Dispatcher, DispatchSettings, processor_channel
-from services.ingest.model import Event, ImageState, Outcome
-from services.ingest.notifications import Notifier
-from services.ingest.retry_policy import RetryPolicy
-from services.ingest.store import Store, lease_of
-from services.ingest.watch import EventReader
+from imgpipe.ingest import db
+from imgpipe.ingest.csv_format import Product
+from imgpipe.ingest.dispatcher import Dispatcher, DispatchSettings, processor_channel
+from imgpipe.ingest.model import Event, ImageState, Outcome
+from imgpipe.ingest.notifications import Notifier
+from imgpipe.ingest.retry_policy import RetryPolicy
+from imgpipe.ingest.store import Store, lease_of
+from imgpipe.ingest.watch import EventReader
 
 PRODUCTS = [
     Product(1, "Shoe", ("https://img.example/a.jpg", "https://img.example/b.jpg")),

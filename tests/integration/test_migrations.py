@@ -7,7 +7,7 @@ import asyncio
 import asyncpg
 import pytest
 
-from services.ingest import db
+from imgpipe.ingest import db
 
 
 async def test_migrations_are_numbered_without_gaps() -> None:

@@ -25,12 +25,12 @@ from PIL import Image
 from devstack.image_server import ImageServer
 from devstack.ports import free_port
 from devstack.sample_images import sample
+from imgpipe.common.config import S3Settings, SettingsError
+from imgpipe.common.storage import open_storage
+from imgpipe.processor.http_app import make_http_app
+from imgpipe.processor.main import ProcessorApp
+from imgpipe.processor.settings import FetchSettings, Settings
 from imgpipe.v1 import processor_pb2, processor_pb2_grpc, types_pb2
-from services.processor.http_app import make_http_app
-from services.processor.main import ProcessorApp
-from services.processor.settings import FetchSettings, Settings
-from shared.config import S3Settings, SettingsError
-from shared.storage import open_storage
 
 PNG = sample(160, 120, "PNG")
 

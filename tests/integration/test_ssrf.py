@@ -1,6 +1,6 @@
 """The SSRF matrix: the real Fetcher, private networks not allowed, against hostile URLs.
 
-It runs in a network namespace the test makes (tests/netns_probe.py, under
+It runs in a network namespace the test makes (tests/support/netns_probe.py, under
 `unshare --net --mount`) whose only interface is `lo`, carrying the private, metadata and
 embedded-IPv4 addresses under attack. A broken guard reaches a loopback canary that
 records the connection, never the network. Where no namespace can be made, the matrix is
@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests import netns_probe
+from support import netns_probe
 
 ROOT = Path(__file__).resolve().parents[2]
 ORIGIN = f"http://{netns_probe.ORIGIN}"
@@ -138,11 +138,11 @@ def run_probe(url_check: bool) -> dict[str, Any]:
         "url_check": url_check,
     }
     probe = subprocess.run(
-        [*namespace_command(), sys.executable, "-m", "tests.netns_probe"],
+        [*namespace_command(), sys.executable, "-m", "support.netns_probe"],
         input=json.dumps(request),
         capture_output=True,
         text=True,
-        cwd=ROOT,
+        cwd=ROOT / "tests",
         timeout=60,
         check=False,
     )

@@ -14,8 +14,8 @@ import pytest
 from devstack.image_server import ImageServer
 from devstack.sample_images import sample
 from imgpipe.v1 import ingest_pb2, ingest_pb2_grpc, types_pb2
-from tests.e2e.batch import TERMINAL, batch_csv
-from tests.integration.ingest_harness import RunningIngest, running_ingest, running_processor
+from support.batch import TERMINAL, batch_csv
+from support.ingest_harness import RunningIngest, running_ingest, running_processor
 
 Message = ingest_pb2.WatchStatusResponse
 

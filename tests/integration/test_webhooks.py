@@ -19,8 +19,8 @@ from devstack.image_server import ImageServer
 from devstack.ports import free_port
 from devstack.sample_images import sample
 from imgpipe.v1 import ingest_pb2
-from tests.e2e.batch import TERMINAL, batch_csv
-from tests.integration.ingest_harness import RunningIngest, running_pipeline
+from support.batch import TERMINAL, batch_csv
+from support.ingest_harness import RunningIngest, running_pipeline
 
 SECRET = "whsec_" + base64.b64encode(b"a secret of 24 bytes....").decode()
 

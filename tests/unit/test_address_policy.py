@@ -1,4 +1,4 @@
-"""shared.address_policy, without the network: which addresses are public, how IP literals
+"""imgpipe.common.address_policy, without the network: which addresses are public, how IP literals
 are read, what check_url refuses, and the resolver's and socket factory's judgements.
 (tests/integration/test_ssrf.py runs the whole guard against live sockets.)"""
 
@@ -12,7 +12,7 @@ import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
-from shared.address_policy import (
+from imgpipe.common.address_policy import (
     AddressNotAllowed,
     AddressPolicy,
     PublicAddressResolver,

@@ -8,7 +8,7 @@ import sys
 
 def test_mallopt_accepts_every_setting() -> None:
     # In a child process, so this test process keeps its own allocator settings.
-    code = "from services.processor.allocator import tune_malloc; print(tune_malloc())"
+    code = "from imgpipe.processor.allocator import tune_malloc; print(tune_malloc())"
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )

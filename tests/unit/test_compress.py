@@ -1,4 +1,4 @@
-"""services.processor.compress and formats: every supported source to a valid JPEG with no
+"""imgpipe.processor.compress and formats: every supported source to a valid JPEG with no
 metadata but its colour profile; other formats, bad bytes, bombs and overlong animations to
 a permanent error."""
 
@@ -11,11 +11,11 @@ import pytest
 from PIL import ExifTags, Image, ImageCms
 
 from devstack.sample_images import encode, photo_like, sample
-from services.processor.compress import Compressed, compress
-from services.processor.errors import NotAnImage, TooManyFrames, TooManyPixels
-from services.processor.formats import gif_frame_count
-from shared.grpc_errors import FailedPrecondition
-from tests.hostile_payloads import eps, gif_with_frames, gzip_of_zeros, png_header_only, psd
+from imgpipe.common.grpc_errors import FailedPrecondition
+from imgpipe.processor.compress import Compressed, compress
+from imgpipe.processor.errors import NotAnImage, TooManyFrames, TooManyPixels
+from imgpipe.processor.formats import gif_frame_count
+from support.hostile_payloads import eps, gif_with_frames, gzip_of_zeros, png_header_only, psd
 
 MAX_PIXELS = 100_000_000
 ORIENTATION = 0x0112

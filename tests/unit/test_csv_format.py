@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.ingest.csv_format import (
+from imgpipe.common.grpc_errors import InvalidArgument, ResourceExhausted, to_status
+from imgpipe.ingest.csv_format import (
     DEFAULT_LIMITS,
     MAX_VIOLATIONS_BYTES,
     RESULT_HEADER,
@@ -24,7 +25,6 @@ from services.ingest.csv_format import (
     parse_products,
     result_csv,
 )
-from shared.grpc_errors import InvalidArgument, ResourceExhausted, to_status
 
 HEADER = "S. No.,Product Name,Input Image Urls"
 A = "http://example.com/a.jpg"

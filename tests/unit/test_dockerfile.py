@@ -252,13 +252,13 @@ def test_the_build_context_holds_what_pip_install_needs_and_nothing_else() -> No
         *srcs, _dest = args.split()
         sources.update(s for s in srcs if not s.startswith("--"))
     project = pyproject()
-    packages = {p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
+    packages = {d.split("/")[0] for d in project["tool"]["setuptools"]["package-dir"].values()}
     assert {"pyproject.toml", project["project"]["readme"], *packages} <= sources
     for source in sources:
         assert (ROOT / source).exists(), source
         assert not ignored(source), f"{source} is copied but .dockerignore leaves it out"
     # The generated stubs are committed, so `pip install .` needs no protoc.
-    stubs = sorted((ROOT / "imgpipe" / "v1").glob("*_pb2.py"))
+    stubs = sorted((ROOT / "src" / "imgpipe" / "v1").glob("*_pb2.py"))
     assert stubs
     assert not [s for s in stubs if ignored(str(s.relative_to(ROOT)))]
     for path in (".git/config", ".venv/bin/python", "tests/unit", "deploy/k8s", "docs"):

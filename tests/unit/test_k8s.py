@@ -33,7 +33,7 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 
 from devstack import kustomize
-from shared.config import split_host_port
+from imgpipe.common.config import split_host_port
 
 Object = dict[str, Any]
 
@@ -130,7 +130,9 @@ def imgpipe_containers(objects: list[Object]) -> Iterator[tuple[Object, Object, 
             command = container["command"]
             assert command[0] in scripts, f"{command[0]} is not a console script"
             module = scripts[command[0]].split(":")[0]
-            assert module.startswith("services."), f"{command[0]} is not a service"
+            assert module.startswith(("imgpipe.ingest.", "imgpipe.processor.")), (
+                f"{command[0]} is not a service"
+            )
             yield workload, container, module.split(".")[1]
 
 
@@ -215,7 +217,7 @@ def settings_required(service: str) -> frozenset[str]:
 
 
 def parse_settings(service: str, env: Mapping[str, str]) -> Any:
-    module = importlib.import_module(f"services.{service}.settings")
+    module = importlib.import_module(f"imgpipe.{service}.settings")
     return module.Settings.from_env(env)
 
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from devstack.protogen import PACKAGE_DIR, ROOT, generate
+from devstack.protogen import OUT_ROOT, PACKAGE_DIR, ROOT, generate
 from imgpipe.v1 import ingest_pb2, processor_pb2, types_pb2
 
 
@@ -22,7 +22,7 @@ def test_committed_stubs_match_the_protos(tmp_path: Path) -> None:
     fresh = {p.name: p.read_bytes() for p in generate(tmp_path)}
     committed = {
         p.name: p.read_bytes()
-        for p in (ROOT / PACKAGE_DIR).iterdir()
+        for p in (OUT_ROOT / PACKAGE_DIR).iterdir()
         if p.suffix in {".py", ".pyi"} and "_pb2" in p.name
     }
     assert fresh.keys() == committed.keys()

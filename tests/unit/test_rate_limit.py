@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.ingest.rate_limit import RateLimiter, SubmitRateExceeded
+from imgpipe.ingest.rate_limit import RateLimiter, SubmitRateExceeded
 
 
 class Clock:

@@ -1,6 +1,6 @@
 """The SSRF matrix's far side, run inside a network namespace of its own.
 
-tests/integration/test_ssrf.py starts `python -m tests.netns_probe` under
+tests/integration/test_ssrf.py starts `python -m support.netns_probe` under
 `unshare --net --mount`. Before touching anything the probe checks that it is in a new
 network namespace whose only interface is `lo`: there is no route out, so whatever the
 guard under test lets through reaches this namespace's loopback and nothing else. Then it:
@@ -32,10 +32,10 @@ from typing import Any
 from unittest import mock
 from urllib.parse import parse_qs, urlsplit
 
-from services.processor.fetch import Fetcher
-from services.processor.settings import FetchSettings
-from shared.address_policy import AddressPolicy
-from shared.grpc_errors import ServiceError, grpc_code
+from imgpipe.common.address_policy import AddressPolicy
+from imgpipe.common.grpc_errors import ServiceError, grpc_code
+from imgpipe.processor.fetch import Fetcher
+from imgpipe.processor.settings import FetchSettings
 
 # TEST-NET ranges are not public, so the allowed origin needs a globally routable address;
 # inside this namespace it is on `lo` and nothing can leave.

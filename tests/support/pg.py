@@ -9,7 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from services.ingest import db
+from imgpipe.ingest import db
 
 TEMPLATE = "imgpipe_test_template"
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import grpc
 
+from imgpipe.ingest.app import IngestApp
+from imgpipe.ingest.settings import Settings
+from imgpipe.processor.main import ProcessorApp
+from imgpipe.processor.settings import Settings as ProcessorSettings
 from imgpipe.v1 import ingest_pb2_grpc
-from services.ingest.app import IngestApp
-from services.ingest.settings import Settings
-from services.processor.main import ProcessorApp
-from services.processor.settings import Settings as ProcessorSettings
 
 FAST = {
     "IMGPIPE_POLL_INTERVAL": "0.2",
