@@ -12,7 +12,7 @@ all: lint test
 # Editable in setuptools' strict mode: a tree of links that mypy reads like an installed
 # package (the lenient mode's import hook is invisible to type checkers). A module added
 # or removed needs a reinstall, hence the package folders among the prerequisites.
-$(STAMP): pyproject.toml devstack/pyproject.toml src/imgpipe services/ingest \
+$(STAMP): pyproject.toml devstack/pyproject.toml src/imgpipe src/imgpipe/v1 services/ingest \
     services/ingest/migrations services/processor shared devstack devstack/bench
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip

@@ -30,7 +30,7 @@ from imgpipe.v1 import (
     ingest_pb2_grpc,
     processor_pb2,
     processor_pb2_grpc,
-    types_pb2,
+    requests_pb2,
 )
 
 CHANNEL_OPTIONS = [
@@ -39,10 +39,10 @@ CHANNEL_OPTIONS = [
 ]
 HEADER = "S. No.,Product Name,Input Image Urls\n"
 TERMINAL = {
-    types_pb2.REQUEST_STATE_COMPLETED,
-    types_pb2.REQUEST_STATE_PARTIALLY_COMPLETED,
-    types_pb2.REQUEST_STATE_FAILED,
-    types_pb2.REQUEST_STATE_CANCELLED,
+    requests_pb2.REQUEST_STATE_COMPLETED,
+    requests_pb2.REQUEST_STATE_PARTIALLY_COMPLETED,
+    requests_pb2.REQUEST_STATE_FAILED,
+    requests_pb2.REQUEST_STATE_CANCELLED,
 }
 
 
@@ -235,7 +235,7 @@ async def _submit_and_wait(target: str, dsn: str, csv: bytes, images: int, watch
             request = ingest_pb2.WatchStatusRequest(request_id=reply.request_id)
             async for message in stub.WatchStatus(request, timeout=1800):
                 messages += 1
-                state = types_pb2.RequestState.Name(message.state).removeprefix("REQUEST_STATE_")
+                state = requests_pb2.RequestState.Name(message.state).removeprefix("REQUEST_STATE_")
                 succeeded = message.progress.succeeded_images
         else:
             conn = await asyncpg.connect(dsn)

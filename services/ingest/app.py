@@ -15,13 +15,13 @@ from imgpipe.common.auth import AuthInterceptor, TokenAuth
 from imgpipe.common.config import split_host_port
 from imgpipe.common.grpc_server import GrpcServer
 from imgpipe.common.storage import open_storage
-from imgpipe.ingest import db
+from imgpipe.ingest import postgres
 from imgpipe.ingest.dispatcher import Dispatcher, processor_channel
 from imgpipe.ingest.http_app import build_http_app
 from imgpipe.ingest.notifications import Notifier
-from imgpipe.ingest.operations import Requests
 from imgpipe.ingest.outbox import RESULT_CSV, WEBHOOK, OutboxWorker, ResultCsvWriter
 from imgpipe.ingest.rate_limit import RateLimiter
+from imgpipe.ingest.request_service import RequestService
 from imgpipe.ingest.servicer import IngestServicer
 from imgpipe.ingest.settings import Settings
 from imgpipe.ingest.store import CONNECTION_ERRORS, Store
@@ -36,7 +36,7 @@ SERVICE_NAME = "imgpipe.v1.IngestService"
 async def connect_with_retry(dsn: str, attempts: int = 30) -> asyncpg.Pool:
     for attempt in range(1, attempts + 1):
         try:
-            return await db.create_pool(dsn)
+            return await postgres.create_pool(dsn)
         except CONNECTION_ERRORS as exc:
             if attempt == attempts:
                 raise
@@ -65,7 +65,7 @@ class IngestApp:
         await loop.run_in_executor(self.executor, self.storage.ensure_ready)
         self.pool = await connect_with_retry(settings.database_url)
         async with self.pool.acquire() as conn:
-            await db.migrate(conn)
+            await postgres.migrate(conn)
         self.store = Store(self.pool)
         self.channel = processor_channel(settings.processor_target)
         self.dispatcher = Dispatcher(
@@ -95,7 +95,7 @@ class IngestApp:
             asyncio.create_task(result_csv.run(), name="result-csv"),
             asyncio.create_task(webhooks.run(), name="webhooks"),
         ]
-        self.requests = Requests(
+        self.requests = RequestService(
             self.store,
             self.notifier,
             settings.csv_limits,

@@ -20,7 +20,7 @@ from imgpipe.ingest.model import Claim, ImageState, Outcome
 from imgpipe.ingest.notifications import Notifier
 from imgpipe.ingest.retry_policy import BUSY, RetryPolicy
 from imgpipe.ingest.store import Lease, Store, lease_of
-from imgpipe.v1 import processor_pb2, processor_pb2_grpc, types_pb2
+from imgpipe.v1 import processor_pb2, processor_pb2_grpc, requests_pb2
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ class Dispatcher:
         request = processor_pb2.ProcessImageRequest(
             source_url=claim.input_url,
             output_key=claim.output_key,
-            options=types_pb2.CompressionOptions(quality=claim.quality),
+            options=requests_pb2.CompressionOptions(quality=claim.quality),
         )
         try:
             response = await self._call(request)

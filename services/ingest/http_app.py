@@ -23,7 +23,7 @@ from imgpipe.common.storage import FileStorage, Storage
 from imgpipe.ingest.csv_format import CsvTooLarge
 from imgpipe.ingest.http_routes import MULTIPART_OVERHEAD, BodyTooLarge, RequestRoutes
 from imgpipe.ingest.openapi import document
-from imgpipe.ingest.operations import Requests
+from imgpipe.ingest.request_service import RequestService
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 OPEN_PREFIXES = ("/objects/",)
@@ -45,7 +45,7 @@ def _auth_middleware(auth: TokenAuth) -> Middleware:
 
 
 def build_http_app(
-    requests: Requests,
+    requests: RequestService,
     auth: TokenAuth,
     storage: Storage,
     executor: Executor,

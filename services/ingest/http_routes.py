@@ -1,5 +1,5 @@
 """IngestService over HTTP: /v1/requests and below. Like the gRPC servicer, thin: HTTP in,
-domain calls (operations.Requests), the very protobuf messages gRPC answers out, as JSON
+domain calls (request_service.RequestService), the very protobuf messages gRPC answers out, as JSON
 (protobuf's JSON mapping). Errors are domain errors; imgpipe.common.http_errors answers them."""
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from imgpipe.common.grpc_errors import (
     Unavailable,
 )
 from imgpipe.common.storage import Storage, StorageError
-from imgpipe.ingest import convert
+from imgpipe.ingest import to_proto
 from imgpipe.ingest.model import Event, result_csv_key
-from imgpipe.ingest.operations import Requests, parse_request_id
+from imgpipe.ingest.request_service import RequestService, parse_request_id
 from imgpipe.ingest.sse import ServerEvent, aclose_quietly, stream_events
 
 # Room for the multipart framing and the option fields around the CSV.
@@ -70,7 +70,7 @@ def _bad(field: str, description: str) -> InvalidArgument:
 class RequestRoutes:
     def __init__(
         self,
-        requests: Requests,
+        requests: RequestService,
         storage: Storage,
         executor: Executor,
         *,
@@ -124,7 +124,7 @@ class RequestRoutes:
             idempotency_key=options.get("idempotency_key", ""),
             caller=CALLER.get(),
         )
-        response = convert.submit_response(submission)
+        response = to_proto.submit_response(submission)
         return web.json_response(
             message_json(response),
             status=202,
@@ -134,12 +134,12 @@ class RequestRoutes:
     async def status(self, request: web.Request) -> web.Response:
         request_id = request.match_info["request_id"]
         status, images = await self._requests.status(request_id, caller=CALLER.get())
-        return web.json_response(message_json(convert.status_response(status, images)))
+        return web.json_response(message_json(to_proto.status_response(status, images)))
 
     async def cancel(self, request: web.Request) -> web.Response:
         request_id = request.match_info["request_id"]
         status = await self._requests.cancel(request_id, caller=CALLER.get())
-        return web.json_response(message_json(convert.cancel_response(status)))
+        return web.json_response(message_json(to_proto.cancel_response(status)))
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         request_id = request.match_info["request_id"]
@@ -275,7 +275,7 @@ async def _server_events(
     """One event per WatchStatus message: id the sequence, data the message as JSON."""
     try:
         async for event, is_snapshot in watched:
-            message = convert.watch_response(request_id, event, is_snapshot)
+            message = to_proto.watch_response(request_id, event, is_snapshot)
             data = json.dumps(message_json(message), separators=(",", ":"))
             yield ServerEvent(str(message.sequence), SSE_EVENT, data)
     finally:

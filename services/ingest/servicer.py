@@ -8,15 +8,15 @@ from typing import Any
 import grpc
 
 from imgpipe.common.auth import CALLER
-from imgpipe.ingest import convert
-from imgpipe.ingest.operations import Requests
+from imgpipe.ingest import to_proto
+from imgpipe.ingest.request_service import RequestService
 from imgpipe.v1 import ingest_pb2, ingest_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
-    def __init__(self, requests: Requests) -> None:
+    def __init__(self, requests: RequestService) -> None:
         self._requests = requests
 
     async def Submit(
@@ -29,12 +29,12 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             idempotency_key=request.idempotency_key,
             caller=CALLER.get(),
         )
-        return convert.submit_response(submission)
+        return to_proto.submit_response(submission)
 
     async def GetStatus(
         self, request: ingest_pb2.GetStatusRequest, context: Context
     ) -> ingest_pb2.GetStatusResponse:
-        return convert.status_response(
+        return to_proto.status_response(
             *await self._requests.status(request.request_id, caller=CALLER.get())
         )
 
@@ -45,11 +45,11 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             request.request_id, request.after_sequence, caller=CALLER.get()
         )
         async for event, is_snapshot in events:
-            yield convert.watch_response(request.request_id, event, is_snapshot)
+            yield to_proto.watch_response(request.request_id, event, is_snapshot)
 
     async def Cancel(
         self, request: ingest_pb2.CancelRequest, context: Context
     ) -> ingest_pb2.CancelResponse:
-        return convert.cancel_response(
+        return to_proto.cancel_response(
             await self._requests.cancel(request.request_id, caller=CALLER.get())
         )

@@ -13,7 +13,6 @@ from typing import Any, ParamSpec, TypeVar
 import asyncpg
 
 from imgpipe.ingest.csv_format import Product
-from imgpipe.ingest.db import Q
 from imgpipe.ingest.errors import (
     DatabaseUnavailable,
     IdempotencyKeyReused,
@@ -33,6 +32,7 @@ from imgpipe.ingest.model import (
     Submission,
     WebhookStatus,
 )
+from imgpipe.ingest.postgres import Q
 
 P = ParamSpec("P")
 T = TypeVar("T")

@@ -18,7 +18,7 @@ from devstack.image_server import ImageServer
 from devstack.ports import free_port
 from devstack.postgres import PostgresServer, PrivateCluster
 from devstack.stack import Stack
-from imgpipe.v1 import ingest_pb2, types_pb2
+from imgpipe.v1 import ingest_pb2, requests_pb2
 from support.batch import (
     FAULT_ENV,
     batch_csv,
@@ -69,7 +69,7 @@ def expected_keys(request_id: str, count: int, per_row: int = 4) -> set[str]:
 
 def assert_complete_exactly_once(dsn: str, target: str, request_id: str, count: int) -> None:
     final = wait_terminal(target, request_id)
-    assert final.state == types_pb2.REQUEST_STATE_COMPLETED, final.progress
+    assert final.state == requests_pb2.REQUEST_STATE_COMPLETED, final.progress
     assert final.progress.succeeded_images == count
     terminal = terminal_events_per_image(dsn, request_id)
     assert len(terminal) == count
@@ -223,13 +223,13 @@ def test_transient_failures_are_retried_and_permanent_ones_are_not(
     with stack_for(database_url, s3_env, tmp_path) as stack:
         request_id = submit(stack.ingest_target, csv)
         final = wait_terminal(stack.ingest_target, request_id)
-    assert final.state == types_pb2.REQUEST_STATE_PARTIALLY_COMPLETED
+    assert final.state == requests_pb2.REQUEST_STATE_PARTIALLY_COMPLETED
     flaky_image, missing_image, good_image = final.products[0].images
-    assert (flaky_image.state, flaky_image.attempts) == (types_pb2.IMAGE_STATE_SUCCEEDED, 3)
-    assert (missing_image.state, missing_image.attempts) == (types_pb2.IMAGE_STATE_FAILED, 1)
+    assert (flaky_image.state, flaky_image.attempts) == (requests_pb2.IMAGE_STATE_SUCCEEDED, 3)
+    assert (missing_image.state, missing_image.attempts) == (requests_pb2.IMAGE_STATE_FAILED, 1)
     assert "404" in missing_image.error
     assert "not retried" in missing_image.error
-    assert (good_image.state, good_image.attempts) == (types_pb2.IMAGE_STATE_SUCCEEDED, 1)
+    assert (good_image.state, good_image.attempts) == (requests_pb2.IMAGE_STATE_SUCCEEDED, 1)
 
 
 class WebhookReceiver:
@@ -282,7 +282,7 @@ def test_a_crash_between_terminal_and_webhook_delivery_still_delivers(
     finally:
         receiver.server.shutdown()
         receiver.server.server_close()
-    assert final.state == types_pb2.REQUEST_STATE_COMPLETED
+    assert final.state == requests_pb2.REQUEST_STATE_COMPLETED
     assert final.webhook.state == ingest_pb2.WebhookDelivery.STATE_DELIVERED
     assert {webhook_id for _, webhook_id in receiver.calls} == {final.webhook.delivery_id}
 

@@ -19,7 +19,7 @@ from devstack.image_server import ImageServer
 from devstack.postgres import PostgresServer
 from devstack.sample_images import sample
 from devstack.stack import Stack
-from imgpipe.v1 import ingest_pb2, ingest_pb2_grpc, types_pb2
+from imgpipe.v1 import ingest_pb2, ingest_pb2_grpc, requests_pb2
 
 CLI = str(Path(sys.executable).parent / "imgpipe")
 
@@ -99,7 +99,7 @@ def test_csv_in_compressed_images_out(
         status = ingest_pb2_grpc.IngestServiceStub(channel).GetStatus(
             ingest_pb2.GetStatusRequest(request_id=request_id)
         )
-    assert status.state == types_pb2.REQUEST_STATE_PARTIALLY_COMPLETED
+    assert status.state == requests_pb2.REQUEST_STATE_PARTIALLY_COMPLETED
     total = sum(len(r) for r in rows)
     assert total == 23
     assert (
@@ -136,11 +136,11 @@ def check_outputs(
         assert [i.input_url for i in product.images] == row
         for index, image in enumerate(product.images):
             if image.input_url.endswith(MISSING):
-                assert image.state == types_pb2.IMAGE_STATE_FAILED
+                assert image.state == requests_pb2.IMAGE_STATE_FAILED
                 assert "404" in image.error
                 assert image.output_url == ""
                 continue
-            assert image.state == types_pb2.IMAGE_STATE_SUCCEEDED, image.error
+            assert image.state == requests_pb2.IMAGE_STATE_SUCCEEDED, image.error
             key = f"{prefix}/{request_id}/{product.serial_number}-{index}.jpg"
             expected_keys.add(key)
             body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()

@@ -13,7 +13,7 @@ import pytest
 from devstack.image_server import ImageServer
 from devstack.sample_images import sample
 from imgpipe.ingest.notifications import LISTENER_APPLICATION_NAME
-from imgpipe.v1 import ingest_pb2, types_pb2
+from imgpipe.v1 import ingest_pb2, requests_pb2
 from support.batch import TERMINAL, batch_csv
 from support.ingest_harness import RunningIngest, running_pipeline
 
@@ -50,7 +50,7 @@ async def test_a_small_request_is_not_starved_by_a_large_one(
         ingest_pb2.SubmitRequest(csv=batch_csv(serve(image_server, "small", 5, 0.02)))
     )
     status = await wait_terminal(ingest, small.request_id)
-    assert status.state == types_pb2.REQUEST_STATE_COMPLETED
+    assert status.state == requests_pb2.REQUEST_STATE_COMPLETED
 
     conn = await asyncpg.connect(database_url)
     try:
@@ -108,7 +108,7 @@ async def test_dispatch_and_watch_survive_the_listen_connection_being_killed(
     finally:
         await admin.close()
     assert reconnected == 1
-    assert received[-1].state == types_pb2.REQUEST_STATE_COMPLETED
+    assert received[-1].state == requests_pb2.REQUEST_STATE_COMPLETED
     sequences = [m.sequence for m in received]
     assert sequences == list(range(sequences[0], sequences[-1] + 1))
     assert received[-1].progress.succeeded_images == 40
@@ -127,7 +127,7 @@ async def test_a_full_processor_is_asked_again_in_memory_not_through_the_queue(
             ingest_pb2.SubmitRequest(csv=batch_csv(serve(image_server, "full", 12, 0.05)))
         )
         status = await wait_terminal(ingest, submitted.request_id)
-    assert status.state == types_pb2.REQUEST_STATE_COMPLETED
+    assert status.state == requests_pb2.REQUEST_STATE_COMPLETED
     assert {i.attempts for p in status.products for i in p.images} == {1}
     # Created, one claim and one outcome per image, terminal: no requeue events.
     assert status.sequence == 1 + 2 * 12 + 1

@@ -12,7 +12,7 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from imgpipe.v1 import ingest_pb2, types_pb2
+from imgpipe.v1 import ingest_pb2, requests_pb2
 from support.ingest_harness import RunningIngest, running_ingest
 
 CSV = (
@@ -75,8 +75,8 @@ async def test_submit_then_status_lists_products_and_images_in_input_order(
     assert status.progress.total_images == 3
     assert status.options.quality == 50
     assert status.state in (
-        types_pb2.REQUEST_STATE_QUEUED,
-        types_pb2.REQUEST_STATE_PROCESSING,
+        requests_pb2.REQUEST_STATE_QUEUED,
+        requests_pb2.REQUEST_STATE_PROCESSING,
     )
     assert status.create_time.seconds > 0
     assert status.result_csv_url == ""
@@ -107,7 +107,9 @@ async def test_quality_out_of_range_is_invalid_argument(
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await ingest.stub.Submit(
-            ingest_pb2.SubmitRequest(csv=CSV, options=types_pb2.CompressionOptions(quality=quality))
+            ingest_pb2.SubmitRequest(
+                csv=CSV, options=requests_pb2.CompressionOptions(quality=quality)
+            )
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert violations(caught.value) == ["options.quality"]
@@ -160,7 +162,7 @@ async def test_unknown_or_malformed_ids(
 async def test_cancel_ends_the_request_and_its_watch(ingest: RunningIngest) -> None:
     submitted = await ingest.stub.Submit(ingest_pb2.SubmitRequest(csv=CSV))
     cancelled = await ingest.stub.Cancel(ingest_pb2.CancelRequest(request_id=submitted.request_id))
-    assert cancelled.state == types_pb2.REQUEST_STATE_CANCELLED
+    assert cancelled.state == requests_pb2.REQUEST_STATE_CANCELLED
     assert cancelled.progress.cancelled_images == 3
 
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -175,7 +177,7 @@ async def test_cancel_ends_the_request_and_its_watch(ingest: RunningIngest) -> N
     ]
     assert len(messages) == 1
     assert messages[0].snapshot
-    assert messages[0].state == types_pb2.REQUEST_STATE_CANCELLED
+    assert messages[0].state == requests_pb2.REQUEST_STATE_CANCELLED
 
     # The full history, replayed: created, maybe claims and retries, then the cancel, last.
     history = [
@@ -192,8 +194,8 @@ async def test_cancel_ends_the_request_and_its_watch(ingest: RunningIngest) -> N
     ]
     assert history[-1].sequence == replay[-1].sequence
     assert [m.sequence for m in replay] == list(range(2, replay[-1].sequence + 1))
-    assert replay[-1].state == types_pb2.REQUEST_STATE_CANCELLED
-    assert all(m.state != types_pb2.REQUEST_STATE_CANCELLED for m in replay[:-1])
+    assert replay[-1].state == requests_pb2.REQUEST_STATE_CANCELLED
+    assert all(m.state != requests_pb2.REQUEST_STATE_CANCELLED for m in replay[:-1])
 
     # The result CSV of a cancelled request is still written (every output empty).
     for _ in range(50):

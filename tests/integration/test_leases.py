@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from imgpipe.ingest import db
+from imgpipe.ingest import postgres
 from imgpipe.ingest.csv_format import Product
 from imgpipe.ingest.dispatcher import Dispatcher, DispatchSettings, processor_channel
 from imgpipe.ingest.model import Event, ImageState, Outcome
@@ -26,7 +26,7 @@ PRODUCTS = [
 
 @pytest.fixture
 async def store(database_url: str) -> AsyncIterator[Store]:
-    pool = await db.create_pool(database_url)
+    pool = await postgres.create_pool(database_url)
     try:
         yield Store(pool)
     finally:

@@ -7,20 +7,20 @@ import asyncio
 import asyncpg
 import pytest
 
-from imgpipe.ingest import db
+from imgpipe.ingest import postgres
 
 
 async def test_migrations_are_numbered_without_gaps() -> None:
-    versions = [v for v, _, _ in db.migrations()]
+    versions = [v for v, _, _ in postgres.migrations()]
     assert versions == list(range(1, len(versions) + 1))
 
 
 async def test_migrating_a_migrated_database_changes_nothing(database_url: str) -> None:
     conn = await asyncpg.connect(database_url)
     try:
-        assert await db.migrate(conn) == []
+        assert await postgres.migrate(conn) == []
         applied = [r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")]
-        assert applied == [v for v, _, _ in db.migrations()]
+        assert applied == [v for v, _, _ in postgres.migrations()]
     finally:
         await conn.close()
 
@@ -32,8 +32,8 @@ async def test_replicas_migrating_an_empty_database_at_once_apply_each_version_o
     await admin.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
     conns = [await asyncpg.connect(database_url) for _ in range(4)]
     try:
-        results = await asyncio.gather(*(db.migrate(c) for c in conns))
-        assert sorted(v for r in results for v in r) == [v for v, _, _ in db.migrations()]
+        results = await asyncio.gather(*(postgres.migrate(c) for c in conns))
+        assert sorted(v for r in results for v in r) == [v for v, _, _ in postgres.migrations()]
         assert await admin.fetchval("SELECT count(*) FROM requests") == 0
     finally:
         for conn in conns:
@@ -41,12 +41,12 @@ async def test_replicas_migrating_an_empty_database_at_once_apply_each_version_o
         await admin.close()
 
 
-@pytest.mark.parametrize("name", sorted(db.queries()))
+@pytest.mark.parametrize("name", sorted(postgres.queries()))
 async def test_named_query_parses_and_plans_against_the_schema(
     database_url: str, name: str
 ) -> None:
     conn = await asyncpg.connect(database_url)
     try:
-        await conn.prepare(db.Q(name))
+        await conn.prepare(postgres.Q(name))
     finally:
         await conn.close()

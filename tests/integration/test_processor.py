@@ -30,7 +30,7 @@ from imgpipe.common.storage import open_storage
 from imgpipe.processor.http_app import make_http_app
 from imgpipe.processor.main import ProcessorApp
 from imgpipe.processor.settings import FetchSettings, Settings
-from imgpipe.v1 import processor_pb2, processor_pb2_grpc, types_pb2
+from imgpipe.v1 import processor_pb2, processor_pb2_grpc, requests_pb2
 
 PNG = sample(160, 120, "PNG")
 
@@ -52,7 +52,7 @@ class Processor:
             processor_pb2.ProcessImageRequest(
                 source_url=source_url,
                 output_key=output_key or new_key(),
-                options=types_pb2.CompressionOptions(quality=quality),
+                options=requests_pb2.CompressionOptions(quality=quality),
             ),
             timeout=10,
         )

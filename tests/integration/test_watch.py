@@ -13,7 +13,7 @@ import pytest
 
 from devstack.image_server import ImageServer
 from devstack.sample_images import sample
-from imgpipe.v1 import ingest_pb2, ingest_pb2_grpc, types_pb2
+from imgpipe.v1 import ingest_pb2, ingest_pb2_grpc, requests_pb2
 from support.batch import TERMINAL, batch_csv
 from support.ingest_harness import RunningIngest, running_ingest, running_processor
 
@@ -69,7 +69,7 @@ async def test_live_watch_then_every_resume_point_gives_the_same_suffix(
     assert_exact(live, live[0].sequence)
     # Created, then a claim and an outcome per image, then the terminal event.
     assert live[-1].sequence == 1 + 2 * 12 + 1
-    assert live[-1].state == types_pb2.REQUEST_STATE_COMPLETED
+    assert live[-1].state == requests_pb2.REQUEST_STATE_COMPLETED
     assert live[-1].result_csv_url
     assert live[-1].progress.succeeded_images == 12
 
@@ -94,7 +94,7 @@ async def test_two_replicas_submit_on_one_and_watch_on_the_other(
         submitted = await first.stub.Submit(ingest_pb2.SubmitRequest(csv=batch(image_server, 10)))
         messages = await collect(second.stub, submitted.request_id, after=1)
     assert_exact(messages, 2)
-    assert messages[-1].state == types_pb2.REQUEST_STATE_COMPLETED
+    assert messages[-1].state == requests_pb2.REQUEST_STATE_COMPLETED
 
 
 async def test_200_concurrent_watchers_receive_the_identical_sequence(
@@ -123,7 +123,7 @@ async def test_a_watcher_that_stops_reading_delays_no_one_and_catches_up(
     )
     first = await stalled.read()  # then nothing is read while ~500 events happen
     reader = await collect(ingest.stub, submitted.request_id, after=1)
-    assert reader[-1].state == types_pb2.REQUEST_STATE_COMPLETED
+    assert reader[-1].state == requests_pb2.REQUEST_STATE_COMPLETED
     rest = []
     while (message := await stalled.read()) is not grpc.aio.EOF:
         rest.append(message)

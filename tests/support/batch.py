@@ -11,13 +11,13 @@ import grpc
 
 from devstack.image_server import ImageServer
 from devstack.sample_images import sample
-from imgpipe.v1 import ingest_pb2, ingest_pb2_grpc, types_pb2
+from imgpipe.v1 import ingest_pb2, ingest_pb2_grpc, requests_pb2
 
 TERMINAL = {
-    types_pb2.REQUEST_STATE_COMPLETED,
-    types_pb2.REQUEST_STATE_PARTIALLY_COMPLETED,
-    types_pb2.REQUEST_STATE_FAILED,
-    types_pb2.REQUEST_STATE_CANCELLED,
+    requests_pb2.REQUEST_STATE_COMPLETED,
+    requests_pb2.REQUEST_STATE_PARTIALLY_COMPLETED,
+    requests_pb2.REQUEST_STATE_FAILED,
+    requests_pb2.REQUEST_STATE_CANCELLED,
 }
 
 # Short leases and fast retries, so faults are recovered from in seconds.

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from imgpipe.ingest import db
+from imgpipe.ingest import postgres
 
 TEMPLATE = "imgpipe_test_template"
 
@@ -37,7 +37,7 @@ def create_template(dsn: str) -> None:
         )
         conn = await asyncpg.connect(with_database(dsn, TEMPLATE))
         try:
-            await db.migrate(conn)
+            await postgres.migrate(conn)
         finally:
             await conn.close()
 

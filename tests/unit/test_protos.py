@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from devstack.protogen import OUT_ROOT, PACKAGE_DIR, ROOT, generate
-from imgpipe.v1 import ingest_pb2, processor_pb2, types_pb2
+from imgpipe.v1 import ingest_pb2, processor_pb2, requests_pb2
 
 
 def test_buf_lint_standard_is_clean() -> None:
@@ -42,5 +42,5 @@ def test_contract_names() -> None:
     assert ingest.methods_by_name["WatchStatus"].server_streaming
     processor = processor_pb2.DESCRIPTOR.services_by_name["ProcessorService"]
     assert [m.name for m in processor.methods] == ["ProcessImage"]
-    assert types_pb2.RequestState.Name(6) == "REQUEST_STATE_CANCELLED"
-    assert types_pb2.ImageState.Name(5) == "IMAGE_STATE_CANCELLED"
+    assert requests_pb2.RequestState.Name(6) == "REQUEST_STATE_CANCELLED"
+    assert requests_pb2.ImageState.Name(5) == "IMAGE_STATE_CANCELLED"

@@ -1,4 +1,4 @@
--- Every query ingest runs, by name (loaded once by db.py). $n are asyncpg placeholders.
+-- Every query ingest runs, by name (loaded once by postgres.py). $n are asyncpg placeholders.
 -- Lock order everywhere: images before requests, so concurrent statements cannot deadlock.
 
 -- name: insert_request

@@ -12,7 +12,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from imgpipe.cli.options import Connection, Tls
-from imgpipe.v1 import ingest_pb2, ingest_pb2_grpc, types_pb2
+from imgpipe.v1 import ingest_pb2, ingest_pb2_grpc, requests_pb2
 
 MAX_MESSAGE = 64 * 1024 * 1024  # as the server's limit: large CSVs, large statuses
 
@@ -64,7 +64,7 @@ class Client:
             csv=csv,
             webhook_url=webhook_url,
             idempotency_key=idempotency_key,
-            options=types_pb2.CompressionOptions(quality=quality),
+            options=requests_pb2.CompressionOptions(quality=quality),
         )
         return self._stub.Submit(request, metadata=self._metadata)
 

@@ -28,7 +28,7 @@ from imgpipe.cli.display import (
 )
 from imgpipe.cli.options import Connection
 from imgpipe.cli.watching import follow
-from imgpipe.v1 import types_pb2
+from imgpipe.v1 import requests_pb2
 
 EXIT_OK, EXIT_NOT_COMPLETED, EXIT_ERROR = 0, 1, 2
 DOWNLOAD_TIMEOUT = 60.0
@@ -67,7 +67,7 @@ def watch(client: Client, request_id: str, as_json_lines: bool, after: int = 0) 
                 _say(line)
         if last.result_csv_url:
             _say(f"result CSV: {last.result_csv_url}")
-    return EXIT_OK if last.state == types_pb2.REQUEST_STATE_COMPLETED else EXIT_NOT_COMPLETED
+    return EXIT_OK if last.state == requests_pb2.REQUEST_STATE_COMPLETED else EXIT_NOT_COMPLETED
 
 
 def submit(client: Client, args: argparse.Namespace) -> int:

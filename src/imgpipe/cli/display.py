@@ -25,14 +25,14 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from imgpipe.v1 import ingest_pb2, types_pb2
+from imgpipe.v1 import ingest_pb2, requests_pb2
 
 TERMINAL = frozenset(
     {
-        types_pb2.REQUEST_STATE_COMPLETED,
-        types_pb2.REQUEST_STATE_PARTIALLY_COMPLETED,
-        types_pb2.REQUEST_STATE_FAILED,
-        types_pb2.REQUEST_STATE_CANCELLED,
+        requests_pb2.REQUEST_STATE_COMPLETED,
+        requests_pb2.REQUEST_STATE_PARTIALLY_COMPLETED,
+        requests_pb2.REQUEST_STATE_FAILED,
+        requests_pb2.REQUEST_STATE_CANCELLED,
     }
 )
 
@@ -46,15 +46,15 @@ def as_json(message: Message) -> str:
     )
 
 
-def state_name(state: types_pb2.RequestState.ValueType) -> str:
-    return types_pb2.RequestState.Name(state).removeprefix("REQUEST_STATE_")
+def state_name(state: requests_pb2.RequestState.ValueType) -> str:
+    return requests_pb2.RequestState.Name(state).removeprefix("REQUEST_STATE_")
 
 
-def image_state_name(state: types_pb2.ImageState.ValueType) -> str:
-    return types_pb2.ImageState.Name(state).removeprefix("IMAGE_STATE_")
+def image_state_name(state: requests_pb2.ImageState.ValueType) -> str:
+    return requests_pb2.ImageState.Name(state).removeprefix("IMAGE_STATE_")
 
 
-def done_count(progress: types_pb2.Progress) -> int:
+def done_count(progress: requests_pb2.Progress) -> int:
     return progress.succeeded_images + progress.failed_images + progress.cancelled_images
 
 
@@ -155,7 +155,7 @@ class BarView:
             failed=p.failed_images,
         )
         image = message.image
-        if message.HasField("image") and image.state == types_pb2.IMAGE_STATE_FAILED:
+        if message.HasField("image") and image.state == requests_pb2.IMAGE_STATE_FAILED:
             self._progress.console.print(
                 f"[red]failed[/] #{image.serial_number}-{image.index}: {image.error}",
                 markup=True,
@@ -176,7 +176,7 @@ def failures_text(status: ingest_pb2.GetStatusResponse) -> list[str]:
         (product.serial_number, index, image)
         for product in status.products
         for index, image in enumerate(product.images)
-        if image.state == types_pb2.IMAGE_STATE_FAILED
+        if image.state == requests_pb2.IMAGE_STATE_FAILED
     ]
     if not failed:
         return []

@@ -9,7 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
-from imgpipe.v1 import types_pb2 as _types_pb2
+from imgpipe.v1 import requests_pb2 as _requests_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -38,14 +38,14 @@ class SubmitRequest(_message.Message):
     idempotency_key: _builtins.str
     """The same key returns the same request, without a second copy of the work."""
     @_builtins.property
-    def options(self) -> _types_pb2.CompressionOptions: ...
+    def options(self) -> _requests_pb2.CompressionOptions: ...
     def __init__(
         self,
         *,
         csv: _builtins.bytes = ...,
         webhook_url: _builtins.str = ...,
         idempotency_key: _builtins.str = ...,
-        options: _types_pb2.CompressionOptions | None = ...,
+        options: _requests_pb2.CompressionOptions | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["options", b"options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -116,15 +116,15 @@ class GetStatusResponse(_message.Message):
     OPTIONS_FIELD_NUMBER: _builtins.int
     WEBHOOK_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    state: _types_pb2.RequestState.ValueType
+    state: _requests_pb2.RequestState.ValueType
     result_csv_url: _builtins.str
     """Set once the request is terminal."""
     sequence: _builtins.int
     """The sequence of the newest event this status includes."""
     @_builtins.property
-    def progress(self) -> _types_pb2.Progress: ...
+    def progress(self) -> _requests_pb2.Progress: ...
     @_builtins.property
-    def products(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Product]: ...
+    def products(self) -> _containers.RepeatedCompositeFieldContainer[_requests_pb2.Product]: ...
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -132,7 +132,7 @@ class GetStatusResponse(_message.Message):
     @_builtins.property
     def complete_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
-    def options(self) -> _types_pb2.CompressionOptions: ...
+    def options(self) -> _requests_pb2.CompressionOptions: ...
     @_builtins.property
     def webhook(self) -> Global___WebhookDelivery:
         """The webhook call made when the request became terminal, if it has a webhook_url."""
@@ -141,15 +141,15 @@ class GetStatusResponse(_message.Message):
         self,
         *,
         request_id: _builtins.str = ...,
-        state: _types_pb2.RequestState.ValueType = ...,
-        progress: _types_pb2.Progress | None = ...,
-        products: _abc.Iterable[_types_pb2.Product] | None = ...,
+        state: _requests_pb2.RequestState.ValueType = ...,
+        progress: _requests_pb2.Progress | None = ...,
+        products: _abc.Iterable[_requests_pb2.Product] | None = ...,
         result_csv_url: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         complete_time: _timestamp_pb2.Timestamp | None = ...,
         sequence: _builtins.int = ...,
-        options: _types_pb2.CompressionOptions | None = ...,
+        options: _requests_pb2.CompressionOptions | None = ...,
         webhook: Global___WebhookDelivery | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "create_time", b"create_time", "options", b"options", "progress", b"progress", "update_time", b"update_time", "webhook", b"webhook"]  # noqa: Y015
@@ -263,25 +263,25 @@ class WatchStatusResponse(_message.Message):
     """The request's event sequence (1, 2, 3, ... with no gaps); a snapshot carries the
     sequence of the newest event it includes.
     """
-    state: _types_pb2.RequestState.ValueType
+    state: _requests_pb2.RequestState.ValueType
     result_csv_url: _builtins.str
     """Set on the terminal message."""
     request_id: _builtins.str
     snapshot: _builtins.bool
     """True on the first message of a watch that started from the beginning."""
     @_builtins.property
-    def progress(self) -> _types_pb2.Progress: ...
+    def progress(self) -> _requests_pb2.Progress: ...
     @_builtins.property
-    def image(self) -> _types_pb2.ImageUpdate:
+    def image(self) -> _requests_pb2.ImageUpdate:
         """Set when this message is about one image."""
 
     def __init__(
         self,
         *,
         sequence: _builtins.int = ...,
-        state: _types_pb2.RequestState.ValueType = ...,
-        progress: _types_pb2.Progress | None = ...,
-        image: _types_pb2.ImageUpdate | None = ...,
+        state: _requests_pb2.RequestState.ValueType = ...,
+        progress: _requests_pb2.Progress | None = ...,
+        image: _requests_pb2.ImageUpdate | None = ...,
         result_csv_url: _builtins.str = ...,
         request_id: _builtins.str = ...,
         snapshot: _builtins.bool = ...,
@@ -321,15 +321,15 @@ class CancelResponse(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     PROGRESS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    state: _types_pb2.RequestState.ValueType
+    state: _requests_pb2.RequestState.ValueType
     @_builtins.property
-    def progress(self) -> _types_pb2.Progress: ...
+    def progress(self) -> _requests_pb2.Progress: ...
     def __init__(
         self,
         *,
         request_id: _builtins.str = ...,
-        state: _types_pb2.RequestState.ValueType = ...,
-        progress: _types_pb2.Progress | None = ...,
+        state: _requests_pb2.RequestState.ValueType = ...,
+        progress: _requests_pb2.Progress | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...

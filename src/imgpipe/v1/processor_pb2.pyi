@@ -5,7 +5,7 @@ isort:skip_file
 
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from imgpipe.v1 import types_pb2 as _types_pb2
+from imgpipe.v1 import requests_pb2 as _requests_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -29,13 +29,13 @@ class ProcessImageRequest(_message.Message):
     output_key: _builtins.str
     """Where the output goes, under the storage URL's prefix: {request_id}/{serial}-{index}.jpg"""
     @_builtins.property
-    def options(self) -> _types_pb2.CompressionOptions: ...
+    def options(self) -> _requests_pb2.CompressionOptions: ...
     def __init__(
         self,
         *,
         source_url: _builtins.str = ...,
         output_key: _builtins.str = ...,
-        options: _types_pb2.CompressionOptions | None = ...,
+        options: _requests_pb2.CompressionOptions | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["options", b"options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...

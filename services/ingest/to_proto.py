@@ -16,7 +16,7 @@ from imgpipe.ingest.model import (
     Submission,
     WebhookStatus,
 )
-from imgpipe.v1 import ingest_pb2, types_pb2
+from imgpipe.v1 import ingest_pb2, requests_pb2
 
 
 def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -27,16 +27,16 @@ def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     return stamp
 
 
-def request_state(state: RequestState) -> types_pb2.RequestState.ValueType:
-    return types_pb2.RequestState.Value(f"REQUEST_STATE_{state.value}")
+def request_state(state: RequestState) -> requests_pb2.RequestState.ValueType:
+    return requests_pb2.RequestState.Value(f"REQUEST_STATE_{state.value}")
 
 
-def image_state(state: ImageState) -> types_pb2.ImageState.ValueType:
-    return types_pb2.ImageState.Value(f"IMAGE_STATE_{state.value}")
+def image_state(state: ImageState) -> requests_pb2.ImageState.ValueType:
+    return requests_pb2.ImageState.Value(f"IMAGE_STATE_{state.value}")
 
 
-def progress(value: Progress) -> types_pb2.Progress:
-    return types_pb2.Progress(
+def progress(value: Progress) -> requests_pb2.Progress:
+    return requests_pb2.Progress(
         total_images=value.total,
         succeeded_images=value.succeeded,
         failed_images=value.failed,
@@ -55,16 +55,16 @@ def submit_response(submission: Submission) -> ingest_pb2.SubmitResponse:
 def status_response(
     status: RequestStatus, images: list[ImageStatus]
 ) -> ingest_pb2.GetStatusResponse:
-    products: list[types_pb2.Product] = []
+    products: list[requests_pb2.Product] = []
     for image in images:
         if not products or products[-1].serial_number != image.serial_number:
             products.append(
-                types_pb2.Product(
+                requests_pb2.Product(
                     serial_number=image.serial_number, product_name=image.product_name
                 )
             )
         products[-1].images.append(
-            types_pb2.Image(
+            requests_pb2.Image(
                 input_url=image.input_url,
                 output_url=image.output_url,
                 state=image_state(image.state),
@@ -84,7 +84,7 @@ def status_response(
         update_time=timestamp(status.updated_at),
         complete_time=timestamp(status.completed_at),
         sequence=status.sequence,
-        options=types_pb2.CompressionOptions(quality=status.quality),
+        options=requests_pb2.CompressionOptions(quality=status.quality),
         webhook=webhook(status.webhook),
     )
 
@@ -116,7 +116,7 @@ def watch_response(
     )
     if event.image is not None:
         message.image.CopyFrom(
-            types_pb2.ImageUpdate(
+            requests_pb2.ImageUpdate(
                 serial_number=event.image.serial_number,
                 index=event.image.index,
                 state=image_state(event.image.state),

@@ -78,7 +78,7 @@ def check_after_sequence(after_sequence: int) -> int:
     return after_sequence
 
 
-class Requests:
+class RequestService:
     def __init__(
         self,
         store: Store,
