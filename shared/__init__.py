@@ -1,4 +1,4 @@
 """Code both services use: settings, logging, storage, gRPC plumbing.
 
-It imports neither service (checked by tests/unit/test_layering.py).
+It imports neither service nor the CLI (import-linter contracts in pyproject.toml).
 """

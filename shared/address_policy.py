@@ -32,6 +32,7 @@ from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
 from imgpipe.common.config import env_bool, env_ports
+from imgpipe.common.errors import AddressNotAllowed, UrlNotAllowed
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -76,18 +77,6 @@ _NUMERIC_HOST = re.compile(r"[0-9a-fx.]+")
 _HOST_NAME = re.compile(
     r"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
 )
-
-
-class PolicyViolation(Exception):
-    """A URL or address the policy refuses; the message says which and why."""
-
-
-class UrlNotAllowed(PolicyViolation):
-    """Not an absolute http(s) URL without user info, on a well-formed host and allowed port."""
-
-
-class AddressNotAllowed(PolicyViolation):
-    """A loopback, private, link-local, metadata or otherwise non-public host or address."""
 
 
 def is_public(ip: IPAddress) -> bool:

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-from imgpipe.common.grpc_errors import Unauthenticated
+from imgpipe.common.errors import Unauthenticated
 from imgpipe.common.grpc_interceptors import Context, WrappingInterceptor
 
 ANONYMOUS = ""

@@ -6,9 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-
-class SettingsError(ValueError):
-    """A setting is missing or malformed."""
+from imgpipe.common.errors import SettingsError
 
 
 def env_str(env: Mapping[str, str], name: str, default: str | None = None) -> str:

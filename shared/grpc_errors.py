@@ -1,9 +1,10 @@
-"""Domain errors and their gRPC status codes: the one table, applied in one interceptor."""
+"""The gRPC status of each kind of imgpipe.common.errors: the one table, applied in one
+interceptor (with rich details: BadRequest field violations, RetryInfo)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import timedelta
 from typing import Any
@@ -13,58 +14,19 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from imgpipe.common.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    ServiceError,
+    Unauthenticated,
+    Unavailable,
+)
 from imgpipe.common.grpc_interceptors import Context, WrappingInterceptor
 
 log = logging.getLogger(__name__)
-
-
-class ServiceError(Exception):
-    """Base of every error a servicer may raise on purpose; the docstring is the message."""
-
-    def __init__(self, message: str | None = None) -> None:
-        super().__init__(message or (self.__doc__ or type(self).__name__).strip())
-
-    @property
-    def message(self) -> str:
-        return str(self.args[0])
-
-
-class InvalidArgument(ServiceError):
-    """The request is malformed."""
-
-    def __init__(
-        self, message: str | None = None, violations: Sequence[tuple[str, str]] = ()
-    ) -> None:
-        super().__init__(message)
-        self.violations = list(violations)
-
-
-class NotFound(ServiceError):
-    """Not found."""
-
-
-class AlreadyExists(ServiceError):
-    """Already exists."""
-
-
-class FailedPrecondition(ServiceError):
-    """The operation cannot be done in the current state."""
-
-
-class ResourceExhausted(ServiceError):
-    """Too much at once; try again later."""
-
-    def __init__(self, message: str | None = None, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class Unavailable(ServiceError):
-    """Temporarily unavailable; try again."""
-
-
-class Unauthenticated(ServiceError):
-    """A valid bearer token is required."""
 
 
 GRPC_CODES: dict[type[ServiceError], grpc.StatusCode] = {

@@ -16,7 +16,8 @@ import grpc
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from imgpipe.common.grpc_errors import InvalidArgument, ResourceExhausted, ServiceError, grpc_code
+from imgpipe.common.errors import InvalidArgument, ResourceExhausted, ServiceError
+from imgpipe.common.grpc_errors import grpc_code
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,10 @@ from urllib.parse import quote, urlsplit
 from minio import Minio
 from minio.error import S3Error
 
-from imgpipe.common.config import S3Settings, SettingsError
+from imgpipe.common.config import S3Settings
+from imgpipe.common.errors import SettingsError, StorageError
 
 PRESIGN_TTL = timedelta(days=7)  # the longest SigV4 allows
-
-
-class StorageError(Exception):
-    """The object store failed; retrying may help."""
 
 
 class Storage(Protocol):

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from imgpipe.common.grpc_errors import InvalidArgument, ResourceExhausted
+from imgpipe.ingest.errors import CsvError, CsvTooLarge
 
 MAX_SERIAL = 2**31 - 1  # serial numbers are int32 in the protos
 # Violations kept, in bytes of field and description (some 50): they travel in gRPC trailers,
@@ -76,14 +76,6 @@ class ResultRow:
     product_name: str
     input_urls: Sequence[str]
     output_urls: Sequence[str]  # same positions as input_urls; "" where the image failed
-
-
-class CsvError(InvalidArgument):
-    """The CSV is invalid."""
-
-
-class CsvTooLarge(ResourceExhausted):
-    """The CSV is too large."""
 
 
 class _Problems:

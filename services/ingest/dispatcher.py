@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
+from imgpipe.common.backoff import Backoff
 from imgpipe.common.waiting import wait_event
 from imgpipe.ingest import metrics
 from imgpipe.ingest.errors import DatabaseUnavailable
@@ -24,9 +24,8 @@ from imgpipe.v1 import processor_pb2, processor_pb2_grpc, requests_pb2
 
 log = logging.getLogger(__name__)
 
-# Waits between asking a full processor again (seconds, doubling, with jitter).
-BUSY_RETRY_FIRST = 0.05
-BUSY_RETRY_CAP = 1.0
+# Waits between asking a full processor again.
+BUSY_RETRY = Backoff(first=0.05, cap=1.0, jitter=0.5)
 
 
 @dataclass(frozen=True)
@@ -149,17 +148,17 @@ class Dispatcher:
         processor costs no database write and no event."""
         settings = self._settings
         last_start = time.monotonic() + settings.lease_seconds - settings.call_timeout - 1.0
-        delay = BUSY_RETRY_FIRST
+        retry = 0
         while True:
             try:
                 return await self._stub.ProcessImage(request, timeout=settings.call_timeout)
             except grpc.aio.AioRpcError as exc:
-                wait = random.uniform(delay / 2, delay)
+                retry += 1
+                wait = BUSY_RETRY.delay(retry)
                 if exc.code() != BUSY or time.monotonic() + wait > last_start:
                     raise
             metrics.OUTCOMES.labels("busy").inc()
             await asyncio.sleep(wait)
-            delay = min(BUSY_RETRY_CAP, delay * 2)
 
     async def _process(self, claim: Claim) -> None:
         request = processor_pb2.ProcessImageRequest(

@@ -1,12 +1,13 @@
-"""Ingest's domain errors; imgpipe.common.grpc_errors maps their kinds to gRPC codes."""
+"""Every error of ingest; their kinds (imgpipe.common.errors) pick the gRPC and HTTP status."""
 
 from __future__ import annotations
 
-from imgpipe.common.grpc_errors import (
+from imgpipe.common.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
     Unavailable,
 )
 
@@ -33,3 +34,35 @@ class IdempotencyKeyReused(AlreadyExists):
 
 class DatabaseUnavailable(Unavailable):
     """The database is unavailable; try again."""
+
+
+class CsvError(InvalidArgument):
+    """The CSV is invalid."""
+
+
+class CsvTooLarge(ResourceExhausted):
+    """The CSV is too large."""
+
+
+class SubmitRateExceeded(ResourceExhausted):
+    """Too many Submit calls from this caller; try again later."""
+
+
+class BodyTooLarge(ResourceExhausted):
+    """The request body is larger than the limit."""
+
+
+class ResultNotReady(FailedPrecondition):
+    """The result CSV is written once the request is done."""
+
+
+class ResultMissing(NotFound):
+    """The result CSV is missing from storage."""
+
+
+class StorageUnavailable(Unavailable):
+    """Storage is unavailable; try again."""
+
+
+class ShuttingDown(Unavailable):
+    """The server is shutting down; connect again."""

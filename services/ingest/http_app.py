@@ -20,8 +20,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from imgpipe.common.auth import CALLER, TokenAuth
 from imgpipe.common.http_errors import json_errors_middleware
 from imgpipe.common.storage import FileStorage, Storage
-from imgpipe.ingest.csv_format import CsvTooLarge
-from imgpipe.ingest.http_routes import MULTIPART_OVERHEAD, BodyTooLarge, RequestRoutes
+from imgpipe.ingest.errors import BodyTooLarge, CsvTooLarge
+from imgpipe.ingest.http_routes import MULTIPART_OVERHEAD, RequestRoutes
 from imgpipe.ingest.openapi import document
 from imgpipe.ingest.request_service import RequestService
 

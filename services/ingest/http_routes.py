@@ -16,15 +16,13 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from imgpipe.common.auth import CALLER
-from imgpipe.common.grpc_errors import (
-    FailedPrecondition,
+from imgpipe.common.errors import (
     InvalidArgument,
-    NotFound,
-    ResourceExhausted,
-    Unavailable,
+    StorageError,
 )
-from imgpipe.common.storage import Storage, StorageError
+from imgpipe.common.storage import Storage
 from imgpipe.ingest import to_proto
+from imgpipe.ingest.errors import BodyTooLarge, ResultMissing, ResultNotReady, StorageUnavailable
 from imgpipe.ingest.model import Event, result_csv_key
 from imgpipe.ingest.request_service import RequestService, parse_request_id
 from imgpipe.ingest.sse import ServerEvent, aclose_quietly, stream_events
@@ -37,22 +35,6 @@ RAW_CSV_TYPES = {"text/csv", "application/csv", "text/plain", "application/octet
 OPTIONS = ("webhook_url", "quality", "idempotency_key")
 SSE_EVENT = "status"
 MAX_SEQUENCE = 2**63 - 1  # sequences are int64, as in the .proto
-
-
-class BodyTooLarge(ResourceExhausted):
-    """The request body is larger than the limit."""
-
-
-class ResultNotReady(FailedPrecondition):
-    """The result CSV is written once the request is done."""
-
-
-class ResultMissing(NotFound):
-    """The result CSV is missing from storage."""
-
-
-class StorageUnavailable(Unavailable):
-    """Storage is unavailable; try again."""
 
 
 def message_json(message: Message) -> dict[str, Any]:

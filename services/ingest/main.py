@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from imgpipe.common.config import SettingsError, process_env
+from imgpipe.common.config import process_env
+from imgpipe.common.errors import SettingsError
 from imgpipe.common.grpc_server import stop_event_on_signals
 from imgpipe.common.logs import setup_logging
 from imgpipe.ingest.app import IngestApp

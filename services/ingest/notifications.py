@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 
+from imgpipe.common.backoff import Backoff
 from imgpipe.ingest import metrics
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,8 @@ EVENTS = "imgpipe_events"
 OUTBOX = "imgpipe_outbox"
 # How the LISTEN connection shows in pg_stat_activity.
 LISTENER_APPLICATION_NAME = "imgpipe-ingest-listen"
+# Waits between attempts to open the LISTEN connection again.
+RECONNECT = Backoff(first=0.2, cap=5.0, jitter=0.0)
 
 
 def _resolve(future: asyncio.Future[None], _conn: Any) -> None:
@@ -80,7 +83,7 @@ class Notifier:
 
     async def run(self) -> None:
         """Keeps the LISTEN connection open until cancelled."""
-        delay = 0.2
+        failures = 0
         while True:
             conn: asyncpg.Connection | None = None
             try:
@@ -93,7 +96,7 @@ class Notifier:
                 conn.add_termination_listener(partial(_resolve, lost))
                 for channel in (WORK, EVENTS, OUTBOX):
                     await conn.add_listener(channel, self._on_notify)
-                delay = 0.2
+                failures = 0
                 self.wake_all()
                 while not lost.done():
                     with contextlib.suppress(TimeoutError):
@@ -109,5 +112,5 @@ class Notifier:
                 if conn is not None and not conn.is_closed():
                     conn.terminate()
             self.wake_all()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            failures += 1
+            await asyncio.sleep(RECONNECT.delay(failures))

@@ -14,7 +14,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 
-from imgpipe.common.storage import Storage, StorageError
+from imgpipe.common.backoff import Backoff
+from imgpipe.common.errors import StorageError
+from imgpipe.common.storage import Storage
 from imgpipe.common.waiting import wait_event
 from imgpipe.ingest.csv_format import ResultRow, result_csv
 from imgpipe.ingest.errors import DatabaseUnavailable
@@ -26,6 +28,8 @@ log = logging.getLogger(__name__)
 
 RESULT_CSV = "result_csv"
 WEBHOOK = "webhook"
+# Waits between attempts to write a result CSV: 2, 4, 8, ... up to a minute.
+RESULT_CSV_RETRY = Backoff(first=2.0, cap=60.0, jitter=0.0)
 
 Handler = Callable[[OutboxItem], Awaitable[None]]
 
@@ -106,7 +110,7 @@ class ResultCsvWriter:
             await self._store.finish_request(item, url)
             log.info("result CSV written", extra=extra)
         except (StorageError, DatabaseUnavailable) as exc:
-            delay = min(60.0, 2.0 ** min(item.attempts, 6))
+            delay = RESULT_CSV_RETRY.delay(item.attempts)
             log.warning("result CSV failed; will retry", extra={**extra, "error": str(exc)})
             with contextlib.suppress(DatabaseUnavailable):
                 await self._store.retry_outbox(item, delay, str(exc))

@@ -5,11 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from imgpipe.common.grpc_errors import ResourceExhausted
-
-
-class SubmitRateExceeded(ResourceExhausted):
-    """Too many Submit calls from this caller; try again later."""
+from imgpipe.ingest.errors import SubmitRateExceeded
 
 
 class RateLimiter:

@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator
 
 from yarl import URL
 
-from imgpipe.common.address_policy import AddressPolicy, PolicyViolation
+from imgpipe.common.address_policy import AddressPolicy
+from imgpipe.common.errors import PolicyViolation
 from imgpipe.ingest import metrics
 from imgpipe.ingest.csv_format import CsvLimits, parse_products
 from imgpipe.ingest.errors import InvalidOption, InvalidRequestId

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 import grpc
 
+from imgpipe.common.backoff import Backoff
 from imgpipe.ingest.model import ImageState, Outcome
 
 # Retrying cannot help: the source is gone, is not an image, is too large, is blocked, or
@@ -26,6 +26,11 @@ BUSY = grpc.StatusCode.RESOURCE_EXHAUSTED
 # Everything else (UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED, INTERNAL, UNKNOWN, ...) may
 # pass: retried with backoff up to max_attempts.
 
+# How long an image, and the dispatcher, are left alone after a processor was full
+# (0.1-0.5 s), or when no processor could be reached at all (0.5-2 s).
+BUSY_BACKOFF = Backoff(first=0.5, cap=0.5, jitter=0.8)
+UNREACHED_BACKOFF = Backoff(first=2.0, cap=2.0, jitter=0.75)
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -33,14 +38,10 @@ class RetryPolicy:
     cap_seconds: float = 30.0
     max_attempts: int = 5
 
-    def backoff(self, attempt: int) -> float:
-        """Exponential backoff with full jitter after the given (1-based) attempt."""
-        ceiling = min(self.cap_seconds, self.base_seconds * 2 ** (attempt - 1))
-        return random.uniform(0, ceiling)
-
-    def busy_backoff(self) -> float:
-        """How long to leave an image, and the dispatcher, alone after a processor was full."""
-        return random.uniform(0.1, 0.5)
+    @property
+    def backoff(self) -> Backoff:
+        """Exponential backoff with full jitter between attempts."""
+        return Backoff(first=self.base_seconds, cap=self.cap_seconds)
 
     def after_error(
         self, code: grpc.StatusCode, details: str, attempt: int, *, reached: bool = True
@@ -52,7 +53,7 @@ class RetryPolicy:
             return Outcome(
                 ImageState.QUEUED,
                 error=f"{error} (not counted as an attempt)",
-                retry_after=self.busy_backoff() if reached else random.uniform(0.5, 2.0),
+                retry_after=(BUSY_BACKOFF if reached else UNREACHED_BACKOFF).delay(1),
                 refund_attempt=True,
             )
         if code in PERMANENT:
@@ -62,7 +63,7 @@ class RetryPolicy:
         return Outcome(
             ImageState.QUEUED,
             error=f"{error} (attempt {attempt})",
-            retry_after=self.backoff(attempt),
+            retry_after=self.backoff.delay(attempt),
         )
 
     def after_lost_lease(self, attempt: int) -> Outcome:

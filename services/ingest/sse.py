@@ -18,7 +18,8 @@ from typing import Any
 
 from aiohttp import web
 
-from imgpipe.common.grpc_errors import ServiceError, Unavailable
+from imgpipe.common.errors import ServiceError
+from imgpipe.ingest.errors import ShuttingDown
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +42,6 @@ class ServerEvent:
         lines = [f"id: {self.id}", f"event: {self.event}"]
         lines += [f"data: {line}" for line in self.data.split("\n")]
         return ("\n".join(lines) + "\n\n").encode()
-
-
-class ShuttingDown(Unavailable):
-    """The server is shutting down; connect again."""
 
 
 async def stream_events(

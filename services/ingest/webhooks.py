@@ -17,7 +17,6 @@ import hashlib
 import hmac
 import json
 import logging
-import random
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,7 +25,9 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from imgpipe.common.address_policy import AddressPolicy, PolicyViolation
+from imgpipe.common.address_policy import AddressPolicy
+from imgpipe.common.backoff import Backoff
+from imgpipe.common.errors import PolicyViolation
 from imgpipe.ingest.errors import DatabaseUnavailable
 from imgpipe.ingest.model import RequestState
 from imgpipe.ingest.store import OutboxItem, Store
@@ -45,9 +46,9 @@ class WebhookSettings:
     retry_cap_seconds: float = 3600.0
     retry_period_seconds: float = 86400.0
 
-    def backoff(self, attempt: int) -> float:
-        ceiling = min(self.retry_cap_seconds, self.retry_base_seconds * 2.0 ** (attempt - 1))
-        return ceiling * random.uniform(0.5, 1.0)
+    @property
+    def backoff(self) -> Backoff:
+        return Backoff(first=self.retry_base_seconds, cap=self.retry_cap_seconds, jitter=0.5)
 
 
 def signing_key(secret: str) -> bytes:
@@ -118,7 +119,7 @@ class WebhookSender:
         except Retry as exc:
             error = f"attempt {item.attempts}: {exc}"
             elapsed = (datetime.now(UTC) - item.created_at).total_seconds()
-            delay = self._settings.backoff(item.attempts)
+            delay = self._settings.backoff.delay(item.attempts)
             if elapsed + delay > self._settings.retry_period_seconds:
                 await self._end(item, "FAILED", f"{error} (retry period over)", extra)
                 return

@@ -6,7 +6,7 @@ Unavailable; a full processor is ResourceExhausted. Each message names the sourc
 
 from __future__ import annotations
 
-from imgpipe.common.grpc_errors import (
+from imgpipe.common.errors import (
     FailedPrecondition,
     InvalidArgument,
     ResourceExhausted,

@@ -13,7 +13,7 @@ import asyncio
 import aiohttp
 from yarl import URL
 
-from imgpipe.common.address_policy import AddressNotAllowed, UrlNotAllowed
+from imgpipe.common.errors import AddressNotAllowed, UrlNotAllowed
 from imgpipe.processor.errors import (
     BlockedAddress,
     SourceNotFound,

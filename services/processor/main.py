@@ -13,7 +13,8 @@ from contextlib import AsyncExitStack
 
 from aiohttp import web
 
-from imgpipe.common.config import SettingsError, process_env, split_host_port
+from imgpipe.common.config import process_env, split_host_port
+from imgpipe.common.errors import SettingsError
 from imgpipe.common.grpc_server import GrpcServer, stop_event_on_signals
 from imgpipe.common.logs import setup_logging
 from imgpipe.common.storage import open_storage

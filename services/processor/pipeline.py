@@ -13,8 +13,8 @@ import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
-from imgpipe.common.grpc_errors import InvalidArgument, ServiceError, Unavailable
-from imgpipe.common.storage import Storage, StorageError
+from imgpipe.common.errors import InvalidArgument, ServiceError, StorageError, Unavailable
+from imgpipe.common.storage import Storage
 from imgpipe.processor import metrics
 from imgpipe.processor.compress import MAX_QUALITY, Compressed, compress
 from imgpipe.processor.errors import ProcessorFull, StorageUnavailable

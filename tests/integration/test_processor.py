@@ -25,7 +25,8 @@ from PIL import Image
 from devstack.image_server import ImageServer
 from devstack.ports import free_port
 from devstack.sample_images import sample
-from imgpipe.common.config import S3Settings, SettingsError
+from imgpipe.common.config import S3Settings
+from imgpipe.common.errors import SettingsError
 from imgpipe.common.storage import open_storage
 from imgpipe.processor.http_app import make_http_app
 from imgpipe.processor.main import ProcessorApp

@@ -33,7 +33,8 @@ from unittest import mock
 from urllib.parse import parse_qs, urlsplit
 
 from imgpipe.common.address_policy import AddressPolicy
-from imgpipe.common.grpc_errors import ServiceError, grpc_code
+from imgpipe.common.errors import ServiceError
+from imgpipe.common.grpc_errors import grpc_code
 from imgpipe.processor.fetch import Fetcher
 from imgpipe.processor.settings import FetchSettings
 

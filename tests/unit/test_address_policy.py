@@ -13,15 +13,14 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from imgpipe.common.address_policy import (
-    AddressNotAllowed,
     AddressPolicy,
     PublicAddressResolver,
-    UrlNotAllowed,
     is_blocked_name,
     is_public,
     parse_ip,
     public_socket,
 )
+from imgpipe.common.errors import AddressNotAllowed, UrlNotAllowed
 
 PUBLIC = [
     "1.2.3.4",

@@ -11,7 +11,7 @@ import pytest
 from PIL import ExifTags, Image, ImageCms
 
 from devstack.sample_images import encode, photo_like, sample
-from imgpipe.common.grpc_errors import FailedPrecondition
+from imgpipe.common.errors import FailedPrecondition
 from imgpipe.processor.compress import Compressed, compress
 from imgpipe.processor.errors import NotAnImage, TooManyFrames, TooManyPixels
 from imgpipe.processor.formats import gif_frame_count

@@ -12,19 +12,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imgpipe.common.grpc_errors import InvalidArgument, ResourceExhausted, to_status
+from imgpipe.common.errors import InvalidArgument, ResourceExhausted
+from imgpipe.common.grpc_errors import to_status
 from imgpipe.ingest.csv_format import (
     DEFAULT_LIMITS,
     MAX_VIOLATIONS_BYTES,
     RESULT_HEADER,
-    CsvError,
     CsvLimits,
-    CsvTooLarge,
     Product,
     ResultRow,
     parse_products,
     result_csv,
 )
+from imgpipe.ingest.errors import CsvError, CsvTooLarge
 
 HEADER = "S. No.,Product Name,Input Image Urls"
 A = "http://example.com/a.jpg"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from imgpipe.ingest.rate_limit import RateLimiter, SubmitRateExceeded
+from imgpipe.ingest.errors import SubmitRateExceeded
+from imgpipe.ingest.rate_limit import RateLimiter
 
 
 class Clock:

@@ -8,6 +8,7 @@ import grpc
 
 from imgpipe.cli.client import Client, CliError, code_of
 from imgpipe.cli.display import TERMINAL, View
+from imgpipe.common.backoff import Backoff
 from imgpipe.v1 import ingest_pb2
 
 # A stream that fails with one of these is resumed after the last sequence seen.
@@ -21,7 +22,7 @@ RESUMABLE = frozenset(
     }
 )
 MAX_RESUMES = 30  # in a row, without a message in between: some 2.5 minutes with the delays
-MAX_DELAY = 5.0
+RESUME_BACKOFF = Backoff(first=0.4, cap=5.0, jitter=0.0)
 
 
 def follow(
@@ -48,6 +49,6 @@ def follow(
         resumes += 1
         if resumes > MAX_RESUMES:
             raise CliError(f"{reason} {MAX_RESUMES} times in a row; giving up")
-        delay = min(MAX_DELAY, 0.2 * 2**resumes)
+        delay = RESUME_BACKOFF.delay(resumes)
         view.note(f"{reason}; resuming after event {after} in {delay:.1f} s")
         time.sleep(delay)
