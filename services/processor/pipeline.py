@@ -62,7 +62,7 @@ def validate(output_key: str, quality: int) -> None:
 
 def _timed_compress(data: bytes, quality: int, limits: DecodeSettings) -> Compressed:
     with metrics.COMPRESS_SECONDS.time():
-        return compress(data, quality, limits.max_pixels, limits.max_frames)
+        return compress(data, quality, limits)
 
 
 class Pipeline:
