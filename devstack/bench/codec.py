@@ -32,9 +32,10 @@ from PIL import Image
 
 from devstack.bench.corpus import Source
 from imgpipe.processor.compress import compress
+from imgpipe.processor.settings import DecodeSettings
 
 QUALITY = 50
-MAX_PIXELS = 1_000_000_000
+LIMITS = DecodeSettings(max_pixels=1_000_000_000, memory_bytes=1 << 40)
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
 # The same in a codec thread pool: glibc gives each thread an arena of its own, whose heaps
 # are unmapped once empty whatever the trim threshold; one arena for all keeps the pages.
@@ -88,7 +89,7 @@ def _pillow(data: bytes, optimize: bool) -> bytes:
 
 VARIANTS: dict[str, Callable[[bytes], bytes]] = {
     "simplejpeg": _simplejpeg,
-    "compress": lambda data: compress(data, QUALITY, MAX_PIXELS).jpeg,
+    "compress": lambda data: compress(data, QUALITY, LIMITS).jpeg,
     "pillow": lambda data: _pillow(data, False),
     "pillow_opt": lambda data: _pillow(data, True),
 }
@@ -192,7 +193,7 @@ def psnr(x: Floats, y: Floats) -> float:
 def quality_of(kind: str, index: int) -> dict[str, float]:
     """compress() at q50 on one file: bytes out / in, PSNR and SSIM of luma vs the input."""
     data, _ = _FILES[kind][index]
-    out = compress(data, QUALITY, MAX_PIXELS).jpeg
+    out = compress(data, QUALITY, LIMITS).jpeg
     with Image.open(io.BytesIO(data)) as source, Image.open(io.BytesIO(out)) as result:
         x, y = _luma(source), _luma(result)
     return {"ratio": len(out) / len(data), "psnr": psnr(x, y), "ssim": ssim(x, y)}

@@ -2,8 +2,10 @@
 
 The format comes from the first bytes (formats.detect) and only that format's Pillow plugin
 opens them. Any input it cannot turn into an image is a permanent error (NotAnImage,
-TooManyPixels or TooManyFrames), whatever Pillow raised; the pixel and frame limits are
-checked before decoding.
+TooManyPixels, TooManyFrames, TooManyScans, UnsafeCodec or OverMemoryBudget), whatever
+Pillow raised. Every limit is checked from the header, before decoding: pixels, frames,
+JPEG scans, the codec (formats.check_codec), and the memory the decode will take, which
+is admitted against the process's codec memory budget for as long as the decode lasts.
 """
 
 from __future__ import annotations
@@ -15,15 +17,24 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps
 
+from imgpipe.processor.budget import Admit, MemoryBudget, decode_bytes
 from imgpipe.processor.errors import NotAnImage, TooManyFrames, TooManyPixels
-from imgpipe.processor.formats import detect, gif_frame_count
-from imgpipe.processor.settings import DEFAULT_MAX_FRAMES
+from imgpipe.processor.formats import (
+    check_codec,
+    check_scans,
+    detect,
+    gif_frame_count,
+    usable_icc,
+)
+from imgpipe.processor.settings import DecodeSettings
 
 DEFAULT_QUALITY = 50
 MAX_QUALITY = 95
 MAX_JPEG_SIDE = 65_500  # libjpeg's JPEG_MAX_DIMENSION
 WHITE = (255, 255, 255)
 TRANSPARENT_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+ORIENTATION = 0x0112
+UPRIGHT = 1
 
 
 @dataclass(frozen=True)
@@ -45,14 +56,17 @@ def limit_pillow(max_pixels: int) -> None:
 
 
 def compress(
-    data: bytes, quality: int, max_pixels: int, max_frames: int = DEFAULT_MAX_FRAMES
+    data: bytes, quality: int, limits: DecodeSettings, admit: Admit | None = None
 ) -> Compressed:
     """Decodes data (first frame, upright per EXIF, flattened onto white) and encodes it
-    as a JPEG at quality (1-95; 0 means 50), keeping the ICC profile of an RGB source and
-    no other metadata."""
+    as a JPEG at quality (1-95; 0 means 50), keeping a sane RGB ICC profile and no other
+    metadata. admit holds the decode's memory estimate for as long as it runs; without one,
+    the estimate is only checked against limits.memory_bytes."""
     if not 0 <= quality <= MAX_QUALITY:
         raise ValueError(f"quality must be 0-{MAX_QUALITY}, not {quality}")
     detected = detect(data)
+    if detected == "JPEG":
+        check_scans(data, limits.max_jpeg_scans)
     try:
         source = Image.open(io.BytesIO(data), formats=[detected])
     except Exception as exc:
@@ -60,31 +74,42 @@ def compress(
     image: Image.Image | None = None
     try:
         source_format = source.format or detected
-        _check_size(source, max_pixels)
-        _check_frames(source, data, max_frames)
-        icc = source.info.get("icc_profile")
+        _check_size(source, limits.max_pixels)
+        _check_frames(source, data, limits.max_frames)
+        check_codec(source)
+        icc = usable_icc(source.info.get("icc_profile"))
         try:
-            # In place: an upright image is not copied (a full frame saved per image).
-            ImageOps.exif_transpose(source, in_place=True)
-            image = _to_rgb(source)
+            rotated = source.getexif().get(ORIENTATION, UPRIGHT) != UPRIGHT
         except Exception as exc:
-            raise _decode_error(exc, f"corrupt or truncated {source_format} image") from None
+            raise _decode_error(exc, f"corrupt EXIF in a {source_format} image") from None
+        with (admit or MemoryBudget(limits.memory_bytes).admit)(decode_bytes(source, rotated)):
+            try:
+                # In place: an upright image is not copied (a full frame saved per image).
+                ImageOps.exif_transpose(source, in_place=True)
+                image = _to_rgb(source)
+            except Exception as exc:
+                raise _decode_error(exc, f"corrupt or truncated {source_format} image") from None
+            finally:
+                # Frees the source's pixels now, even while an error from here is being
+                # handled (its traceback holds this frame); `with source` would only close
+                # the file.
+                if image is not source:
+                    source.close()
+            # Drop every piece of source metadata (EXIF with GPS, XMP, comments) but an RGB
+            # colour profile: the JPEG encoder writes only what it is given and what is left
+            # in info.
+            image.info.clear()
+            out = io.BytesIO()
+            image.save(
+                out,
+                format="JPEG",
+                quality=quality or DEFAULT_QUALITY,
+                optimize=True,
+                icc_profile=icc,
+            )
     finally:
-        # Frees the source's pixels now, even while an error from here is being handled
-        # (its traceback holds this frame); `with source` would only close the file.
         if image is not source:
             source.close()
-    # Drop every piece of source metadata (EXIF with GPS, XMP, comments) but an RGB colour
-    # profile: the JPEG encoder writes only what it is given and what is left in info.
-    image.info.clear()
-    out = io.BytesIO()
-    image.save(
-        out,
-        format="JPEG",
-        quality=quality or DEFAULT_QUALITY,
-        optimize=True,
-        icc_profile=icc if _is_rgb_profile(icc) else None,
-    )
     return Compressed(out.getvalue(), image.width, image.height, source_format)
 
 
@@ -142,9 +167,3 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         # 16-bit greyscale: scale to 8 bits (a plain convert would clip to white).
         return image.point(lambda v: v / 256, "L").convert("RGB")
     return image if image.mode == "RGB" else image.convert("RGB")
-
-
-def _is_rgb_profile(icc: object) -> bool:
-    """An ICC profile whose data colour space (header bytes 16-19) is RGB; a CMYK or grey
-    profile would misdescribe the RGB output."""
-    return isinstance(icc, bytes) and icc[16:20] == b"RGB "

@@ -51,6 +51,18 @@ class TooManyFrames(FailedPrecondition):
     """The animation has more frames than the limit."""
 
 
+class TooManyScans(FailedPrecondition):
+    """The JPEG has more scans than the limit."""
+
+
+class UnsafeCodec(FailedPrecondition):
+    """The BMP or TIFF is compressed with a codec the processor does not decode."""
+
+
+class OverMemoryBudget(FailedPrecondition):
+    """Decoding the image would take more memory than the codec's budget."""
+
+
 class SourceUnavailable(Unavailable):
     """The source could not be fetched right now (timeout, connection error, 5xx, 408, 429)."""
 

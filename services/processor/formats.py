@@ -2,12 +2,19 @@
 
 Only the allowed formats go on to Pillow, and each only to its own plugin, so no other
 decoder (PSD, EPS, PDF, JPEG 2000, ... where Pillow's CVEs keep turning up) ever sees
-hostile bytes. Other formats we can name are named in the error.
+hostile bytes. Other formats we can name are named in the error. Within a format, only the
+codecs listed here decode: BMP uncompressed (RLE BMP goes through a pure-Python decoder
+that holds the GIL for seconds), TIFF uncompressed, PackBits, LZW or Deflate (libtiff's
+JPEG, CCITT, LZMA, ZSTD, WebP, LogLuv, ... codecs never see hostile bytes).
 """
 
 from __future__ import annotations
 
-from imgpipe.processor.errors import NotAnImage
+import struct
+
+from PIL import Image
+
+from imgpipe.processor.errors import NotAnImage, TooManyScans, UnsafeCodec
 
 ALLOWED_NAMES = "JPEG, PNG, WebP, GIF, BMP or TIFF"
 
@@ -65,6 +72,16 @@ MARKUP: tuple[tuple[bytes, str], ...] = (
     (b"<?xml", "an XML document"),
 )
 SNIFF_TEXT_BYTES = 512
+# BMP compressions (biCompression) decoded: BI_RGB and BI_BITFIELDS.
+BMP_CODECS = {0: "uncompressed", 3: "bitfields"}
+BMP_NAMES = {1: "RLE8", 2: "RLE4", 4: "JPEG", 5: "PNG"}
+# TIFF compressions decoded, by Pillow's names for them.
+TIFF_CODECS = frozenset({"raw", "packbits", "tiff_lzw", "tiff_adobe_deflate", "tiff_deflate"})
+# An ICC profile is kept when it is at most this size (sRGB is 3 KB, Display P3 and Adobe
+# RGB under 1 KB; RGB profiles with lookup tables reach tens of KB) and parses as RGB.
+MAX_ICC_BYTES = 128 * 1024
+ICC_HEADER_BYTES = 128
+ICC_TAG_BYTES = 12
 # Encoders write GIF data in sub-blocks of 255 bytes, so 1,000,000 of them is 255 MB. A GIF
 # in far more, far smaller ones is built to make counting its frames slow, and refused.
 MAX_GIF_SUB_BLOCKS = 1_000_000
@@ -132,3 +149,60 @@ def gif_frame_count(data: bytes, stop_after: int) -> int:
                 )
         position += 1
     return frames
+
+
+def check_codec(image: Image.Image) -> None:
+    """Refuses (UnsafeCodec) a BMP or TIFF whose compression is not on the list above."""
+    if image.format == "BMP":
+        compression = int(image.info.get("compression", 0))
+        if compression not in BMP_CODECS:
+            name = BMP_NAMES.get(compression, str(compression))
+            raise UnsafeCodec(f"the BMP is {name}-compressed; only uncompressed BMP is taken")
+    elif image.format == "TIFF":
+        codec = str(image.info.get("compression", "raw"))
+        if codec not in TIFF_CODECS:
+            raise UnsafeCodec(
+                f"the TIFF is {codec}-compressed; only uncompressed, PackBits, LZW or "
+                "Deflate TIFF is taken"
+            )
+
+
+def jpeg_scan_count(data: bytes) -> int:
+    """The scans (SOS markers) of a JPEG, counted without decoding: the segments up to the
+    first scan are walked (so an EXIF thumbnail's scan is not counted), and SOS markers
+    after it are counted (entropy-coded data never holds one: an 0xFF in it is followed by
+    0x00 or a restart marker)."""
+    position = 2
+    size = len(data)
+    while position + 4 <= size and data[position] == 0xFF:
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker == 0xDA:
+            return 1 + data.count(b"\xff\xda", position + 2)
+        (length,) = struct.unpack_from(">H", data, position + 2)
+        position += 2 + length
+    return 0
+
+
+def check_scans(data: bytes, max_scans: int) -> None:
+    """Refuses (TooManyScans) a JPEG of more than max_scans scans: each scan of a
+    progressive JPEG is a pass over every coefficient, so thousands of (empty) scans in a
+    few KB cost tens of CPU-seconds. Encoders write 10 or so."""
+    scans = jpeg_scan_count(data)
+    if scans > max_scans:
+        raise TooManyScans(f"the JPEG has {scans} scans, more than the limit of {max_scans}")
+
+
+def usable_icc(icc: object) -> bytes | None:
+    """icc when it is an RGB ICC profile of at most MAX_ICC_BYTES whose header and tag
+    table agree with its length; None otherwise (the output then carries no profile)."""
+    if not isinstance(icc, bytes) or not ICC_HEADER_BYTES + 4 <= len(icc) <= MAX_ICC_BYTES:
+        return None
+    declared, tags = struct.unpack_from(">I", icc, 0)[0], struct.unpack_from(">I", icc, 128)[0]
+    if declared != len(icc) or icc[36:40] != b"acsp" or icc[16:20] != b"RGB ":
+        return None
+    if ICC_HEADER_BYTES + 4 + tags * ICC_TAG_BYTES > len(icc):
+        return None
+    return icc

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from imgpipe.common.errors import InvalidArgument, ServiceError, StorageError, Unavailable
 from imgpipe.common.storage import Storage
 from imgpipe.processor import metrics
+from imgpipe.processor.budget import MemoryBudget
 from imgpipe.processor.compress import MAX_QUALITY, Compressed, compress
 from imgpipe.processor.errors import ProcessorFull, StorageUnavailable
 from imgpipe.processor.fetch import Fetcher
@@ -60,9 +61,11 @@ def validate(output_key: str, quality: int) -> None:
         raise InvalidArgument("; ".join(f"{f}: {d}" for f, d in violations), violations)
 
 
-def _timed_compress(data: bytes, quality: int, limits: DecodeSettings) -> Compressed:
+def _timed_compress(
+    data: bytes, quality: int, limits: DecodeSettings, budget: MemoryBudget
+) -> Compressed:
     with metrics.COMPRESS_SECONDS.time():
-        return compress(data, quality, limits.max_pixels, limits.max_frames)
+        return compress(data, quality, limits, budget.admit)
 
 
 class Pipeline:
@@ -81,6 +84,7 @@ class Pipeline:
         self._codec_executor = codec_executor
         self._storage_executor = storage_executor
         self._decode = decode
+        self._memory = MemoryBudget(decode.memory_bytes)
         self._max_in_flight = max_in_flight
         self._in_flight = 0
 
@@ -128,7 +132,7 @@ class Pipeline:
             data = await self._fetcher.fetch(source_url)
         metrics.INPUT_BYTES.inc(len(data))
         compressed = await loop.run_in_executor(
-            self._codec_executor, _timed_compress, data, quality, self._decode
+            self._codec_executor, _timed_compress, data, quality, self._decode, self._memory
         )
         try:
             output_url = await loop.run_in_executor(

@@ -11,6 +11,8 @@ from imgpipe.common.config import CommonSettings, env_float, env_int
 
 MIB = 1024 * 1024
 DEFAULT_MAX_FRAMES = 1000
+DEFAULT_MAX_JPEG_SCANS = 100
+DEFAULT_CODEC_MEMORY_BYTES = 768 * MIB
 
 
 @dataclass(frozen=True)
@@ -43,13 +45,24 @@ class DecodeSettings:
     # Width x height, checked from the header before decoding.
     max_pixels: int
     # Frames of an animation (GIF, APNG, WebP), counted without decoding them.
-    max_frames: int
+    max_frames: int = DEFAULT_MAX_FRAMES
+    # Scans of a JPEG (a progressive one has a few to a dozen), counted without decoding.
+    max_jpeg_scans: int = DEFAULT_MAX_JPEG_SCANS
+    # Bytes the decodes in flight may take together, each estimated from its header; a
+    # decode waits until it fits, and one larger than this is refused.
+    memory_bytes: int = DEFAULT_CODEC_MEMORY_BYTES
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> DecodeSettings:
         return cls(
             max_pixels=env_int(env, "IMGPIPE_MAX_PIXELS", 100_000_000, minimum=1),
             max_frames=env_int(env, "IMGPIPE_MAX_FRAMES", DEFAULT_MAX_FRAMES, minimum=1),
+            max_jpeg_scans=env_int(
+                env, "IMGPIPE_MAX_JPEG_SCANS", DEFAULT_MAX_JPEG_SCANS, minimum=1
+            ),
+            memory_bytes=env_int(
+                env, "IMGPIPE_CODEC_MEMORY_BYTES", DEFAULT_CODEC_MEMORY_BYTES, minimum=MIB
+            ),
         )
 
 

@@ -35,8 +35,11 @@ TOTAL_TIMEOUT = 3.0
 READ_TIMEOUT = 1.5  # longer than the 1 s between the trickling source's bytes
 # The processor's peak resident memory over the whole test (VmHWM). It starts near 65 MB
 # and peaks near 125 MB; the 100k x 100k bomb decoded would take 30 GB, and a failed decode
-# whose 18 MB of pixels outlived its call would, over the repeats, take 360 MB more.
+# whose 18 MB of pixels outlived its call would, over the repeats, take 360 MB more. The
+# decodes in flight may take CODEC_MEMORY_MIB together (20 truncated 6 MP JPEGs at once
+# are admitted a few at a time); the 9000 x 9000 progressive CMYK would take about 1 GB.
 RSS_BOUND_MB = 250
+CODEC_MEMORY_MIB = 128
 TRUNCATED_REPEATS = 20
 SLACK = 2.0  # seconds allowed past a timeout for the call to come back
 FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
@@ -60,6 +63,9 @@ CASES = [
     Case("/photoshop.jpg", FAILED_PRECONDITION, "Photoshop document (PSD)"),
     Case("/postscript.jpg", FAILED_PRECONDITION, "PostScript (EPS)"),
     Case("/gzip-bomb.jpg", FAILED_PRECONDITION, "gzip-compressed data"),
+    Case("/scan-bomb.jpg", FAILED_PRECONDITION, "scans, more than the limit of 100"),
+    Case("/cmyk.jpg", FAILED_PRECONDITION, f"the codec memory budget of {CODEC_MEMORY_MIB} MiB"),
+    Case("/rle.bmp", FAILED_PRECONDITION, "RLE8-compressed; only uncompressed BMP"),
     Case("/flood", FAILED_PRECONDITION, f"larger than {MAX_SOURCE_BYTES} bytes"),
     Case("/endless", UNAVAILABLE, "timed out", TOTAL_TIMEOUT + SLACK),
     Case("/one-byte-a-second.jpg", UNAVAILABLE, "timed out", TOTAL_TIMEOUT + SLACK),
@@ -81,6 +87,9 @@ class HostileSource:
             "/postscript.jpg": (payloads.eps(), {}),
             # 64 MiB once inflated, 8 times the byte cap.
             "/gzip-bomb.jpg": (payloads.gzip_of_zeros(64), {"Content-Encoding": "gzip"}),
+            "/scan-bomb.jpg": (payloads.scan_bomb(8000, 8000, 5000), {}),
+            "/cmyk.jpg": (payloads.progressive_cmyk(9000, 9000), {}),
+            "/rle.bmp": (payloads.rle_bmp(8000, 8000), {}),
             "/photo.jpg": (sample(320, 240, "JPEG"), {}),
         }
         app = web.Application()
@@ -179,6 +188,7 @@ def processor_process(tmp_path: Path) -> Iterator[ProcessorProcess]:
         "IMGPIPE_FETCH_READ_TIMEOUT": str(READ_TIMEOUT),
         "IMGPIPE_FETCH_TOTAL_TIMEOUT": str(TOTAL_TIMEOUT),
         "IMGPIPE_WORKERS": "2",
+        "IMGPIPE_CODEC_MEMORY_BYTES": str(CODEC_MEMORY_MIB * MIB),
         "IMGPIPE_MAX_IN_FLIGHT": "64",
         "IMGPIPE_GRACE_SECONDS": "2",
         "IMGPIPE_LOG_LEVEL": "WARNING",

@@ -62,3 +62,38 @@ def gzip_of_zeros(mebibytes: int) -> bytes:
     compressor = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
     zeros = bytes(MIB)
     return b"".join(compressor.compress(zeros) for _ in range(mebibytes)) + compressor.flush()
+
+
+def _jpeg_with_size(image: Image.Image, width: int, height: int, **params: object) -> bytes:
+    """image encoded as a JPEG whose frame header then declares width x height."""
+    out = io.BytesIO()
+    image.save(out, "JPEG", **params)
+    data = bytearray(out.getvalue())
+    for sof in (b"\xff\xc0", b"\xff\xc2"):
+        at = data.find(sof)
+        if at > 0:
+            struct.pack_into(">HH", data, at + 5, height, width)
+    return bytes(data)
+
+
+def scan_bomb(width: int, height: int, scans: int) -> bytes:
+    """A progressive greyscale JPEG of width x height (no real pixel data) followed by
+    `scans` empty DC refinement scans: a few bytes each, a pass over every block each."""
+    data = _jpeg_with_size(Image.new("L", (8, 8), 128), width, height, progressive=True)
+    empty_scan = b"\xff\xda\x00\x08\x01\x01\x00\x00\x00\x10"  # 1 component, Ss 0, Se 0, Ah 1
+    return data[:-2] + empty_scan * scans + b"\xff\xd9"
+
+
+def progressive_cmyk(width: int, height: int) -> bytes:
+    """A few hundred bytes: a progressive CMYK JPEG header declaring width x height, whose
+    decode needs 4 bytes a pixel of coefficients and 4 of pixels before any conversion."""
+    return _jpeg_with_size(Image.new("CMYK", (8, 8)), width, height, progressive=True)
+
+
+def rle_bmp(width: int, height: int) -> bytes:
+    """An RLE8 BMP of width x height: one 'end of bitmap' code, no pixels."""
+    palette = b"\x00\x00\x00\x00" * 256
+    bits = b"\x00\x01"
+    offset = 14 + 40 + len(palette)
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(bits), 0, 0, 256, 0)
+    return b"BM" + struct.pack("<IHHI", offset + len(bits), 0, 0, offset) + info + palette + bits

@@ -15,9 +15,11 @@ from imgpipe.common.errors import FailedPrecondition
 from imgpipe.processor.compress import Compressed, compress
 from imgpipe.processor.errors import NotAnImage, TooManyFrames, TooManyPixels
 from imgpipe.processor.formats import gif_frame_count
+from imgpipe.processor.settings import DecodeSettings
 from support.hostile_payloads import eps, gif_with_frames, gzip_of_zeros, png_header_only, psd
 
 MAX_PIXELS = 100_000_000
+LIMITS = DecodeSettings(MAX_PIXELS)
 ORIENTATION = 0x0112
 
 
@@ -36,7 +38,7 @@ def srgb_profile() -> bytes:
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"])
 def test_every_source_format_becomes_a_jpeg_of_the_same_size(fmt: str) -> None:
-    result = compress(sample(320, 200, fmt), quality=0, max_pixels=MAX_PIXELS)
+    result = compress(sample(320, 200, fmt), quality=0, limits=LIMITS)
     assert (result.width, result.height) == (320, 200)
     assert result.source_format == fmt
     decoded(result)
@@ -44,23 +46,21 @@ def test_every_source_format_becomes_a_jpeg_of_the_same_size(fmt: str) -> None:
 
 def test_cmyk_jpeg_becomes_rgb() -> None:
     data = encode(photo_like(120, 80, mode="CMYK"), "JPEG")
-    result = compress(data, quality=50, max_pixels=MAX_PIXELS)
+    result = compress(data, quality=50, limits=LIMITS)
     assert (result.width, result.height) == (120, 80)
     decoded(result)
 
 
 def test_alpha_is_flattened_onto_white() -> None:
     data = encode(Image.new("RGBA", (32, 32), (255, 0, 0, 0)), "PNG")
-    pixel = decoded(compress(data, quality=90, max_pixels=MAX_PIXELS)).getpixel((16, 16))
+    pixel = decoded(compress(data, quality=90, limits=LIMITS)).getpixel((16, 16))
     assert isinstance(pixel, tuple)
     assert all(channel > 245 for channel in pixel)
 
 
 def test_sixteen_bit_greyscale_is_scaled_not_clipped() -> None:
     grey = Image.new("I;16", (16, 16), 0x8000)
-    pixel = decoded(compress(encode(grey, "PNG"), quality=90, max_pixels=MAX_PIXELS)).getpixel(
-        (8, 8)
-    )
+    pixel = decoded(compress(encode(grey, "PNG"), quality=90, limits=LIMITS)).getpixel((8, 8))
     assert isinstance(pixel, tuple)
     assert all(120 <= channel <= 136 for channel in pixel)
 
@@ -69,7 +69,7 @@ def test_only_the_first_frame_of_an_animation_is_kept() -> None:
     frames = [Image.new("RGB", (24, 24), colour) for colour in [(255, 0, 0), (0, 0, 255)]]
     out = io.BytesIO()
     frames[0].save(out, format="GIF", save_all=True, append_images=frames[1:], duration=100)
-    pixel = decoded(compress(out.getvalue(), quality=90, max_pixels=MAX_PIXELS)).getpixel((12, 12))
+    pixel = decoded(compress(out.getvalue(), quality=90, limits=LIMITS)).getpixel((12, 12))
     assert isinstance(pixel, tuple)
     red, _, blue = pixel
     assert red > 200
@@ -78,16 +78,16 @@ def test_only_the_first_frame_of_an_animation_is_kept() -> None:
 
 def test_output_is_smaller_than_a_quality_92_jpeg() -> None:
     data = sample(800, 600, "JPEG")
-    result = compress(data, quality=0, max_pixels=MAX_PIXELS)
+    result = compress(data, quality=0, limits=LIMITS)
     assert len(result.jpeg) < len(data)
 
 
 def test_quality_zero_means_fifty() -> None:
     data = sample(200, 150, "PNG")
-    default = compress(data, quality=0, max_pixels=MAX_PIXELS)
-    assert default.jpeg == compress(data, quality=50, max_pixels=MAX_PIXELS).jpeg
-    assert len(compress(data, quality=1, max_pixels=MAX_PIXELS).jpeg) < len(default.jpeg)
-    assert len(compress(data, quality=95, max_pixels=MAX_PIXELS).jpeg) > len(default.jpeg)
+    default = compress(data, quality=0, limits=LIMITS)
+    assert default.jpeg == compress(data, quality=50, limits=LIMITS).jpeg
+    assert len(compress(data, quality=1, limits=LIMITS).jpeg) < len(default.jpeg)
+    assert len(compress(data, quality=95, limits=LIMITS).jpeg) > len(default.jpeg)
 
 
 def test_exif_orientation_is_applied() -> None:
@@ -97,7 +97,7 @@ def test_exif_orientation_is_applied() -> None:
     image.paste((0, 0, 0), (0, 0, 30, 40))
     exif = Image.Exif()
     exif[ORIENTATION] = 6
-    result = compress(encode(image, "JPEG", exif=exif), quality=90, max_pixels=MAX_PIXELS)
+    result = compress(encode(image, "JPEG", exif=exif), quality=90, limits=LIMITS)
     assert (result.width, result.height) == (40, 60)
     upright = decoded(result).convert("L")
     top, bottom = upright.getpixel((20, 5)), upright.getpixel((20, 55))
@@ -113,7 +113,7 @@ def test_exif_and_comments_are_stripped_and_an_rgb_icc_profile_kept() -> None:
     exif[ORIENTATION] = 1
     icc = srgb_profile()
     data = encode(photo_like(64, 48), "JPEG", exif=exif, icc_profile=icc, comment=b"secret")
-    out = decoded(compress(data, quality=50, max_pixels=MAX_PIXELS))
+    out = decoded(compress(data, quality=50, limits=LIMITS))
     assert "exif" not in out.info
     assert "comment" not in out.info
     assert len(out.getexif()) == 0
@@ -124,7 +124,7 @@ def test_a_cmyk_icc_profile_is_not_carried_onto_rgb_output() -> None:
     srgb = srgb_profile()
     cmyk_profile = srgb[:16] + b"CMYK" + srgb[20:]  # only the colour space field matters
     data = encode(photo_like(64, 48, mode="CMYK"), "JPEG", icc_profile=cmyk_profile)
-    out = decoded(compress(data, quality=50, max_pixels=MAX_PIXELS))
+    out = decoded(compress(data, quality=50, limits=LIMITS))
     assert "icc_profile" not in out.info
 
 
@@ -141,26 +141,26 @@ def test_a_cmyk_icc_profile_is_not_carried_onto_rgb_output() -> None:
 )
 def test_bad_bytes_are_not_an_image(data: bytes) -> None:
     with pytest.raises(NotAnImage) as caught:
-        compress(data, quality=50, max_pixels=MAX_PIXELS)
+        compress(data, quality=50, limits=LIMITS)
     assert isinstance(caught.value, FailedPrecondition)
     assert caught.value.message
 
 
 def test_a_header_declaring_too_many_pixels_is_refused_before_decoding() -> None:
     with pytest.raises(TooManyPixels):
-        compress(png_header_only(100_000, 100_000), quality=50, max_pixels=MAX_PIXELS)
+        compress(png_header_only(100_000, 100_000), quality=50, limits=LIMITS)
 
 
 def test_the_pixel_limit_is_the_one_given() -> None:
     data = sample(200, 100, "PNG")
-    assert compress(data, quality=50, max_pixels=20_000).width == 200
+    assert compress(data, quality=50, limits=DecodeSettings(20_000)).width == 200
     with pytest.raises(TooManyPixels, match="200x100"):
-        compress(data, quality=50, max_pixels=19_999)
+        compress(data, quality=50, limits=DecodeSettings(19_999))
 
 
 def test_an_image_too_wide_for_jpeg_is_refused() -> None:
     with pytest.raises(TooManyPixels, match="a side"):
-        compress(png_header_only(70_000, 10), quality=50, max_pixels=MAX_PIXELS)
+        compress(png_header_only(70_000, 10), quality=50, limits=LIMITS)
 
 
 def encoded_frames(fmt: str, count: int, **params: object) -> bytes:
@@ -197,7 +197,7 @@ def jpeg2000() -> bytes:
 )
 def test_formats_are_told_by_their_bytes_and_refused_by_name(data: bytes, named: str) -> None:
     with pytest.raises(NotAnImage) as caught:
-        compress(data, quality=50, max_pixels=MAX_PIXELS)
+        compress(data, quality=50, limits=LIMITS)
     assert named in caught.value.message
     assert "not a JPEG, PNG, WebP, GIF, BMP or TIFF image" in caught.value.message
 
@@ -205,7 +205,7 @@ def test_formats_are_told_by_their_bytes_and_refused_by_name(data: bytes, named:
 def test_big_tiff_is_a_tiff() -> None:
     data = encode(photo_like(40, 30), "TIFF", big_tiff=True)
     assert data.startswith(b"II+\x00")
-    assert compress(data, quality=50, max_pixels=MAX_PIXELS).source_format == "TIFF"
+    assert compress(data, quality=50, limits=LIMITS).source_format == "TIFF"
 
 
 @pytest.mark.parametrize(
@@ -214,14 +214,17 @@ def test_big_tiff_is_a_tiff() -> None:
 )
 def test_an_animation_over_the_frame_limit_is_refused(fmt: str, params: dict[str, object]) -> None:
     data = encoded_frames(fmt, 6, **params)
-    assert compress(data, quality=50, max_pixels=MAX_PIXELS, max_frames=6).source_format == fmt
+    assert (
+        compress(data, quality=50, limits=DecodeSettings(MAX_PIXELS, max_frames=6)).source_format
+        == fmt
+    )
     with pytest.raises(TooManyFrames, match="more than 5 frames"):
-        compress(data, quality=50, max_pixels=MAX_PIXELS, max_frames=5)
+        compress(data, quality=50, limits=DecodeSettings(MAX_PIXELS, max_frames=5))
 
 
 def test_tiff_pages_are_not_counted_as_frames() -> None:
     data = encoded_frames("TIFF", 3)
-    assert compress(data, quality=50, max_pixels=MAX_PIXELS, max_frames=1).width == 8
+    assert compress(data, quality=50, limits=DecodeSettings(MAX_PIXELS, max_frames=1)).width == 8
 
 
 def test_gif_frames_are_counted_as_pillow_counts_them() -> None:
@@ -240,7 +243,7 @@ def test_counting_gif_frames_stops_past_the_limit() -> None:
     assert gif_frame_count(gif_with_frames(10_000), stop_after=1000) == 1001
     assert gif_frame_count(gif_with_frames(1000), stop_after=1000) == 1000
     with pytest.raises(TooManyFrames, match="more than 1000 frames"):
-        compress(gif_with_frames(10_000), quality=50, max_pixels=MAX_PIXELS)
+        compress(gif_with_frames(10_000), quality=50, limits=LIMITS)
 
 
 def test_a_gif_built_to_make_counting_slow_is_refused() -> None:
@@ -249,7 +252,7 @@ def test_a_gif_built_to_make_counting_slow_is_refused() -> None:
     assert data[-5:] == b"\x02\x44\x01\x00\x3b"  # a 2-byte sub-block, 0, the trailer
     data[-5:-1] = b"\x01\x00" * 1_000_001 + b"\x00"
     with pytest.raises(NotAnImage, match="more than 1000000 sub-blocks"):
-        compress(bytes(data), quality=50, max_pixels=MAX_PIXELS)
+        compress(bytes(data), quality=50, limits=LIMITS)
 
 
 def gps_exif() -> Image.Exif:
@@ -277,7 +280,7 @@ def test_gps_and_all_other_exif_are_stripped(fmt: str) -> None:
     with Image.open(io.BytesIO(data)) as source:
         assert source.getexif().get_ifd(ExifTags.IFD.GPSInfo)  # the test is not vacuous
 
-    result = compress(data, quality=50, max_pixels=MAX_PIXELS)
+    result = compress(data, quality=50, limits=LIMITS)
 
     out = decoded(result)
     assert len(out.getexif()) == 0

@@ -1,0 +1,137 @@
+"""The codec's limits, each checked from the header before any decode: JPEG scans, the
+memory estimate and its admission, the codecs a BMP or TIFF may use, the ICC profile."""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import pytest
+from PIL import Image, ImageCms
+
+from devstack.sample_images import encode, photo_like
+from imgpipe.processor.budget import MIB, MemoryBudget, decode_bytes
+from imgpipe.processor.compress import compress
+from imgpipe.processor.errors import OverMemoryBudget, TooManyScans, UnsafeCodec
+from imgpipe.processor.formats import MAX_ICC_BYTES, jpeg_scan_count, usable_icc
+from imgpipe.processor.settings import DecodeSettings
+from support.hostile_payloads import progressive_cmyk, rle_bmp, scan_bomb
+
+LIMITS = DecodeSettings(max_pixels=100_000_000)
+
+
+def opened(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data))
+
+
+def test_scans_are_counted_from_the_headers_without_decoding() -> None:
+    image = photo_like(64, 48)
+    assert jpeg_scan_count(encode(image, "JPEG")) == 1
+    progressive = encode(image, "JPEG", progressive=True)
+    assert jpeg_scan_count(progressive) == 10  # libjpeg's default progression
+    # An EXIF thumbnail (a JPEG in an APP1 segment, scan included) is not counted.
+    exif = Image.Exif()
+    exif[0x010F] = "maker"
+    thumbnail = encode(photo_like(16, 12), "JPEG")
+    with_app1 = progressive[:2] + b"\xff\xe1" + struct.pack(">H", len(thumbnail) + 2) + thumbnail
+    assert jpeg_scan_count(with_app1 + progressive[2:]) == 10
+    assert jpeg_scan_count(scan_bomb(4000, 4000, 5000)) > 5000
+
+
+def test_a_scan_bomb_is_refused_before_it_is_decoded() -> None:
+    with pytest.raises(TooManyScans, match="more than the limit of 100"):
+        compress(scan_bomb(8000, 8000, 5000), quality=50, limits=LIMITS)
+    progressive = encode(photo_like(64, 48), "JPEG", progressive=True)
+    assert compress(progressive, quality=50, limits=LIMITS).width == 64
+    with pytest.raises(TooManyScans):
+        compress(
+            progressive, quality=50, limits=DecodeSettings(LIMITS.max_pixels, max_jpeg_scans=9)
+        )
+
+
+def test_the_memory_estimate_counts_what_the_decode_holds() -> None:
+    pixels = 4000 * 3000
+    baseline = decode_bytes(opened(_resized_jpeg(4000, 3000)), rotated=False)
+    # Decoded RGB (4 bytes a pixel in Pillow) beside the encoder's coefficients and output.
+    assert baseline == pixels * 8
+    # Progressive CMYK: 4 bytes a pixel of pixels, 8 of coefficients, then the RGB copy.
+    cmyk = decode_bytes(opened(progressive_cmyk(4000, 3000)), rotated=False)
+    assert cmyk >= pixels * 12
+    # RGBA flattened: the source, its RGBA copy, the alpha band and the RGB result.
+    rgba = opened(encode(Image.new("RGBA", (4000, 3000)), "PNG"))
+    assert decode_bytes(rgba, rotated=True) == pixels * 13
+    # A rotation copies the decoded frame: the larger of that and the encoder's buffers.
+    cmyk_baseline = opened(encode(Image.new("CMYK", (4000, 3000)), "JPEG"))
+    assert decode_bytes(cmyk_baseline, rotated=True) == pixels * 8
+
+
+def _resized_jpeg(width: int, height: int) -> bytes:
+    return encode(Image.new("RGB", (width, height)), "JPEG")
+
+
+def test_a_decode_over_the_memory_budget_is_refused() -> None:
+    limits = DecodeSettings(LIMITS.max_pixels, memory_bytes=256 * MIB)
+    with pytest.raises(OverMemoryBudget, match="more than the codec memory budget of 256 MiB"):
+        compress(progressive_cmyk(6000, 4000), quality=50, limits=limits)
+
+
+def test_admission_holds_each_estimate_for_as_long_as_its_decode() -> None:
+    budget = MemoryBudget(100)
+    with budget.admit(60):
+        with pytest.raises(OverMemoryBudget):
+            budget.check(101)
+        with budget.admit(40):
+            pass
+    with budget.admit(100):
+        pass
+
+
+def test_rle_bmp_is_refused_and_uncompressed_bmp_taken() -> None:
+    with pytest.raises(UnsafeCodec, match="RLE8-compressed; only uncompressed BMP"):
+        compress(rle_bmp(2000, 2000), quality=50, limits=LIMITS)
+    assert compress(encode(photo_like(40, 30), "BMP"), quality=50, limits=LIMITS).width == 40
+
+
+@pytest.mark.parametrize("codec", ["raw", "packbits", "tiff_lzw", "tiff_adobe_deflate"])
+def test_tiff_with_a_listed_codec_is_taken(codec: str) -> None:
+    data = encode(photo_like(40, 30), "TIFF", compression=codec)
+    assert compress(data, quality=50, limits=LIMITS).source_format == "TIFF"
+
+
+@pytest.mark.parametrize("codec", ["jpeg", "group4"])
+def test_tiff_with_another_codec_is_refused(codec: str) -> None:
+    image = photo_like(40, 32)
+    data = encode(image.convert("1") if codec == "group4" else image, "TIFF", compression=codec)
+    with pytest.raises(UnsafeCodec, match=f"the TIFF is {codec}-compressed"):
+        compress(data, quality=50, limits=LIMITS)
+
+
+def srgb() -> bytes:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def test_an_rgb_profile_of_a_sane_size_is_kept() -> None:
+    assert usable_icc(srgb()) == srgb()
+
+
+def test_an_oversized_or_malformed_or_non_rgb_profile_is_dropped() -> None:
+    profile = srgb()
+    padded = bytearray(profile + bytes(MAX_ICC_BYTES))
+    struct.pack_into(">I", padded, 0, len(padded))
+    assert usable_icc(bytes(padded)) is None
+    assert usable_icc(profile[:-1]) is None  # its header says otherwise
+    assert usable_icc(profile[:16] + b"CMYK" + profile[20:]) is None
+    assert usable_icc(profile[:36] + b"xxxx" + profile[40:]) is None
+    too_many_tags = bytearray(profile)
+    struct.pack_into(">I", too_many_tags, 128, 100_000)
+    assert usable_icc(bytes(too_many_tags)) is None
+    assert usable_icc(None) is None
+
+
+def test_a_half_megabyte_profile_in_a_small_png_is_not_copied() -> None:
+    profile = bytearray(srgb() + bytes(512 * 1024))
+    struct.pack_into(">I", profile, 0, len(profile))
+    data = encode(photo_like(32, 32), "PNG", icc_profile=bytes(profile))
+    result = compress(data, quality=50, limits=LIMITS)
+    assert len(result.jpeg) < 64 * 1024
+    assert "icc_profile" not in opened(result.jpeg).info
