@@ -72,7 +72,8 @@ class Notifier:
             for wake in watchers:
                 wake.set()
 
-    def _on_notify(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
+    def _on_notify(self, _conn: object, _pid: int, channel: str, payload: object) -> None:
+        payload = str(payload)
         if channel == WORK:
             self.work.set()
         elif channel == OUTBOX:

@@ -8,8 +8,12 @@ from functools import cache
 from importlib.resources import files
 
 import asyncpg
+import asyncpg.pool
 
 log = logging.getLogger(__name__)
+
+# What statements run on: a connection of its own, or one the pool lends.
+Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 # Any constant works; it only has to be the same in every ingest replica.
 MIGRATION_LOCK_KEY = 0x1D9_0001
@@ -45,7 +49,7 @@ def migrations() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
-async def migrate(conn: asyncpg.Connection) -> list[int]:
+async def migrate(conn: Connection) -> list[int]:
     """Applies the migrations not applied yet; safe with replicas starting at once."""
     applied_now: list[int] = []
     async with conn.transaction():

@@ -32,7 +32,7 @@ from imgpipe.ingest.model import (
     Submission,
     WebhookStatus,
 )
-from imgpipe.ingest.postgres import Q
+from imgpipe.ingest.postgres import Connection, Q
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -158,7 +158,7 @@ class Store:
 
     async def _existing(
         self,
-        conn: asyncpg.Connection,
+        conn: Connection,
         owner: str,
         idempotency_key: str | None,
         csv_sha256: bytes,
@@ -166,13 +166,11 @@ class Store:
         webhook_url: str,
     ) -> Submission:
         row = await conn.fetchrow(Q("request_by_idempotency_key"), owner, idempotency_key)
-        same = (
-            row is not None
-            and bytes(row["csv_sha256"]) == csv_sha256
-            and row["quality"] == quality
-            and row["webhook_url"] == webhook_url
-        )
-        if not same:
+        if row is None or (bytes(row["csv_sha256"]), row["quality"], row["webhook_url"]) != (
+            csv_sha256,
+            quality,
+            webhook_url,
+        ):
             raise IdempotencyKeyReused()
         return Submission(row["id"], row["product_count"], row["image_count"])
 
@@ -319,7 +317,10 @@ class Store:
 
     @_translated
     async def webhook_payload(self, request_id: uuid.UUID) -> asyncpg.Record:
-        return await self._pool.fetchrow(Q("webhook_payload"), request_id)
+        row = await self._pool.fetchrow(Q("webhook_payload"), request_id)
+        if row is None:
+            raise RequestNotFound()
+        return row
 
     @_translated
     async def finish_request(self, item: OutboxItem, result_csv_url: str) -> None:
