@@ -5,9 +5,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PROTOS := $(wildcard protos/imgpipe/v1/*.proto)
 
-.PHONY: all venv gen run test lint audit bench clean
+.PHONY: all venv gen run test lint policy audit bench clean
 
-all: lint test
+all: lint policy test
 
 # Editable in setuptools' strict mode: a tree of links that mypy reads like an installed
 # package (the lenient mode's import hook is invisible to type checkers). A module added
@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml devstack/pyproject.toml src/imgpipe src/imgpipe/v1 serv
 
 venv: $(STAMP)
 
-# Generated code is committed (src/imgpipe/v1/); tests/test_protos.py fails when it drifts.
+# Generated code is committed (src/imgpipe/v1/); tests/integration/test_protos.py fails when
+# it drifts.
 gen: $(STAMP)
 	$(PY) -m devstack.protogen
 
@@ -35,8 +36,29 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy tests
 	$(VENV)/bin/lint-imports
 	cd protos && ../$(VENV)/bin/buf lint
+
+# checkov, the real scanner, on what gets applied: the kustomize renders of both overlays
+# (the base sets no namespace; its configuration and skips: deploy/k8s/.checkov.yaml). It pins boto3, packaging and networkx
+# exactly, which would downgrade the dev environment, so it has a virtualenv of its own.
+CHECKOV_VERSION := 3.3.30
+POLICY_VENV     := .venv-policy
+POLICY_STAMP    := $(POLICY_VENV)/.checkov-$(CHECKOV_VERSION)
+K8S_OVERLAYS    := dev prod
+
+$(POLICY_STAMP):
+	test -x $(POLICY_VENV)/bin/python || $(PYTHON) -m venv $(POLICY_VENV)
+	$(POLICY_VENV)/bin/python -m pip install --quiet 'checkov==$(CHECKOV_VERSION)'
+	touch $(POLICY_STAMP)
+
+policy: $(POLICY_STAMP)
+	rm -rf build/policy && mkdir -p build/policy
+	for overlay in $(K8S_OVERLAYS); do \
+	  kubectl kustomize deploy/k8s/overlays/$$overlay > build/policy/$$overlay.yaml || exit 1; \
+	done
+	$(POLICY_VENV)/bin/checkov --config-file deploy/k8s/.checkov.yaml --directory build/policy
 
 # Known vulnerabilities in the installed packages, by pip-audit. Where its advisory
 # service cannot be reached, pip-audit checks nothing and calls every package skipped;
@@ -50,4 +72,4 @@ bench: $(STAMP)
 	$(PY) -m devstack.bench
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(POLICY_VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

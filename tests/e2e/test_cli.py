@@ -24,11 +24,11 @@ from devstack.image_server import ImageServer
 from devstack.postgres import PostgresServer
 from devstack.sample_images import sample
 from devstack.stack import Stack
+from support.csv_files import RESULT_HEADER, products_csv
+from support.eventually import eventually
 from support.ingest_harness import running_ingest
 
 CLI = str(Path(sys.executable).parent / "imgpipe")
-HEADER = "S. No.,Product Name,Input Image Urls\r\n"
-RESULT_HEADER = ["S. No.", "Product Name", "Input Image Urls", "Output Image Urls"]
 # The CLI reads these; the developer's shell must not change what a test does.
 CLI_VARIABLES = ("IMGPIPE_", "COLUMNS", "LINES", "NO_COLOR", "FORCE_COLOR", "TTY_")
 
@@ -105,11 +105,7 @@ def stack(
 
 
 def write_csv(path: Path, rows: list[list[str]]) -> Path:
-    lines = [HEADER]
-    for n, urls in enumerate(rows, start=1):
-        cell = '"' + ",\n".join(urls) + '"'
-        lines.append(f"{n},Product {n},{cell}\r\n")
-    path.write_text("".join(lines), encoding="utf-8")
+    path.write_bytes(products_csv(rows))
     return path
 
 
@@ -286,11 +282,11 @@ async def test_tls_mutual_tls_and_a_token(
         assert cancelled.code == 0, cancelled.stderr
         assert json_lines(cancelled.stdout)[0]["state"] == "REQUEST_STATE_CANCELLED"
 
-        for _ in range(100):  # the result CSV is written just after the cancel
-            status = await cli("status", request_id, "--json", env=from_env)
-            if json_lines(status.stdout)[0]["result_csv_url"]:
-                break
-            await asyncio.sleep(0.1)
+        await eventually(  # the result CSV is written just after the cancel
+            lambda: cli("status", request_id, "--json", env=from_env),
+            lambda status: bool(json_lines(status.stdout)[0]["result_csv_url"]),
+            what="the cancelled request's result CSV",
+        )
         out = tmp_path / "result.csv"
         unreachable = await cli("result", request_id, "-o", str(out), env=from_env)
         assert unreachable.code == 2

@@ -14,7 +14,8 @@ import pytest
 
 from devstack.image_server import ImageServer
 from devstack.stack import Stack
-from support.batch import FAULT_ENV, batch_csv, serve_batch
+from support.batch import FAULT_ENV, serve_batch
+from support.csv_files import batch_csv
 
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")
 

@@ -11,7 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.image_server import ImageServer
 from devstack.stack import Stack
-from support.batch import FAULT_ENV, batch_csv, serve_batch, submit, wait_terminal
+from support.batch import FAULT_ENV, serve_batch, submit, wait_terminal
+from support.csv_files import batch_csv
 
 INGEST_FAMILIES = {
     "grpc_server_handled",

@@ -20,6 +20,7 @@ from devstack.postgres import PostgresServer
 from devstack.sample_images import sample
 from devstack.stack import Stack
 from imgpipe.v1 import ingest_pb2, ingest_pb2_grpc, requests_pb2
+from support.csv_files import RESULT_HEADER
 
 CLI = str(Path(sys.executable).parent / "imgpipe")
 
@@ -167,7 +168,7 @@ def check_result_csv(
         check=True,
     )
     table = list(csv.reader(io.StringIO(result.stdout.decode("utf-8"))))
-    assert table[0] == ["S. No.", "Product Name", "Input Image Urls", "Output Image Urls"]
+    assert table[0] == RESULT_HEADER
     assert len(table) == len(rows) + 1
     for line, product, row in zip(table[1:], status.products, rows, strict=True):
         assert line[0] == str(product.serial_number)

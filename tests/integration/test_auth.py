@@ -10,12 +10,13 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
 
 from imgpipe.v1 import ingest_pb2
+from support.csv_files import products_csv
 from support.ingest_harness import RunningIngest, running_ingest
+from support.rpc_errors import rich_status
 
-CSV = b"S. No.,Product Name,Input Image Urls\n1,Shoe,https://img.example/a.jpg\n"
+CSV = products_csv([["https://img.example/a.jpg"]])
 
 
 @pytest.fixture
@@ -95,8 +96,7 @@ async def test_submit_is_rate_limited_per_token_with_retry_info(ingest: RunningI
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await ingest.stub.Submit(ingest_pb2.SubmitRequest(csv=CSV), metadata=bearer("alpha-token"))
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    status = rpc_status.from_call(caught.value)
-    assert status is not None
+    status = rich_status(caught.value)
     retry = error_details_pb2.RetryInfo()
     assert any(detail.Unpack(retry) for detail in status.details)
     assert 0 < retry.retry_delay.ToTimedelta().total_seconds() <= 10

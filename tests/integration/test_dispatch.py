@@ -14,7 +14,8 @@ from devstack.image_server import ImageServer
 from devstack.sample_images import sample
 from imgpipe.ingest.notifications import LISTENER_APPLICATION_NAME
 from imgpipe.v1 import ingest_pb2, requests_pb2
-from support.batch import TERMINAL, batch_csv
+from support.csv_files import batch_csv
+from support.eventually import eventually
 from support.ingest_harness import RunningIngest, running_pipeline
 
 
@@ -30,26 +31,21 @@ def serve(server: ImageServer, prefix: str, count: int, delay: float) -> list[st
     return [server.add(f"/{prefix}/{n}.jpg", body, delay=delay) for n in range(count)]
 
 
-async def wait_terminal(ingest: RunningIngest, request_id: str) -> ingest_pb2.GetStatusResponse:
-    for _ in range(600):
-        status = await ingest.stub.GetStatus(ingest_pb2.GetStatusRequest(request_id=request_id))
-        if status.state in TERMINAL:
-            return status
-        await asyncio.sleep(0.1)
-    raise TimeoutError(request_id)
-
-
 async def test_a_small_request_is_not_starved_by_a_large_one(
     ingest: RunningIngest, image_server: ImageServer, database_url: str
 ) -> None:
     big = await ingest.stub.Submit(
         ingest_pb2.SubmitRequest(csv=batch_csv(serve(image_server, "big", 200, 0.02)))
     )
-    await asyncio.sleep(0.3)  # the big request is well under way
+    await eventually(  # the big request is well under way
+        lambda: ingest.status(big.request_id),
+        lambda s: s.progress.succeeded_images >= 10,
+        what="ten images of the big request done",
+    )
     small = await ingest.stub.Submit(
         ingest_pb2.SubmitRequest(csv=batch_csv(serve(image_server, "small", 5, 0.02)))
     )
-    status = await wait_terminal(ingest, small.request_id)
+    status = await ingest.terminal_status(small.request_id)
     assert status.state == requests_pb2.REQUEST_STATE_COMPLETED
 
     conn = await asyncpg.connect(database_url)
@@ -90,10 +86,13 @@ async def test_dispatch_and_watch_survive_the_listen_connection_being_killed(
         async for message in ingest.stub.WatchStatus(request):
             received.append(message)
 
+    async def messages() -> int:
+        return len(received)
+
     watcher = asyncio.create_task(watch())
     admin = await asyncpg.connect(database_url)
     try:
-        await asyncio.sleep(0.3)
+        await eventually(messages, what="the watch's snapshot")
         killed = await admin.fetchval(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
             " WHERE application_name = $1",
@@ -126,7 +125,7 @@ async def test_a_full_processor_is_asked_again_in_memory_not_through_the_queue(
         submitted = await ingest.stub.Submit(
             ingest_pb2.SubmitRequest(csv=batch_csv(serve(image_server, "full", 12, 0.05)))
         )
-        status = await wait_terminal(ingest, submitted.request_id)
+        status = await ingest.terminal_status(submitted.request_id)
     assert status.state == requests_pb2.REQUEST_STATE_COMPLETED
     assert {i.attempts for p in status.products for i in p.images} == {1}
     # Created, one claim and one outcome per image, terminal: no requeue events.

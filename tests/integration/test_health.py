@@ -9,6 +9,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devstack.postgres import PostgresServer, PrivateCluster
+from support.eventually import eventually
 from support.ingest_harness import running_ingest
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -29,12 +30,11 @@ async def test_ingest_is_not_serving_while_the_database_is_down(
         health = health_pb2_grpc.HealthStub(ingest.channel)
 
         async def wait_for(status: int) -> None:
-            for _ in range(100):
-                response = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
-                if response.status == status:
-                    return
-                await asyncio.sleep(0.1)
-            raise AssertionError(f"health never became {status}")
+            await eventually(
+                lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=5),
+                lambda response: response.status == status,
+                what=f"health {status}",
+            )
 
         await wait_for(SERVING)
         await asyncio.to_thread(pg_server.stop)

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from devstack.ports import free_port
 from devstack.sample_images import sample
 from imgpipe.v1 import processor_pb2, processor_pb2_grpc
 from support import hostile_payloads as payloads
+from support.eventually import eventually
 
 MIB = 1024 * 1024
 MAX_SOURCE_BYTES = 8 * MIB
@@ -41,7 +41,6 @@ READ_TIMEOUT = 1.5  # longer than the 1 s between the trickling source's bytes
 RSS_BOUND_MB = 250
 CODEC_MEMORY_MIB = 128
 TRUNCATED_REPEATS = 20
-SLACK = 2.0  # seconds allowed past a timeout for the call to come back
 FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 
@@ -51,8 +50,6 @@ class Case:
     path: str
     code: grpc.StatusCode
     says: str
-    # Seconds the call may take: fast refusals come back at once, timeouts at the limit.
-    within: float = SLACK
 
 
 CASES = [
@@ -67,8 +64,8 @@ CASES = [
     Case("/cmyk.jpg", FAILED_PRECONDITION, f"the codec memory budget of {CODEC_MEMORY_MIB} MiB"),
     Case("/rle.bmp", FAILED_PRECONDITION, "RLE8-compressed; only uncompressed BMP"),
     Case("/flood", FAILED_PRECONDITION, f"larger than {MAX_SOURCE_BYTES} bytes"),
-    Case("/endless", UNAVAILABLE, "timed out", TOTAL_TIMEOUT + SLACK),
-    Case("/one-byte-a-second.jpg", UNAVAILABLE, "timed out", TOTAL_TIMEOUT + SLACK),
+    Case("/endless", UNAVAILABLE, "timed out"),
+    Case("/one-byte-a-second.jpg", UNAVAILABLE, "timed out"),
 ]
 
 
@@ -205,24 +202,23 @@ def processor_process(tmp_path: Path) -> Iterator[ProcessorProcess]:
 
 
 async def wait_serving(health: health_pb2_grpc.HealthStub, processor: ProcessorProcess) -> None:
-    deadline = time.monotonic() + 30
-    while True:
+    async def check() -> health_pb2.HealthCheckResponse:
         assert processor.process.poll() is None, processor.log.read_text()
-        try:
-            answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-            if answer.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.aio.AioRpcError:
-            pass
-        assert time.monotonic() < deadline, processor.log.read_text()
-        await asyncio.sleep(0.1)
+        return await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+
+    await eventually(
+        check,
+        lambda answer: answer.status == health_pb2.HealthCheckResponse.SERVING,
+        what="the processor serving",
+        ignoring=(grpc.aio.AioRpcError,),
+    )
 
 
 async def process(
     stub: processor_pb2_grpc.ProcessorServiceAsyncStub, source_url: str
-) -> tuple[grpc.StatusCode, str, float]:
-    """The status code and message of one call, and the seconds it took."""
-    started = time.monotonic()
+) -> tuple[grpc.StatusCode, str]:
+    """The status code and message of one call. Its deadline is well past the processor's
+    own fetch timeout, so a source that never ends must be cut off by the processor."""
     try:
         await stub.ProcessImage(
             processor_pb2.ProcessImageRequest(
@@ -231,8 +227,8 @@ async def process(
             timeout=TOTAL_TIMEOUT + 10,
         )
     except grpc.aio.AioRpcError as error:
-        return error.code(), error.details() or "", time.monotonic() - started
-    return grpc.StatusCode.OK, "", time.monotonic() - started
+        return error.code(), error.details() or ""
+    return grpc.StatusCode.OK, ""
 
 
 async def test_bombs_and_tricks_fail_cleanly(
@@ -247,17 +243,16 @@ async def test_bombs_and_tricks_fail_cleanly(
         calls += [hostile.url("/truncated.jpg")] * (TRUNCATED_REPEATS - 1)
         outcomes = await asyncio.gather(*(process(stub, url) for url in calls))
 
-        for case, (code, details, seconds) in zip(CASES, outcomes, strict=False):
+        for case, (code, details) in zip(CASES, outcomes, strict=False):
             assert code == case.code, (case.path, code, details)
             assert case.says in details, (case.path, details)
-            assert seconds < case.within, (case.path, seconds)
-        for code, details, _ in outcomes[len(CASES) :]:
+        for code, details in outcomes[len(CASES) :]:
             assert (code, "truncated" in details) == (FAILED_PRECONDITION, True), details
 
         # Still serving, and still doing its job.
         answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert answer.status == health_pb2.HealthCheckResponse.SERVING
-        code, details, _ = await process(stub, hostile.url("/photo.jpg"))
+        code, details = await process(stub, hostile.url("/photo.jpg"))
         assert code == grpc.StatusCode.OK, details
 
     peak = processor_process.peak_rss_mb()

@@ -32,19 +32,10 @@ from imgpipe.ingest.http_routes import message_json
 from imgpipe.processor.main import ProcessorApp
 from imgpipe.processor.settings import Settings as ProcessorSettings
 from imgpipe.v1 import ingest_pb2
+from support.csv_files import BAD_ROWS, RESULT_HEADER, TWO_PRODUCTS
+from support.eventually import eventually
 from support.ingest_harness import RunningIngest, running_ingest
 
-CSV = (
-    b"S. No.,Product Name,Input Image Urls\r\n"
-    b'1,Shoe,"https://img.example/a.jpg, https://img.example/b.jpg"\r\n'
-    b"2,Hat,https://img.example/c.jpg\r\n"
-)
-BAD_CSV = (
-    b"S. No.,Product Name,Input Image Urls\n"
-    b"1,Shoe,https://img.example/a.jpg\n"
-    b"x,Hat,https://img.example/b.jpg\n"
-    b"3,Bag,www.example.com/c.jpg\n"
-)
 MAX_CSV_BYTES = 8192
 UNKNOWN_ID = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
 TOKEN = "alpha-token"
@@ -132,7 +123,7 @@ def form(csv_bytes: bytes, **fields: str) -> aiohttp.FormData:
     return data
 
 
-async def submit(ingest: Ingest, csv_bytes: bytes = CSV, **fields: str) -> dict[str, Any]:
+async def submit(ingest: Ingest, csv_bytes: bytes = TWO_PRODUCTS, **fields: str) -> dict[str, Any]:
     async with ingest.http.post("/v1/requests", data=form(csv_bytes, **fields)) as response:
         body = await response.json()
         assert response.status == 202, body
@@ -208,13 +199,16 @@ def sse_messages(stream: Sse) -> list[dict[str, Any]]:
 async def wait_terminal_with_result(
     ingest: Ingest, request_id: str, headers: dict[str, str] | None = None
 ) -> dict[str, Any]:
-    for _ in range(200):
+    async def status() -> dict[str, Any]:
         async with ingest.http.get(f"/v1/requests/{request_id}", headers=headers) as response:
             body: dict[str, Any] = await response.json()
-        if body["state"] in TERMINAL and body["result_csv_url"]:
-            return body
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{request_id} did not finish: {body}")
+        return body
+
+    return await eventually(
+        status,
+        lambda body: body["state"] in TERMINAL and bool(body["result_csv_url"]),
+        what=f"{request_id} terminal with its result CSV",
+    )
 
 
 # -- submit, status, cancel ------------------------------------------------------------------
@@ -254,7 +248,7 @@ async def test_multipart_submit_status_and_cancel_answer_what_grpc_answers(
 async def test_raw_csv_body_with_options_in_the_query(ingest: Ingest) -> None:
     async with ingest.http.post(
         "/v1/requests",
-        data=CSV,
+        data=TWO_PRODUCTS,
         params={"quality": "70", "webhook_url": "https://hooks.example/done"},
         headers={"Content-Type": "text/csv"},
     ) as response:
@@ -269,7 +263,7 @@ async def test_same_idempotency_key_gives_the_same_request_or_409(ingest: Ingest
     first = await submit(ingest, idempotency_key="order-42")
     again = await submit(ingest, idempotency_key="order-42")
     assert again == first
-    data = form(CSV + b"3,Bag,https://img.example/d.jpg\r\n", idempotency_key="order-42")
+    data = form(TWO_PRODUCTS + b"3,Bag,https://img.example/d.jpg\r\n", idempotency_key="order-42")
     async with ingest.http.post("/v1/requests", data=data) as response:
         await error_of(response, 409, "ALREADY_EXISTS")
 
@@ -278,13 +272,13 @@ async def test_same_idempotency_key_gives_the_same_request_or_409(ingest: Ingest
 
 
 async def test_bad_csv_is_400_naming_each_bad_row_like_grpc(ingest: Ingest) -> None:
-    async with ingest.http.post("/v1/requests", data=form(BAD_CSV)) as response:
+    async with ingest.http.post("/v1/requests", data=form(BAD_ROWS)) as response:
         error = await error_of(response, 400, "INVALID_ARGUMENT")
     assert fields_of(error) == ["csv.row[3].serial_number", "csv.row[4].input_image_urls"]
     assert all(v["description"] for v in error["field_violations"])
 
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await ingest.running.stub.Submit(ingest_pb2.SubmitRequest(csv=BAD_CSV))
+        await ingest.running.stub.Submit(ingest_pb2.SubmitRequest(csv=BAD_ROWS))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error["message"] == caught.value.details()
 
@@ -300,7 +294,7 @@ async def test_bad_csv_is_400_naming_each_bad_row_like_grpc(ingest: Ingest) -> N
     ],
 )
 async def test_bad_options_are_400(ingest: Ingest, fields: dict[str, str], field: str) -> None:
-    async with ingest.http.post("/v1/requests", data=form(CSV, **fields)) as response:
+    async with ingest.http.post("/v1/requests", data=form(TWO_PRODUCTS, **fields)) as response:
         error = await error_of(response, 400, "INVALID_ARGUMENT")
     assert fields_of(error) == [field]
 
@@ -319,7 +313,7 @@ async def test_a_body_that_is_not_a_csv_form_is_400(ingest: Ingest) -> None:
 
 
 async def test_too_large_is_413(ingest: Ingest) -> None:
-    big = CSV + b"".join(
+    big = TWO_PRODUCTS + b"".join(
         f"{n},Item {n},https://img.example/{n}.jpg\r\n".encode() for n in range(3, 400)
     )
     assert len(big) > MAX_CSV_BYTES
@@ -379,20 +373,21 @@ async def test_unknown_routes_and_methods_are_json_errors(ingest: Ingest) -> Non
 
 async def test_bad_event_stream_positions_are_400(ingest: Ingest) -> None:
     request_id = (await submit(ingest))["request_id"]
-    for kwargs, field in [
-        ({"headers": {"Last-Event-ID": "abc"}}, "Last-Event-ID"),
-        ({"params": {"after_sequence": "-1"}}, "after_sequence"),
-        ({"params": {"after_sequence": str(2**63)}}, "after_sequence"),
+    for headers, params, field in [
+        ({"Last-Event-ID": "abc"}, {}, "Last-Event-ID"),
+        ({}, {"after_sequence": "-1"}, "after_sequence"),
+        ({}, {"after_sequence": str(2**63)}, "after_sequence"),
         # The header wins, but a malformed query is still refused.
-        ({"headers": {"Last-Event-ID": "1"}, "params": {"after_sequence": "x"}}, "after_sequence"),
+        ({"Last-Event-ID": "1"}, {"after_sequence": "x"}, "after_sequence"),
     ]:
-        async with ingest.http.get(f"/v1/requests/{request_id}/events", **kwargs) as response:
+        url = f"/v1/requests/{request_id}/events"
+        async with ingest.http.get(url, headers=headers, params=params) as response:
             assert fields_of(await error_of(response, 400, "INVALID_ARGUMENT")) == [field]
 
 
 async def test_an_option_given_twice_is_400(ingest: Ingest) -> None:
     async with ingest.http.post(
-        "/v1/requests", data=form(CSV, quality="50"), params={"quality": "60"}
+        "/v1/requests", data=form(TWO_PRODUCTS, quality="50"), params={"quality": "60"}
     ) as response:
         assert fields_of(await error_of(response, 400, "INVALID_ARGUMENT")) == ["quality"]
 
@@ -405,7 +400,7 @@ async def test_too_many_submits_is_429_with_retry_after(ingest_env: dict[str, st
     ):
         ingest = Ingest(running, http)
         await submit(ingest)
-        async with http.post("/v1/requests", data=form(CSV)) as response:
+        async with http.post("/v1/requests", data=form(TWO_PRODUCTS)) as response:
             await error_of(response, 429, "RESOURCE_EXHAUSTED")
             assert 1 <= int(response.headers["Retry-After"]) <= 60
 
@@ -466,7 +461,7 @@ async def test_events_and_result_csv_of_a_real_run(
         assert response.content_type == "text/csv"
         table = list(csv.reader(io.StringIO(await response.text())))
     status = await grpc_status(pipeline, request_id)
-    assert table[0] == ["S. No.", "Product Name", "Input Image Urls", "Output Image Urls"]
+    assert table[0] == RESULT_HEADER
     assert [row[0] for row in table[1:]] == ["10", "20", "30"]
     for row, product in zip(table[1:], status.products, strict=True):
         assert row[3].split(",") == [i.output_url for i in product.images]
@@ -499,11 +494,11 @@ async def test_event_stream_keepalive_and_a_client_going_away(ingest: Ingest) ->
         assert json.loads(first[0]["data"])["snapshot"] is True
         assert app.notifier.watcher_count == before + 1
         response.close()  # the client goes away
-        for _ in range(50):
-            if app.notifier.watcher_count == before:
-                break
-            await asyncio.sleep(0.1)
-        assert app.notifier.watcher_count == before
+
+        async def watchers() -> int:
+            return app.notifier.watcher_count
+
+        await eventually(watchers, lambda n: n == before, what="the watcher freed")
 
         # A server shutting down ends its streams (clients reconnect elsewhere).
         response = await http.get(server.make_url(f"/v1/requests/{request_id}/events"))
@@ -538,7 +533,7 @@ async def read_sse_until_comment(response: aiohttp.ClientResponse) -> list[dict[
 
 async def test_with_tokens_every_api_route_needs_one(secured: Ingest) -> None:
     bearer = {"Authorization": f"Bearer {TOKEN}"}
-    submitted = await secured.http.post("/v1/requests", data=form(CSV), headers=bearer)
+    submitted = await secured.http.post("/v1/requests", data=form(TWO_PRODUCTS), headers=bearer)
     assert submitted.status == 202
     request_id = (await submitted.json())["request_id"]
 

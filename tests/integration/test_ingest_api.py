@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
 import asyncpg
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from imgpipe.v1 import ingest_pb2, requests_pb2
+from support.csv_files import BAD_ROWS, TWO_PRODUCTS
 from support.ingest_harness import RunningIngest, running_ingest
-
-CSV = (
-    b"S. No.,Product Name,Input Image Urls\r\n"
-    b'1,Shoe,"https://img.example/a.jpg, https://img.example/b.jpg"\r\n'
-    b"2,Hat,https://img.example/c.jpg\r\n"
-)
+from support.rpc_errors import field_violations
 
 
 @pytest.fixture
@@ -35,17 +29,6 @@ async def ingest(database_url: str, tmp_path: Path) -> AsyncIterator[RunningInge
         yield running
 
 
-def violations(exc: grpc.aio.AioRpcError) -> list[str]:
-    status = rpc_status.from_call(exc)
-    assert status is not None
-    fields = []
-    for detail in status.details:
-        bad = error_details_pb2.BadRequest()
-        assert detail.Unpack(bad)
-        fields += [v.field for v in bad.field_violations]
-    return fields
-
-
 async def count_requests(database_url: str) -> int:
     conn = await asyncpg.connect(database_url)
     try:
@@ -57,7 +40,7 @@ async def count_requests(database_url: str) -> int:
 async def test_submit_then_status_lists_products_and_images_in_input_order(
     ingest: RunningIngest,
 ) -> None:
-    submitted = await ingest.stub.Submit(ingest_pb2.SubmitRequest(csv=CSV))
+    submitted = await ingest.stub.Submit(ingest_pb2.SubmitRequest(csv=TWO_PRODUCTS))
     assert (submitted.product_count, submitted.image_count) == (2, 3)
 
     status = await ingest.stub.GetStatus(
@@ -65,8 +48,8 @@ async def test_submit_then_status_lists_products_and_images_in_input_order(
     )
     assert status.request_id == submitted.request_id
     assert [(p.serial_number, p.product_name) for p in status.products] == [
-        (1, "Shoe"),
-        (2, "Hat"),
+        (1, "Product 1"),
+        (2, "Product 2"),
     ]
     assert [[i.input_url for i in p.images] for p in status.products] == [
         ["https://img.example/a.jpg", "https://img.example/b.jpg"],
@@ -85,16 +68,10 @@ async def test_submit_then_status_lists_products_and_images_in_input_order(
 async def test_bad_csv_stores_nothing_and_names_each_bad_row(
     ingest: RunningIngest, database_url: str
 ) -> None:
-    bad = (
-        b"S. No.,Product Name,Input Image Urls\n"
-        b"1,Shoe,https://img.example/a.jpg\n"
-        b"x,Hat,https://img.example/b.jpg\n"
-        b"3,Bag,www.example.com/c.jpg\n"
-    )
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await ingest.stub.Submit(ingest_pb2.SubmitRequest(csv=bad))
+        await ingest.stub.Submit(ingest_pb2.SubmitRequest(csv=BAD_ROWS))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert violations(caught.value) == [
+    assert field_violations(caught.value) == [
         "csv.row[3].serial_number",
         "csv.row[4].input_image_urls",
     ]
@@ -108,17 +85,17 @@ async def test_quality_out_of_range_is_invalid_argument(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await ingest.stub.Submit(
             ingest_pb2.SubmitRequest(
-                csv=CSV, options=requests_pb2.CompressionOptions(quality=quality)
+                csv=TWO_PRODUCTS, options=requests_pb2.CompressionOptions(quality=quality)
             )
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert violations(caught.value) == ["options.quality"]
+    assert field_violations(caught.value) == ["options.quality"]
 
 
 async def test_same_idempotency_key_gives_the_same_request_even_at_once(
     ingest: RunningIngest, database_url: str
 ) -> None:
-    request = ingest_pb2.SubmitRequest(csv=CSV, idempotency_key="order-42")
+    request = ingest_pb2.SubmitRequest(csv=TWO_PRODUCTS, idempotency_key="order-42")
     responses = await asyncio.gather(*(ingest.stub.Submit(request) for _ in range(8)))
     assert len({r.request_id for r in responses}) == 1
     assert await count_requests(database_url) == 1
@@ -126,7 +103,7 @@ async def test_same_idempotency_key_gives_the_same_request_even_at_once(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await ingest.stub.Submit(
             ingest_pb2.SubmitRequest(
-                csv=CSV + b"3,Bag,https://x.example/d.jpg\r\n", idempotency_key="order-42"
+                csv=TWO_PRODUCTS + b"3,Bag,https://x.example/d.jpg\r\n", idempotency_key="order-42"
             )
         )
     assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
@@ -143,7 +120,7 @@ async def test_same_idempotency_key_gives_the_same_request_even_at_once(
 async def test_unknown_or_malformed_ids(
     ingest: RunningIngest, request_id: str, code: grpc.StatusCode
 ) -> None:
-    calls = [
+    calls: list[Awaitable[object]] = [
         ingest.stub.GetStatus(ingest_pb2.GetStatusRequest(request_id=request_id)),
         ingest.stub.Cancel(ingest_pb2.CancelRequest(request_id=request_id)),
     ]
@@ -160,7 +137,7 @@ async def test_unknown_or_malformed_ids(
 
 
 async def test_cancel_ends_the_request_and_its_watch(ingest: RunningIngest) -> None:
-    submitted = await ingest.stub.Submit(ingest_pb2.SubmitRequest(csv=CSV))
+    submitted = await ingest.stub.Submit(ingest_pb2.SubmitRequest(csv=TWO_PRODUCTS))
     cancelled = await ingest.stub.Cancel(ingest_pb2.CancelRequest(request_id=submitted.request_id))
     assert cancelled.state == requests_pb2.REQUEST_STATE_CANCELLED
     assert cancelled.progress.cancelled_images == 3
@@ -198,13 +175,7 @@ async def test_cancel_ends_the_request_and_its_watch(ingest: RunningIngest) -> N
     assert all(m.state != requests_pb2.REQUEST_STATE_CANCELLED for m in replay[:-1])
 
     # The result CSV of a cancelled request is still written (every output empty).
-    for _ in range(50):
-        status = await ingest.stub.GetStatus(
-            ingest_pb2.GetStatusRequest(request_id=submitted.request_id)
-        )
-        if status.result_csv_url:
-            break
-        await asyncio.sleep(0.1)
+    status = await ingest.terminal_status(submitted.request_id, with_result=True)
     assert status.result_csv_url.endswith(f"{submitted.request_id}/result.csv")
 
 
@@ -224,6 +195,8 @@ async def test_webhook_urls_pass_the_source_address_rules(
     ingest: RunningIngest, webhook_url: str
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await ingest.stub.Submit(ingest_pb2.SubmitRequest(csv=CSV, webhook_url=webhook_url))
+        await ingest.stub.Submit(
+            ingest_pb2.SubmitRequest(csv=TWO_PRODUCTS, webhook_url=webhook_url)
+        )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert violations(caught.value) == ["webhook_url"]
+    assert field_violations(caught.value) == ["webhook_url"]

@@ -40,9 +40,11 @@ async def submit(store: Store) -> None:
 async def image_row(database_url: str, image_id: int) -> asyncpg.Record:
     conn = await asyncpg.connect(database_url)
     try:
-        return await conn.fetchrow("SELECT * FROM images WHERE id = $1", image_id)
+        row = await conn.fetchrow("SELECT * FROM images WHERE id = $1", image_id)
     finally:
         await conn.close()
+    assert row is not None, f"no image {image_id}"
+    return row
 
 
 async def expire(database_url: str, image_id: int) -> None:
@@ -146,7 +148,7 @@ async def test_watchers_reading_the_same_page_at_once_share_one_query(store: Sto
     class CountingStore(Store):
         reads = 0
 
-        async def events_after(  # type: ignore[override]
+        async def events_after(
             self, request_id: uuid.UUID, after: int, limit: int, total: int
         ) -> list[Event]:
             CountingStore.reads += 1

@@ -17,9 +17,7 @@ import grpc
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
 from PIL import Image
 
 from devstack.image_server import ImageServer
@@ -32,6 +30,7 @@ from imgpipe.processor.http_app import make_http_app
 from imgpipe.processor.main import ProcessorApp
 from imgpipe.processor.settings import FetchSettings, Settings
 from imgpipe.v1 import processor_pb2, processor_pb2_grpc, requests_pb2
+from support.rpc_errors import field_violations
 
 PNG = sample(160, 120, "PNG")
 
@@ -156,18 +155,6 @@ async def hostile() -> AsyncIterator[HostileSource]:
         await source.runner.cleanup()
 
 
-def bad_request_fields(error: grpc.aio.AioRpcError) -> list[str]:
-    # AioRpcError has the methods from_call uses, though it is not typed as a grpc.Call.
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    fields = []
-    for detail in status.details:
-        bad_request = error_details_pb2.BadRequest()
-        assert detail.Unpack(bad_request)
-        fields += [violation.field for violation in bad_request.field_violations]
-    return fields
-
-
 async def test_success_stores_a_jpeg_in_s3(
     processor: Processor, image_server: ImageServer, s3_env: dict[str, str]
 ) -> None:
@@ -253,11 +240,11 @@ async def test_bad_arguments(processor: Processor, image_server: ImageServer) ->
 
     error = await processor.fails(source, quality=96)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert bad_request_fields(error) == ["options.quality"]
+    assert field_violations(error) == ["options.quality"]
 
     error = await processor.fails(source, quality=-1, output_key="../escape.jpg")
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert bad_request_fields(error) == ["output_key", "options.quality"]
+    assert field_violations(error) == ["output_key", "options.quality"]
 
     for key in ["/abs.jpg", "a//b.jpg", "a/./b.jpg", "a/../b.jpg", ".hidden.jpg"]:
         error = await processor.fails(source, output_key=key)

@@ -16,7 +16,7 @@ async def check_health(target: str, credentials: grpc.ChannelCredentials) -> int
         response = await health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(), timeout=5
         )
-        return response.status
+        return int(response.status)
 
 
 async def test_mutual_tls(database_url: str, tmp_path: Path, pki: dict[str, Path]) -> None:

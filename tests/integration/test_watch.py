@@ -14,7 +14,9 @@ import pytest
 from devstack.image_server import ImageServer
 from devstack.sample_images import sample
 from imgpipe.v1 import ingest_pb2, ingest_pb2_grpc, requests_pb2
-from support.batch import TERMINAL, batch_csv
+from support.batch import TERMINAL
+from support.csv_files import batch_csv
+from support.eventually import eventually
 from support.ingest_harness import RunningIngest, running_ingest, running_processor
 
 Message = ingest_pb2.WatchStatusResponse
@@ -39,7 +41,7 @@ def batch(server: ImageServer, count: int, delay: float = 0.01) -> bytes:
 
 
 async def collect(
-    stub: ingest_pb2_grpc.IngestServiceStub, request_id: str, after: int = 0
+    stub: ingest_pb2_grpc.IngestServiceAsyncStub, request_id: str, after: int = 0
 ) -> list[Message]:
     request = ingest_pb2.WatchStatusRequest(request_id=request_id, after_sequence=after)
     return [message async for message in stub.WatchStatus(request)]
@@ -122,10 +124,12 @@ async def test_a_watcher_that_stops_reading_delays_no_one_and_catches_up(
         ingest_pb2.WatchStatusRequest(request_id=submitted.request_id, after_sequence=1)
     )
     first = await stalled.read()  # then nothing is read while ~500 events happen
+    assert isinstance(first, ingest_pb2.WatchStatusResponse)
     reader = await collect(ingest.stub, submitted.request_id, after=1)
     assert reader[-1].state == requests_pb2.REQUEST_STATE_COMPLETED
     rest = []
-    while (message := await stalled.read()) is not grpc.aio.EOF:
+    # read() answers grpc.aio.EOF, not a message, once the stream has ended.
+    while isinstance(message := await stalled.read(), ingest_pb2.WatchStatusResponse):
         rest.append(message)
     assert_exact([first, *rest], 2)
     assert len(rest) + 1 == len(reader) > 500
@@ -139,16 +143,12 @@ async def test_a_watcher_that_goes_away_frees_what_it_held(
     )
     call = ingest.stub.WatchStatus(ingest_pb2.WatchStatusRequest(request_id=submitted.request_id))
     await call.read()
-    for _ in range(100):
-        if ingest.app.notifier.watcher_count == 1:
-            break
-        await asyncio.sleep(0.02)
-    assert ingest.app.notifier.watcher_count == 1
+
+    async def watchers() -> int:
+        return ingest.app.notifier.watcher_count
+
+    await eventually(watchers, lambda n: n == 1, what="one watcher")
     call.cancel()
-    for _ in range(100):
-        if ingest.app.notifier.watcher_count == 0:
-            break
-        await asyncio.sleep(0.02)
-    assert ingest.app.notifier.watcher_count == 0
+    await eventually(watchers, lambda n: n == 0, what="no watcher")
     with contextlib.suppress(grpc.aio.AioRpcError):
         await ingest.stub.Cancel(ingest_pb2.CancelRequest(request_id=submitted.request_id))

@@ -19,7 +19,9 @@ from devstack.image_server import ImageServer
 from devstack.ports import free_port
 from devstack.sample_images import sample
 from imgpipe.v1 import ingest_pb2
-from support.batch import TERMINAL, batch_csv
+from support.batch import TERMINAL
+from support.csv_files import batch_csv
+from support.eventually import eventually
 from support.ingest_harness import RunningIngest, running_pipeline
 
 SECRET = "whsec_" + base64.b64encode(b"a secret of 24 bytes....").decode()
@@ -79,19 +81,14 @@ async def submit(ingest: RunningIngest, image_server: ImageServer, webhook_url: 
     return response.request_id
 
 
-async def status(ingest: RunningIngest, request_id: str) -> ingest_pb2.GetStatusResponse:
-    return await ingest.stub.GetStatus(ingest_pb2.GetStatusRequest(request_id=request_id))
-
-
 async def wait_for_webhook_state(
     ingest: RunningIngest, request_id: str, state: ingest_pb2.WebhookDelivery.State.ValueType
 ) -> ingest_pb2.GetStatusResponse:
-    for _ in range(300):
-        current = await status(ingest, request_id)
-        if current.webhook.state == state:
-            return current
-        await asyncio.sleep(0.05)
-    raise TimeoutError(f"webhook never reached {state}: {current.webhook}")
+    return await eventually(
+        lambda: ingest.status(request_id),
+        lambda s: s.webhook.state == state,
+        what=f"webhook {state}",
+    )
 
 
 async def test_retried_with_one_delivery_id_and_signed(
@@ -127,11 +124,11 @@ async def test_a_receiver_that_comes_up_late_still_gets_it(
 ) -> None:
     receiver = Receiver(free_port())
     request_id = await submit(ingest, image_server, receiver.url)
-    for _ in range(300):
-        current = await status(ingest, request_id)
-        if current.state in TERMINAL and current.webhook.attempts >= 2:
-            break
-        await asyncio.sleep(0.05)
+    current = await eventually(
+        lambda: ingest.status(request_id),
+        lambda s: s.state in TERMINAL and s.webhook.attempts >= 2,
+        what="terminal, and two delivery attempts",
+    )
     assert current.webhook.state == ingest_pb2.WebhookDelivery.STATE_PENDING
     assert "cannot connect" in current.webhook.last_error
     async with receiver.serving():

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 
 import asyncpg
 import grpc
@@ -12,6 +10,7 @@ import grpc
 from devstack.image_server import ImageServer
 from devstack.sample_images import sample
 from imgpipe.v1 import ingest_pb2, ingest_pb2_grpc, requests_pb2
+from support.eventually import eventually_blocking
 
 TERMINAL = {
     requests_pb2.REQUEST_STATE_COMPLETED,
@@ -42,14 +41,6 @@ def serve_batch(server: ImageServer, count: int, delay: float = 0.05) -> list[st
     return [server.add(f"/batch/{n}.jpg", body, delay=delay) for n in range(count)]
 
 
-def batch_csv(urls: list[str], per_row: int = 4) -> bytes:
-    lines = ["S. No.,Product Name,Input Image Urls"]
-    for row, start in enumerate(range(0, len(urls), per_row), start=1):
-        cell = ",".join(urls[start : start + per_row])
-        lines.append(f'{row},Item {row},"{cell}"')
-    return ("\n".join(lines) + "\n").encode()
-
-
 def stub(target: str) -> ingest_pb2_grpc.IngestServiceStub:
     return ingest_pb2_grpc.IngestServiceStub(grpc.insecure_channel(target))
 
@@ -62,33 +53,31 @@ def status(target: str, request_id: str) -> ingest_pb2.GetStatusResponse:
     return stub(target).GetStatus(ingest_pb2.GetStatusRequest(request_id=request_id), timeout=10)
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not within {timeout} s: {what}")
-        time.sleep(0.1)
-
-
 def done_count(target: str, request_id: str) -> int:
     p = status(target, request_id).progress
     return p.succeeded_images + p.failed_images + p.cancelled_images
 
 
+def wait_done(target: str, request_id: str, at_least: int) -> None:
+    """Until at least that many images of the request are done."""
+    eventually_blocking(
+        lambda: done_count(target, request_id),
+        lambda done: done >= at_least,
+        what=f"{at_least} images of {request_id} done",
+        within=60,
+    )
+
+
 def wait_terminal(
     target: str, request_id: str, timeout: float = 90
 ) -> ingest_pb2.GetStatusResponse:
-    last: list[ingest_pb2.GetStatusResponse] = []
-
-    def terminal() -> bool:
-        try:
-            last[:] = [status(target, request_id)]
-        except grpc.RpcError:
-            return False  # ingest restarting
-        return last[0].state in TERMINAL
-
-    wait_until(terminal, timeout, f"request {request_id} terminal")
-    return last[0]
+    return eventually_blocking(
+        lambda: status(target, request_id),
+        lambda s: s.state in TERMINAL,
+        what=f"request {request_id} terminal",
+        within=timeout,
+        ignoring=(grpc.RpcError,),  # ingest restarting
+    )
 
 
 def query(dsn: str, sql: str, *args: object) -> list[asyncpg.Record]:

@@ -13,7 +13,9 @@ from imgpipe.ingest.app import IngestApp
 from imgpipe.ingest.settings import Settings
 from imgpipe.processor.main import ProcessorApp
 from imgpipe.processor.settings import Settings as ProcessorSettings
-from imgpipe.v1 import ingest_pb2_grpc
+from imgpipe.v1 import ingest_pb2, ingest_pb2_grpc
+from support.batch import TERMINAL
+from support.eventually import eventually
 
 FAST = {
     "IMGPIPE_POLL_INTERVAL": "0.2",
@@ -28,12 +30,27 @@ FAST = {
 @dataclass
 class RunningIngest:
     app: IngestApp
-    stub: ingest_pb2_grpc.IngestServiceStub
+    stub: ingest_pb2_grpc.IngestServiceAsyncStub
     channel: grpc.aio.Channel
 
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.app.grpc.port}"
+
+    async def status(self, request_id: str) -> ingest_pb2.GetStatusResponse:
+        return await self.stub.GetStatus(ingest_pb2.GetStatusRequest(request_id=request_id))
+
+    async def terminal_status(
+        self, request_id: str, *, with_result: bool = False
+    ) -> ingest_pb2.GetStatusResponse:
+        """The status once the request is terminal (and, with_result, its result CSV
+        written: a cancel makes a request terminal before that)."""
+        return await eventually(
+            lambda: self.status(request_id),
+            lambda s: s.state in TERMINAL and (s.result_csv_url != "" or not with_result),
+            what=f"request {request_id} terminal",
+            within=60,
+        )
 
 
 @contextlib.asynccontextmanager

@@ -1,21 +1,11 @@
-"""The contract: buf lint STANDARD passes, and the committed stubs match protos/."""
+"""The contract: the committed stubs match protos/ (buf lint runs in `make lint`)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
-from devstack.protogen import OUT_ROOT, PACKAGE_DIR, ROOT, generate
+from devstack.protogen import OUT_ROOT, PACKAGE_DIR, generate
 from imgpipe.v1 import ingest_pb2, processor_pb2, requests_pb2
-
-
-def test_buf_lint_standard_is_clean() -> None:
-    buf = Path(sys.executable).parent / "buf"
-    result = subprocess.run(
-        [str(buf), "lint"], cwd=ROOT / "protos", capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_committed_stubs_match_the_protos(tmp_path: Path) -> None:
@@ -42,5 +32,5 @@ def test_contract_names() -> None:
     assert ingest.methods_by_name["WatchStatus"].server_streaming
     processor = processor_pb2.DESCRIPTOR.services_by_name["ProcessorService"]
     assert [m.name for m in processor.methods] == ["ProcessImage"]
-    assert requests_pb2.RequestState.Name(6) == "REQUEST_STATE_CANCELLED"
-    assert requests_pb2.ImageState.Name(5) == "IMAGE_STATE_CANCELLED"
+    assert requests_pb2.RequestState.Value("REQUEST_STATE_CANCELLED") == 6
+    assert requests_pb2.ImageState.Value("IMAGE_STATE_CANCELLED") == 5

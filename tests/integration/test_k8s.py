@@ -1,29 +1,21 @@
-"""deploy/k8s, checked without a cluster: base and overlays rendered with kustomize's
-semantics (devstack/kustomize.py), every object validated against the Kubernetes OpenAPI
-schemas (kubernetes-validate, strict), then checked against the services' own code and a
-policy scan.
+"""deploy/k8s, checked without a cluster: base and overlays rendered by the real tool
+(`kubectl kustomize`), every object validated against the Kubernetes OpenAPI schemas
+(kubernetes-validate, strict), then checked against the services' own code and the
+project's own policy.
 
-The policy scan is a set of explicit assertions (`policy_violations`) that restate the
-checkov Kubernetes checks these manifests must pass, not checkov itself: checkov pins
-boto3==1.35.49, packaging<24 and networkx<2.7 exactly, which would downgrade boto3, pytest
-and packaging in the project's dev environment for one static scan. Where checkov is
-installed on its own (`pipx install checkov`, or CHECKOV=/path/to/checkov), the real scan
-runs as well, with the checks in SKIPPED_CHECKS skipped for the reasons given there.
+The generic hardening checks (root filesystem, capabilities, probes, resources, ...) are
+checkov's: `make policy` runs checkov itself on these renders, with the skips and their
+reasons in deploy/k8s/.checkov.yaml. Only what checkov cannot know is asserted here.
 """
 
 from __future__ import annotations
 
 import ast
 import base64
-import copy
 import functools
 import importlib
 import ipaddress
-import json
-import os
 import re
-import shutil
-import subprocess
 import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -32,8 +24,8 @@ from typing import Any
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 
-from devstack import kustomize
 from imgpipe.common.config import split_host_port
+from support.tools import kustomize
 
 Object = dict[str, Any]
 
@@ -67,40 +59,18 @@ PRIVATE_V4 = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", 
 PRIVATE_V6 = ("fc00::/7", "fe80::/10")
 GRPC_PORTS = {"ingest": 50051, "processor": 50052}
 HTTP_PORTS = {"ingest": 8080, "processor": 8081}
-MIN_UID = 10000
-
-# checkov checks these manifests do not meet on purpose, with the reason (used when checkov
-# runs; the Python policy assertions below do not check them either).
-SKIPPED_CHECKS = {
-    "CKV_K8S_15": "Image pull policy Always: tags are pinned, and IfNotPresent lets the dev "
-    "overlay run an image loaded into a local cluster (kind, minikube) without a registry; "
-    "production pins the image by digest (kustomize edit set image), which makes it moot.",
-    "CKV_K8S_35": "Secrets as files: the services read every setting, credentials included, "
-    "from the environment once at start (STYLE.md); each container gets only the keys it "
-    "needs through secretKeyRef (processors never see DATABASE_URL).",
-    "CKV_K8S_43": "Image digests: the images are pinned by version tag; digests cannot be "
-    "resolved from the offline machine these files are written on. docs/deploy.md has "
-    "production set the imgpipe image by digest at release time.",
-}
-# Exceptions to the policy assertions, by (check, object name), with the reason. The same
-# checks are skipped in checkov by an annotation on that object.
-POLICY_EXCEPTIONS = {
-    ("CKV_K8S_40", "postgres"): "dev only: the postgres image's own user is uid 999, which "
-    "owns its data directory; the image runs unchanged rather than remapped.",
-}
 
 
 # ---- rendering ------------------------------------------------------------------------
 
 
-@functools.cache
-def _rendered(build: str) -> tuple[Object, ...]:
-    return tuple(kustomize.build(BUILDS[build]))
-
-
 def rendered(build: str) -> list[Object]:
-    """A fresh copy, so that no test can change what another sees."""
-    return copy.deepcopy(list(_rendered(build)))
+    return kustomize(BUILDS[build])
+
+
+def image_name(image: str) -> str:
+    """`imgpipe` of `imgpipe:0.1.0`, `registry:5000/imgpipe@sha256:...` and the like."""
+    return image.split("@", maxsplit=1)[0].rsplit("/", 1)[-1].split(":", maxsplit=1)[0]
 
 
 def find(objects: list[Object], kind: str, name: str) -> Object:
@@ -125,7 +95,7 @@ def imgpipe_containers(objects: list[Object]) -> Iterator[tuple[Object, Object, 
     scripts = console_scripts()
     for workload, template in pod_templates(objects):
         for container in containers(template["spec"]):
-            if kustomize.split_image(container["image"])[0] != IMGPIPE_IMAGE:
+            if image_name(container["image"]) != IMGPIPE_IMAGE:
                 continue
             command = container["command"]
             assert command[0] in scripts, f"{command[0]} is not a console script"
@@ -701,175 +671,82 @@ def test_egress_reaches_the_internet_but_not_private_ranges(build: str, workload
     assert internet and dns
 
 
-# ---- policy ----------------------------------------------------------------------------------
+# ---- the project's own policy (checkov, run by `make policy`, does the generic checks) ------
 
 
 Violation = tuple[str, str, str]
 
 
 def policy_violations(objects: list[Object]) -> list[Violation]:
-    """(check, object, problem) for the checkov Kubernetes checks these manifests must pass
-    (the ids are checkov's), and a few more of our own (named IMGPIPE_*), less the
-    POLICY_EXCEPTIONS."""
+    """(rule, object, problem) for the rules of this project that checkov has no check for."""
     found: list[Violation] = []
     for obj in objects:
-        found += _object_violations(obj)
+        if obj["kind"] == "Namespace":
+            labels = obj["metadata"].get("labels", {})
+            if labels.get("pod-security.kubernetes.io/enforce") != "restricted":
+                found.append(("PSA", obj["metadata"]["name"], "not Pod Security restricted"))
     for workload, template in pod_templates(objects):
         found += _pod_violations(workload, template["spec"])
-        for container in containers(template["spec"]):
-            found += _container_violations(workload, template["spec"], container)
-    return [v for v in found if (v[0], v[1]) not in POLICY_EXCEPTIONS]
-
-
-def _failed(name: str, checks: list[tuple[bool, str, str]]) -> list[Violation]:
-    return [(check_id, name, problem) for ok, check_id, problem in checks if not ok]
-
-
-def _object_violations(obj: Object) -> list[Violation]:
-    kind, metadata = obj["kind"], obj["metadata"]
-    checks = []
-    if kind != "Namespace":
-        checks.append((metadata.get("namespace") not in {None, "default"}, "CKV_K8S_21", "ns"))
-    if kind == "ServiceAccount":
-        checks.append((obj.get("automountServiceAccountToken") is False, "CKV_K8S_42", "token"))
-    if kind == "Namespace":
-        enforce = metadata.get("labels", {}).get("pod-security.kubernetes.io/enforce")
-        checks.append((enforce == "restricted", "IMGPIPE_PSA", "not Pod Security restricted"))
-    return _failed(metadata["name"], checks)
+    return found
 
 
 def _pod_violations(workload: Object, spec: Object) -> list[Violation]:
     context = spec.get("securityContext", {})
-    ids = [context.get("runAsUser"), context.get("runAsGroup")]
     checks = [
-        (spec.get("automountServiceAccountToken") is False, "CKV_K8S_38", "token mounted"),
-        (not spec.get("hostPID"), "CKV_K8S_17", "hostPID"),
-        (not spec.get("hostIPC"), "CKV_K8S_18", "hostIPC"),
-        (not spec.get("hostNetwork"), "CKV_K8S_19", "hostNetwork"),
-        (not [v for v in spec.get("volumes", []) if "hostPath" in v], "CKV_K8S_27", "hostPath"),
         (
-            context.get("seccompProfile", {}).get("type") == "RuntimeDefault",
-            "CKV_K8S_31",
-            "seccomp",
+            all(isinstance(context.get(k), int) for k in ("runAsUser", "runAsGroup")),
+            "IDS",
+            "non-numeric user or group",
         ),
-        (context.get("runAsNonRoot") is True, "CKV_K8S_23", "runAsNonRoot"),
-        (context.get("runAsUser", 0) >= MIN_UID, "CKV_K8S_40", "uid below 10000"),
-        (all(isinstance(i, int) for i in ids), "IMGPIPE_IDS", "non-numeric user or group"),
-        (spec.get("enableServiceLinks") is False, "IMGPIPE_LINKS", "service links in env"),
+        (spec.get("enableServiceLinks") is False, "LINKS", "service links in env"),
     ]
-    return _failed(workload["metadata"]["name"], checks)
-
-
-def _container_violations(workload: Object, spec: Object, container: Object) -> list[Violation]:
-    context = container.get("securityContext", {})
-    capabilities = context.get("capabilities", {})
-    requests = container.get("resources", {}).get("requests", {})
-    limits = container.get("resources", {}).get("limits", {})
-    image, tag, digest = kustomize.split_image(container["image"])
-    mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
-    checks = [
-        (bool(tag or digest) and tag != "latest", "CKV_K8S_14", "image not pinned"),
-        (not context.get("privileged"), "CKV_K8S_16", "privileged"),
-        (context.get("allowPrivilegeEscalation") is False, "CKV_K8S_20", "privilege escalation"),
-        (context.get("readOnlyRootFilesystem") is True, "CKV_K8S_22", "writable root fs"),
-        (capabilities.get("drop") == ["ALL"], "CKV_K8S_37", "capabilities not dropped"),
-        (not capabilities.get("add"), "CKV_K8S_25", "capabilities added"),
-        ("cpu" in requests, "CKV_K8S_10", "no cpu request"),
-        ("cpu" in limits, "CKV_K8S_11", "no cpu limit"),
-        ("memory" in requests, "CKV_K8S_12", "no memory request"),
-        ("memory" in limits, "CKV_K8S_13", "no memory limit"),
-        ("/tmp" in mounts, "IMGPIPE_TMP", "no writable /tmp"),
-    ]
-    if workload["kind"] != "Job":
-        checks.append(("livenessProbe" in container, "CKV_K8S_8", "no liveness probe"))
-        checks.append(("readinessProbe" in container, "CKV_K8S_9", "no readiness probe"))
-    for var in container.get("env", []):
-        secret = re.search(r"PASSWORD|SECRET|TOKEN|DATABASE_URL|KEY", var["name"])
-        checks.append((not (secret and "value" in var), "IMGPIPE_SECRET_ENV", var["name"]))
-    if image == IMGPIPE_IMAGE:
-        pod_context = spec.get("securityContext", {})
-        checks += [
-            (pod_context.get("fsGroup") == pod_context.get("runAsGroup"), "IMGPIPE_IDS", "fsGroup"),
-            (bool(spec.get("topologySpreadConstraints")), "IMGPIPE_SPREAD", "no topology spread"),
-            ("startupProbe" in container, "IMGPIPE_STARTUP", "no startup probe"),
-        ]
-    return _failed(workload["metadata"]["name"], checks)
+    for container in containers(spec):
+        mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
+        checks.append(("/tmp" in mounts, "TMP", "no writable /tmp"))
+        for var in container.get("env", []):
+            secret = re.search(r"PASSWORD|SECRET|TOKEN|DATABASE_URL|KEY", var["name"])
+            checks.append((not (secret and "value" in var), "SECRET_ENV", var["name"]))
+        if image_name(container["image"]) == IMGPIPE_IMAGE:
+            checks += [
+                (context.get("fsGroup") == context.get("runAsGroup"), "IDS", "fsGroup"),
+                (bool(spec.get("topologySpreadConstraints")), "SPREAD", "no topology spread"),
+                ("startupProbe" in container, "STARTUP", "no startup probe"),
+            ]
+    name = workload["metadata"]["name"]
+    return [(rule, name, problem) for ok, rule, problem in checks if not ok]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_policy_scan(overlay: str) -> None:
+def test_project_policy(overlay: str) -> None:
     assert policy_violations(rendered(overlay)) == []
 
 
-def test_policy_scan_finds_violations() -> None:
+def test_project_policy_finds_violations() -> None:
     objects = rendered("dev")
     ingest = find(objects, "Deployment", "imgpipe-ingest")
-    container = ingest["spec"]["template"]["spec"]["containers"][0]
-    container["securityContext"]["readOnlyRootFilesystem"] = False
-    container["image"] = "imgpipe:latest"
-    container["env"].append({"name": "IMGPIPE_AUTH_TOKENS", "value": "plain"})
-    ingest["spec"]["template"]["spec"]["securityContext"]["runAsUser"] = 0
-    found = {(check, name) for check, name, _ in policy_violations(objects)}
+    pod = ingest["spec"]["template"]["spec"]
+    pod["containers"][0]["env"].append({"name": "IMGPIPE_AUTH_TOKENS", "value": "plain"})
+    pod["enableServiceLinks"] = True
+    del pod["containers"][0]["startupProbe"]
+    find(objects, "Namespace", "imgpipe-dev")["metadata"]["labels"].clear()
+    found = {(rule, name) for rule, name, _ in policy_violations(objects)}
     assert found == {
-        ("CKV_K8S_22", "imgpipe-ingest"),
-        ("CKV_K8S_14", "imgpipe-ingest"),
-        ("IMGPIPE_SECRET_ENV", "imgpipe-ingest"),
-        ("CKV_K8S_40", "imgpipe-ingest"),
+        ("SECRET_ENV", "imgpipe-ingest"),
+        ("LINKS", "imgpipe-ingest"),
+        ("STARTUP", "imgpipe-ingest"),
+        ("PSA", "imgpipe-dev"),
     }
 
 
-def test_policy_exceptions_are_checkov_skips_in_the_manifests() -> None:
-    """Each exception is also a checkov skip annotation, with its reason, on that object."""
-    objects = rendered("dev")
-    for (check_id, name), reason in POLICY_EXCEPTIONS.items():
-        assert reason
-        annotations = find_workload(objects, name)["metadata"].get("annotations", {})
-        skips = [v for k, v in annotations.items() if k.startswith("checkov.io/skip")]
-        assert any(s.startswith(f"{check_id}=") and len(s) > len(check_id) + 20 for s in skips)
-
-
-def _checkov() -> str | None:
-    return os.environ.get("CHECKOV") or shutil.which("checkov")
-
-
-@pytest.mark.skipif(
-    _checkov() is None,
-    reason="checkov not installed: it pins boto3, packaging and networkx exactly, so it is "
-    "kept out of the dev environment; install it on its own (pipx install checkov) to run "
-    "the scan; the policy assertions above run in any case",
-)
-def test_checkov_scan(tmp_path: Path) -> None:
-    for overlay in OVERLAYS:
-        (tmp_path / f"{overlay}.yaml").write_text(kustomize.to_yaml(rendered(overlay)))
-    binary = _checkov()
-    assert binary is not None
-    result = subprocess.run(
-        [
-            binary,
-            "--directory",
-            str(tmp_path),
-            "--framework",
-            "kubernetes",
-            "--skip-download",
-            "--skip-check",
-            ",".join(sorted(SKIPPED_CHECKS)),
-            "--output",
-            "json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    report = json.loads(result.stdout)
-    failed = [
-        (c["check_id"], c["resource"], c["check_name"]) for c in report["results"]["failed_checks"]
-    ]
-    assert failed == []
-    assert report["summary"]["passed"] > 0
-    skipped = {
-        (c["check_id"], c["resource"].split(".")[-1]): c["check_result"].get("suppress_comment")
-        for c in report["results"]["skipped_checks"]
-    }
-    assert set(skipped) == set(POLICY_EXCEPTIONS)
-    assert all(skipped.values())
+@pytest.mark.parametrize("build", sorted(BUILDS))
+def test_every_checkov_skip_in_the_manifests_gives_its_reason(build: str) -> None:
+    """checkov honours `checkov.io/skip*: CHECK=reason` annotations; this project allows a
+    skip only with its reason, as deploy/k8s/.checkov.yaml gives one for each skip of
+    the whole scan."""
+    for obj in rendered(build):
+        annotations = obj["metadata"].get("annotations", {})
+        for key, value in annotations.items():
+            if key.startswith("checkov.io/skip"):
+                check, _, reason = value.partition("=")
+                assert re.fullmatch(r"CKV_K8S_\d+", check), f"{key}: {value}"
+                assert len(reason.split()) >= 5, f"{obj['metadata']['name']}: {value}"

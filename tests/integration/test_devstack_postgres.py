@@ -1,8 +1,4 @@
-"""devstack.postgres: a private cluster starts, answers, restarts and leaves nothing behind.
-
-Starts a real (throwaway) PostgreSQL despite living in tests/unit: it is the tool the
-other tiers stand on, and it takes about a second.
-"""
+"""devstack.postgres: a private cluster starts, answers, restarts and leaves nothing behind."""
 
 from __future__ import annotations
 
