@@ -3,6 +3,7 @@ server over HTTP (moto) and a loopback image server."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import uuid
@@ -17,6 +18,7 @@ from devstack.ports import free_port
 from devstack.postgres import PostgresServer, postgres
 from imgpipe.common.config import S3Settings
 from support import pg
+from support.ingest_harness import IngestFactory
 from support.pki import make_pki
 
 
@@ -79,6 +81,13 @@ def s3_settings(s3_env: dict[str, str]) -> S3Settings:
 def image_server() -> Iterator[ImageServer]:
     with ImageServer() as server:
         yield server
+
+
+@pytest.fixture
+async def start_ingest(database_url: str, tmp_path: Path) -> AsyncIterator[IngestFactory]:
+    """The one way tests start an in-process ingest (see IngestFactory)."""
+    async with contextlib.AsyncExitStack() as stack:
+        yield IngestFactory(stack, database_url, tmp_path / "objects")
 
 
 @pytest.fixture

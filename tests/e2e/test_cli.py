@@ -26,7 +26,7 @@ from devstack.sample_images import sample
 from devstack.stack import Stack
 from support.csv_files import RESULT_HEADER, products_csv
 from support.eventually import eventually
-from support.ingest_harness import running_ingest
+from support.ingest_harness import IngestFactory
 
 CLI = str(Path(sys.executable).parent / "imgpipe")
 # The CLI reads these; the developer's shell must not change what a test does.
@@ -231,15 +231,10 @@ def test_cancel_a_request_whose_images_are_slow(
 
 
 async def test_tls_mutual_tls_and_a_token(
-    database_url: str,
-    tmp_path: Path,
-    pki: dict[str, Path],
+    start_ingest: IngestFactory, tmp_path: Path, pki: dict[str, Path]
 ) -> None:
     """Against an in-process ingest serving TLS (client certificates required) and tokens."""
     env = {
-        "DATABASE_URL": database_url,
-        "IMGPIPE_STORAGE_URL": (tmp_path / "objects").as_uri(),
-        "IMGPIPE_PROCESSOR_TARGET": "127.0.0.1:9",
         "IMGPIPE_RETRY_BASE_SECONDS": "30",
         "IMGPIPE_RETRY_CAP_SECONDS": "60",
         "IMGPIPE_TLS_CERT": str(pki["server"]),
@@ -250,53 +245,51 @@ async def test_tls_mutual_tls_and_a_token(
         "IMGPIPE_PUBLIC_BASE_URL": "ftp://storage.invalid/objects",
     }
     products = write_csv(tmp_path / "products.csv", [["https://img.example/a.jpg"]])
-    async with running_ingest(env) as ingest:
-        http_url = f"http://127.0.0.1:{ingest.app.http_port}"
-        tls = ["--ca-cert", str(pki["ca"])]
-        mtls = [*tls, "--client-cert", str(pki["client"]), "--client-key", str(pki["client_key"])]
+    ingest = await start_ingest(env)
+    http_url = f"http://127.0.0.1:{ingest.app.http_port}"
+    tls = ["--ca-cert", str(pki["ca"])]
+    mtls = [*tls, "--client-cert", str(pki["client"]), "--client-key", str(pki["client_key"])]
 
-        async def cli(*args: str, env: dict[str, str] | None = None) -> Run:
-            return await asyncio.to_thread(imgpipe, "--target", ingest.target, *args, env=env)
+    async def cli(*args: str, env: dict[str, str] | None = None) -> Run:
+        return await asyncio.to_thread(imgpipe, "--target", ingest.target, *args, env=env)
 
-        submitted = await cli(*mtls, "--token", "alpha-token", "submit", str(products))
-        assert submitted.code == 0, submitted.stderr
-        request_id = submitted.stdout.strip()
+    submitted = await cli(*mtls, "--token", "alpha-token", "submit", str(products))
+    assert submitted.code == 0, submitted.stderr
+    request_id = submitted.stdout.strip()
 
-        no_token = await cli(*mtls, "status", request_id)
-        assert no_token.code == 2
-        assert "UNAUTHENTICATED" in no_token.stderr
-        no_client_cert = await cli(*tls, "--token", "alpha-token", "status", request_id)
-        assert no_client_cert.code == 2
-        assert "UNAVAILABLE" in no_client_cert.stderr
-        plaintext = await cli("--token", "alpha-token", "status", request_id)
-        assert plaintext.code == 2
+    no_token = await cli(*mtls, "status", request_id)
+    assert no_token.code == 2
+    assert "UNAUTHENTICATED" in no_token.stderr
+    no_client_cert = await cli(*tls, "--token", "alpha-token", "status", request_id)
+    assert no_client_cert.code == 2
+    assert "UNAVAILABLE" in no_client_cert.stderr
+    plaintext = await cli("--token", "alpha-token", "status", request_id)
+    assert plaintext.code == 2
 
-        # Everything from the environment instead, options after the command too.
-        from_env = cli_env(
-            IMGPIPE_TLS_CA=str(pki["ca"]),
-            IMGPIPE_TLS_CLIENT_CERT=str(pki["client"]),
-            IMGPIPE_TLS_CLIENT_KEY=str(pki["client_key"]),
-            IMGPIPE_TOKEN="alpha-token",
-        )
-        cancelled = await cli("cancel", request_id, "--json", env=from_env)
-        assert cancelled.code == 0, cancelled.stderr
-        assert json_lines(cancelled.stdout)[0]["state"] == "REQUEST_STATE_CANCELLED"
+    # Everything from the environment instead, options after the command too.
+    from_env = cli_env(
+        IMGPIPE_TLS_CA=str(pki["ca"]),
+        IMGPIPE_TLS_CLIENT_CERT=str(pki["client"]),
+        IMGPIPE_TLS_CLIENT_KEY=str(pki["client_key"]),
+        IMGPIPE_TOKEN="alpha-token",
+    )
+    cancelled = await cli("cancel", request_id, "--json", env=from_env)
+    assert cancelled.code == 0, cancelled.stderr
+    assert json_lines(cancelled.stdout)[0]["state"] == "REQUEST_STATE_CANCELLED"
 
-        await eventually(  # the result CSV is written just after the cancel
-            lambda: cli("status", request_id, "--json", env=from_env),
-            lambda status: bool(json_lines(status.stdout)[0]["result_csv_url"]),
-            what="the cancelled request's result CSV",
-        )
-        out = tmp_path / "result.csv"
-        unreachable = await cli("result", request_id, "-o", str(out), env=from_env)
-        assert unreachable.code == 2
-        assert "--http-url" in unreachable.stderr
-        result = await cli(
-            "result", request_id, "-o", str(out), "--http-url", http_url, env=from_env
-        )
-        assert result.code == 0, result.stderr
-        table = list(csv.reader(io.StringIO(out.read_text("utf-8"))))
-        assert table == [RESULT_HEADER, ["1", "Product 1", "https://img.example/a.jpg", ""]]
+    await eventually(  # the result CSV is written just after the cancel
+        lambda: cli("status", request_id, "--json", env=from_env),
+        lambda status: bool(json_lines(status.stdout)[0]["result_csv_url"]),
+        what="the cancelled request's result CSV",
+    )
+    out = tmp_path / "result.csv"
+    unreachable = await cli("result", request_id, "-o", str(out), env=from_env)
+    assert unreachable.code == 2
+    assert "--http-url" in unreachable.stderr
+    result = await cli("result", request_id, "-o", str(out), "--http-url", http_url, env=from_env)
+    assert result.code == 0, result.stderr
+    table = list(csv.reader(io.StringIO(out.read_text("utf-8"))))
+    assert table == [RESULT_HEADER, ["1", "Product 1", "https://img.example/a.jpg", ""]]
 
 
 @pytest.fixture

@@ -3,9 +3,6 @@ token that created them."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import grpc
 import pytest
 from google.rpc import error_details_pb2
@@ -13,24 +10,20 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from imgpipe.v1 import ingest_pb2
 from support.csv_files import products_csv
-from support.ingest_harness import RunningIngest, running_ingest
+from support.ingest_harness import IngestFactory, RunningIngest
 from support.rpc_errors import rich_status
 
 CSV = products_csv([["https://img.example/a.jpg"]])
 
 
 @pytest.fixture
-async def ingest(database_url: str, tmp_path: Path) -> AsyncIterator[RunningIngest]:
+async def ingest(start_ingest: IngestFactory) -> RunningIngest:
     env = {
-        "DATABASE_URL": database_url,
-        "IMGPIPE_STORAGE_URL": f"file://{tmp_path}/objects",
-        "IMGPIPE_PROCESSOR_TARGET": "127.0.0.1:9",
         "IMGPIPE_AUTH_TOKENS": "alpha-token, beta-token",
         "IMGPIPE_SUBMIT_RATE_PER_MINUTE": "6",
         "IMGPIPE_SUBMIT_BURST": "3",
     }
-    async with running_ingest(env) as running:
-        yield running
+    return await start_ingest(env)
 
 
 def bearer(token: str) -> tuple[tuple[str, str]]:

@@ -4,8 +4,6 @@ surviving the loss of its connection."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import asyncpg
 import pytest
@@ -16,14 +14,12 @@ from imgpipe.ingest.notifications import LISTENER_APPLICATION_NAME
 from imgpipe.v1 import ingest_pb2, requests_pb2
 from support.csv_files import batch_csv
 from support.eventually import eventually
-from support.ingest_harness import RunningIngest, running_pipeline
+from support.ingest_harness import IngestFactory, RunningIngest
 
 
 @pytest.fixture
-async def ingest(database_url: str, tmp_path: Path) -> AsyncIterator[RunningIngest]:
-    env = {"IMGPIPE_MAX_IN_FLIGHT": "2"}
-    async with running_pipeline(database_url, tmp_path / "objects", env) as running:
-        yield running
+async def ingest(start_ingest: IngestFactory) -> RunningIngest:
+    return await start_ingest({"IMGPIPE_MAX_IN_FLIGHT": "2"}, processor=True)
 
 
 def serve(server: ImageServer, prefix: str, count: int, delay: float) -> list[str]:
@@ -114,18 +110,17 @@ async def test_dispatch_and_watch_survive_the_listen_connection_being_killed(
 
 
 async def test_a_full_processor_is_asked_again_in_memory_not_through_the_queue(
-    database_url: str, tmp_path: Path, image_server: ImageServer
+    start_ingest: IngestFactory, image_server: ImageServer
 ) -> None:
-    async with running_pipeline(
-        database_url,
-        tmp_path / "objects",
-        ingest_env={"IMGPIPE_MAX_IN_FLIGHT": "6"},
+    ingest = await start_ingest(
+        {"IMGPIPE_MAX_IN_FLIGHT": "6"},
+        processor=True,
         processor_env={"IMGPIPE_MAX_IN_FLIGHT": "1"},
-    ) as ingest:
-        submitted = await ingest.stub.Submit(
-            ingest_pb2.SubmitRequest(csv=batch_csv(serve(image_server, "full", 12, 0.05)))
-        )
-        status = await ingest.terminal_status(submitted.request_id)
+    )
+    submitted = await ingest.stub.Submit(
+        ingest_pb2.SubmitRequest(csv=batch_csv(serve(image_server, "full", 12, 0.05)))
+    )
+    status = await ingest.terminal_status(submitted.request_id)
     assert status.state == requests_pb2.REQUEST_STATE_COMPLETED
     assert {i.attempts for p in status.products for i in p.images} == {1}
     # Created, one claim and one outcome per image, terminal: no requeue events.

@@ -5,13 +5,13 @@ OpenAPI document against the served routes (and schemathesis against the server)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import json
 import shutil
 import sys
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,12 +29,10 @@ from imgpipe.common.config import S3Settings
 from imgpipe.common.storage import S3Storage
 from imgpipe.ingest.http_app import build_http_app
 from imgpipe.ingest.http_routes import message_json
-from imgpipe.processor.main import ProcessorApp
-from imgpipe.processor.settings import Settings as ProcessorSettings
 from imgpipe.v1 import ingest_pb2
 from support.csv_files import BAD_ROWS, RESULT_HEADER, TWO_PRODUCTS
 from support.eventually import eventually
-from support.ingest_harness import RunningIngest, running_ingest
+from support.ingest_harness import IngestFactory, RunningIngest
 
 MAX_CSV_BYTES = 8192
 UNKNOWN_ID = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
@@ -53,66 +51,42 @@ class Ingest:
     http: aiohttp.ClientSession
 
 
-@pytest.fixture
-def ingest_env(database_url: str, tmp_path: Path) -> dict[str, str]:
-    return {
-        "DATABASE_URL": database_url,
-        "IMGPIPE_STORAGE_URL": (tmp_path / "objects").as_uri(),
-        # Nothing listens there: images are retried, never processed, unless a test says.
-        "IMGPIPE_PROCESSOR_TARGET": "127.0.0.1:9",
-        "IMGPIPE_RETRY_BASE_SECONDS": "30",
-        "IMGPIPE_RETRY_CAP_SECONDS": "15",
-        "IMGPIPE_MAX_CSV_BYTES": str(MAX_CSV_BYTES),
-    }
+# No processor unless a test asks for one: images are retried, never processed.
+ENV = {
+    "IMGPIPE_RETRY_BASE_SECONDS": "30",
+    "IMGPIPE_RETRY_CAP_SECONDS": "15",
+    "IMGPIPE_MAX_CSV_BYTES": str(MAX_CSV_BYTES),
+}
 
 
-@pytest.fixture
-async def ingest(ingest_env: dict[str, str]) -> AsyncIterator[Ingest]:
-    async with AsyncExitStack() as stack:
-        running = await stack.enter_async_context(running_ingest(ingest_env))
-        base = f"http://127.0.0.1:{running.app.http_port}"
-        http = await stack.enter_async_context(aiohttp.ClientSession(base))
+@contextlib.asynccontextmanager
+async def over_http(running: RunningIngest) -> AsyncIterator[Ingest]:
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{running.app.http_port}") as http:
         yield Ingest(running, http)
 
 
 @pytest.fixture
-async def secured(ingest_env: dict[str, str]) -> AsyncIterator[Ingest]:
-    env = {**ingest_env, "IMGPIPE_AUTH_TOKENS": f"{TOKEN},beta-token"}
-    async with AsyncExitStack() as stack:
-        running = await stack.enter_async_context(running_ingest(env))
-        base = f"http://127.0.0.1:{running.app.http_port}"
-        http = await stack.enter_async_context(aiohttp.ClientSession(base))
-        yield Ingest(running, http)
+async def ingest(start_ingest: IngestFactory) -> AsyncIterator[Ingest]:
+    async with over_http(await start_ingest(ENV)) as running:
+        yield running
 
 
 @pytest.fixture
-async def pipeline(ingest_env: dict[str, str]) -> AsyncIterator[Ingest]:
+async def secured(start_ingest: IngestFactory) -> AsyncIterator[Ingest]:
+    env = {**ENV, "IMGPIPE_AUTH_TOKENS": f"{TOKEN},beta-token"}
+    async with over_http(await start_ingest(env)) as running:
+        yield running
+
+
+@pytest.fixture
+async def pipeline(start_ingest: IngestFactory) -> AsyncIterator[Ingest]:
     """Ingest with a real processor beside it, both on the same file storage."""
-    async with AsyncExitStack() as stack:
-        processor = ProcessorApp(
-            ProcessorSettings.from_env(
-                {
-                    "IMGPIPE_GRPC_ADDR": "127.0.0.1:0",
-                    "IMGPIPE_HTTP_ADDR": "127.0.0.1:0",
-                    "IMGPIPE_GRACE_SECONDS": "1",
-                    "IMGPIPE_WORKERS": "2",
-                    "IMGPIPE_ALLOW_PRIVATE_NETWORKS": "true",
-                    "IMGPIPE_STORAGE_URL": ingest_env["IMGPIPE_STORAGE_URL"],
-                }
-            )
-        )
-        stack.push_async_callback(processor.stop)
-        await processor.start()
-        env = {
-            **ingest_env,
-            "IMGPIPE_PROCESSOR_TARGET": f"127.0.0.1:{processor.grpc_port}",
-            "IMGPIPE_RETRY_BASE_SECONDS": "0.05",
-            "IMGPIPE_RETRY_CAP_SECONDS": "0.2",
-        }
-        running = await stack.enter_async_context(running_ingest(env))
-        base = f"http://127.0.0.1:{running.app.http_port}"
-        http = await stack.enter_async_context(aiohttp.ClientSession(base))
-        yield Ingest(running, http)
+    env = {**ENV, "IMGPIPE_RETRY_BASE_SECONDS": "0.05", "IMGPIPE_RETRY_CAP_SECONDS": "0.2"}
+    processor_env = {"IMGPIPE_GRACE_SECONDS": "1", "IMGPIPE_WORKERS": "2"}
+    async with over_http(
+        await start_ingest(env, processor=True, processor_env=processor_env)
+    ) as running:
+        yield running
 
 
 def form(csv_bytes: bytes, **fields: str) -> aiohttp.FormData:
@@ -392,15 +366,11 @@ async def test_an_option_given_twice_is_400(ingest: Ingest) -> None:
         assert fields_of(await error_of(response, 400, "INVALID_ARGUMENT")) == ["quality"]
 
 
-async def test_too_many_submits_is_429_with_retry_after(ingest_env: dict[str, str]) -> None:
-    env = {**ingest_env, "IMGPIPE_SUBMIT_RATE_PER_MINUTE": "1", "IMGPIPE_SUBMIT_BURST": "1"}
-    async with (
-        running_ingest(env) as running,
-        aiohttp.ClientSession(f"http://127.0.0.1:{running.app.http_port}") as http,
-    ):
-        ingest = Ingest(running, http)
+async def test_too_many_submits_is_429_with_retry_after(start_ingest: IngestFactory) -> None:
+    env = {**ENV, "IMGPIPE_SUBMIT_RATE_PER_MINUTE": "1", "IMGPIPE_SUBMIT_BURST": "1"}
+    async with over_http(await start_ingest(env)) as ingest:
         await submit(ingest)
-        async with http.post("/v1/requests", data=form(TWO_PRODUCTS)) as response:
+        async with ingest.http.post("/v1/requests", data=form(TWO_PRODUCTS)) as response:
             await error_of(response, 429, "RESOURCE_EXHAUSTED")
             assert 1 <= int(response.headers["Retry-After"]) <= 60
 
@@ -634,17 +604,17 @@ async def test_openapi_document_with_tokens_says_so(secured: Ingest) -> None:
     shutil.which("st", path=str(Path(sys.executable).parent)) is None,
     reason="schemathesis is not installed",
 )
-async def test_schemathesis_finds_nothing(ingest_env: dict[str, str], tmp_path: Path) -> None:
+async def test_schemathesis_finds_nothing(start_ingest: IngestFactory, tmp_path: Path) -> None:
     """Generated requests (valid and not) for every operation, checked against the
     document: no 5xx, only documented statuses, content types and schemas. Images fail at
     their first attempt here, so requests end at once and so do their event streams."""
     env = {
-        **ingest_env,
+        **ENV,
         "IMGPIPE_AUTH_TOKENS": TOKEN,
         "IMGPIPE_RETRY_MAX_ATTEMPTS": "1",
     }
-    async with running_ingest(env) as running:
-        await run_schemathesis(f"http://127.0.0.1:{running.app.http_port}", tmp_path)
+    running = await start_ingest(env)
+    await run_schemathesis(f"http://127.0.0.1:{running.app.http_port}", tmp_path)
 
 
 async def run_schemathesis(base_url: str, tmp_path: Path) -> None:

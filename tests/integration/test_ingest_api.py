@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
-from pathlib import Path
+from collections.abc import Awaitable
 
 import asyncpg
 import grpc
@@ -12,21 +11,14 @@ import pytest
 
 from imgpipe.v1 import ingest_pb2, requests_pb2
 from support.csv_files import BAD_ROWS, TWO_PRODUCTS
-from support.ingest_harness import RunningIngest, running_ingest
+from support.ingest_harness import IngestFactory, RunningIngest
 from support.rpc_errors import field_violations
 
 
 @pytest.fixture
-async def ingest(database_url: str, tmp_path: Path) -> AsyncIterator[RunningIngest]:
-    env = {
-        "DATABASE_URL": database_url,
-        "IMGPIPE_STORAGE_URL": f"file://{tmp_path}/objects",
-        # Nothing listens there: images are retried, never processed, in these tests.
-        "IMGPIPE_PROCESSOR_TARGET": "127.0.0.1:9",
-        "IMGPIPE_RETRY_BASE_SECONDS": "30",
-    }
-    async with running_ingest(env) as running:
-        yield running
+async def ingest(start_ingest: IngestFactory) -> RunningIngest:
+    # No processor: images are retried, never processed, in these tests.
+    return await start_ingest({"IMGPIPE_RETRY_BASE_SECONDS": "30"})
 
 
 async def count_requests(database_url: str) -> int:

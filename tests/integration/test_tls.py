@@ -8,7 +8,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from support.ingest_harness import running_ingest
+from support.ingest_harness import IngestFactory
 
 
 async def check_health(target: str, credentials: grpc.ChannelCredentials) -> int:
@@ -19,31 +19,28 @@ async def check_health(target: str, credentials: grpc.ChannelCredentials) -> int
         return int(response.status)
 
 
-async def test_mutual_tls(database_url: str, tmp_path: Path, pki: dict[str, Path]) -> None:
+async def test_mutual_tls(start_ingest: IngestFactory, pki: dict[str, Path]) -> None:
     env = {
-        "DATABASE_URL": database_url,
-        "IMGPIPE_STORAGE_URL": f"file://{tmp_path}/objects",
-        "IMGPIPE_PROCESSOR_TARGET": "127.0.0.1:9",
         "IMGPIPE_TLS_CERT": str(pki["server"]),
         "IMGPIPE_TLS_KEY": str(pki["server_key"]),
         "IMGPIPE_TLS_CLIENT_CA": str(pki["ca"]),
     }
-    async with running_ingest(env) as ingest:
-        ca = pki["ca"].read_bytes()
-        with_client_cert = grpc.ssl_channel_credentials(
-            root_certificates=ca,
-            private_key=pki["client_key"].read_bytes(),
-            certificate_chain=pki["client"].read_bytes(),
-        )
-        assert await check_health(ingest.target, with_client_cert) == (
-            health_pb2.HealthCheckResponse.SERVING
-        )
-        without = grpc.ssl_channel_credentials(root_certificates=ca)
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await check_health(ingest.target, without)
-        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-        async with grpc.aio.insecure_channel(ingest.target) as plaintext:
-            with pytest.raises(grpc.aio.AioRpcError):
-                await health_pb2_grpc.HealthStub(plaintext).Check(
-                    health_pb2.HealthCheckRequest(), timeout=5
-                )
+    ingest = await start_ingest(env)
+    ca = pki["ca"].read_bytes()
+    with_client_cert = grpc.ssl_channel_credentials(
+        root_certificates=ca,
+        private_key=pki["client_key"].read_bytes(),
+        certificate_chain=pki["client"].read_bytes(),
+    )
+    assert await check_health(ingest.target, with_client_cert) == (
+        health_pb2.HealthCheckResponse.SERVING
+    )
+    without = grpc.ssl_channel_credentials(root_certificates=ca)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await check_health(ingest.target, without)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    async with grpc.aio.insecure_channel(ingest.target) as plaintext:
+        with pytest.raises(grpc.aio.AioRpcError):
+            await health_pb2_grpc.HealthStub(plaintext).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -17,22 +15,17 @@ from imgpipe.v1 import ingest_pb2, ingest_pb2_grpc, requests_pb2
 from support.batch import TERMINAL
 from support.csv_files import batch_csv
 from support.eventually import eventually
-from support.ingest_harness import RunningIngest, running_ingest, running_processor
+from support.ingest_harness import IngestFactory, RunningIngest
 
 Message = ingest_pb2.WatchStatusResponse
 
 
-@pytest.fixture
-async def processor(tmp_path: Path) -> AsyncIterator[dict[str, str]]:
-    storage = {"IMGPIPE_STORAGE_URL": f"file://{tmp_path}/objects"}
-    async with running_processor(storage) as target:
-        yield {**storage, "IMGPIPE_PROCESSOR_TARGET": target, "IMGPIPE_MAX_IN_FLIGHT": "4"}
+IN_FLIGHT = {"IMGPIPE_MAX_IN_FLIGHT": "4"}
 
 
 @pytest.fixture
-async def ingest(database_url: str, processor: dict[str, str]) -> AsyncIterator[RunningIngest]:
-    async with running_ingest({**processor, "DATABASE_URL": database_url}) as running:
-        yield running
+async def ingest(start_ingest: IngestFactory) -> RunningIngest:
+    return await start_ingest(IN_FLIGHT, processor=True)
 
 
 def batch(server: ImageServer, count: int, delay: float = 0.01) -> bytes:
@@ -89,12 +82,11 @@ async def test_live_watch_then_every_resume_point_gives_the_same_suffix(
 
 
 async def test_two_replicas_submit_on_one_and_watch_on_the_other(
-    database_url: str, processor: dict[str, str], image_server: ImageServer
+    ingest: RunningIngest, start_ingest: IngestFactory, image_server: ImageServer
 ) -> None:
-    env = {**processor, "DATABASE_URL": database_url}
-    async with running_ingest(env) as first, running_ingest(env) as second:
-        submitted = await first.stub.Submit(ingest_pb2.SubmitRequest(csv=batch(image_server, 10)))
-        messages = await collect(second.stub, submitted.request_id, after=1)
+    second = await start_ingest({**IN_FLIGHT, "IMGPIPE_PROCESSOR_TARGET": ingest.processor_target})
+    submitted = await ingest.stub.Submit(ingest_pb2.SubmitRequest(csv=batch(image_server, 10)))
+    messages = await collect(second.stub, submitted.request_id, after=1)
     assert_exact(messages, 2)
     assert messages[-1].state == requests_pb2.REQUEST_STATE_COMPLETED
 

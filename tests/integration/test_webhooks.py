@@ -9,7 +9,6 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -22,7 +21,7 @@ from imgpipe.v1 import ingest_pb2
 from support.batch import TERMINAL
 from support.csv_files import batch_csv
 from support.eventually import eventually
-from support.ingest_harness import RunningIngest, running_pipeline
+from support.ingest_harness import IngestFactory, RunningIngest
 
 SECRET = "whsec_" + base64.b64encode(b"a secret of 24 bytes....").decode()
 
@@ -61,7 +60,7 @@ class Receiver:
 
 
 @pytest.fixture
-async def ingest(database_url: str, tmp_path: Path) -> AsyncIterator[RunningIngest]:
+async def ingest(start_ingest: IngestFactory) -> RunningIngest:
     env = {
         "IMGPIPE_ALLOW_PRIVATE_NETWORKS": "true",
         "IMGPIPE_WEBHOOK_SECRET": SECRET,
@@ -69,8 +68,7 @@ async def ingest(database_url: str, tmp_path: Path) -> AsyncIterator[RunningInge
         "IMGPIPE_WEBHOOK_RETRY_CAP_SECONDS": "0.5",
         "IMGPIPE_WEBHOOK_TIMEOUT": "2",
     }
-    async with running_pipeline(database_url, tmp_path / "objects", env) as running:
-        yield running
+    return await start_ingest(env, processor=True)
 
 
 async def submit(ingest: RunningIngest, image_server: ImageServer, webhook_url: str) -> str:

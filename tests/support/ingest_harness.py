@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +17,8 @@ from imgpipe.v1 import ingest_pb2, ingest_pb2_grpc
 from support.batch import TERMINAL
 from support.eventually import eventually
 
+# A processor target where nothing listens.
+UNREACHABLE = "127.0.0.1:9"
 FAST = {
     "IMGPIPE_POLL_INTERVAL": "0.2",
     "IMGPIPE_SWEEP_INTERVAL": "0.2",
@@ -32,6 +34,7 @@ class RunningIngest:
     app: IngestApp
     stub: ingest_pb2_grpc.IngestServiceAsyncStub
     channel: grpc.aio.Channel
+    processor_target: str
 
     @property
     def target(self) -> str:
@@ -54,7 +57,7 @@ class RunningIngest:
 
 
 @contextlib.asynccontextmanager
-async def running_ingest(env: dict[str, str]) -> AsyncIterator[RunningIngest]:
+async def running_ingest(env: Mapping[str, str]) -> AsyncIterator[RunningIngest]:
     settings = Settings.from_env(
         {
             "IMGPIPE_GRPC_ADDR": "127.0.0.1:0",
@@ -68,14 +71,15 @@ async def running_ingest(env: dict[str, str]) -> AsyncIterator[RunningIngest]:
     await app.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc.port}")
     try:
-        yield RunningIngest(app, ingest_pb2_grpc.IngestServiceStub(channel), channel)
+        stub = ingest_pb2_grpc.IngestServiceStub(channel)
+        yield RunningIngest(app, stub, channel, settings.processor_target)
     finally:
         await channel.close(None)
         await app.stop()
 
 
 @contextlib.asynccontextmanager
-async def running_processor(env: dict[str, str]) -> AsyncIterator[str]:
+async def running_processor(env: Mapping[str, str]) -> AsyncIterator[str]:
     """An in-process processor on an ephemeral port; yields its gRPC target."""
     settings = ProcessorSettings.from_env(
         {
@@ -94,21 +98,32 @@ async def running_processor(env: dict[str, str]) -> AsyncIterator[str]:
         await app.stop()
 
 
-@contextlib.asynccontextmanager
-async def running_pipeline(
-    database_url: str,
-    objects: Path,
-    ingest_env: dict[str, str] | None = None,
-    processor_env: dict[str, str] | None = None,
-) -> AsyncIterator[RunningIngest]:
-    """An in-process processor and an ingest that calls it, storing into objects/."""
-    storage = {"IMGPIPE_STORAGE_URL": objects.as_uri()}
-    async with running_processor({**storage, **(processor_env or {})}) as target:
-        env = {
-            **storage,
+class IngestFactory:
+    """Starts in-process ingests for one test, on its database, storing into its objects/
+    folder; each with a processor of its own beside it when asked, otherwise with a
+    processor target where nothing listens (images are retried, never processed). All
+    are stopped, in reverse order, when the test ends: the `start_ingest` fixture."""
+
+    def __init__(self, stack: contextlib.AsyncExitStack, database_url: str, objects: Path):
+        self._stack = stack
+        self._defaults = {
             "DATABASE_URL": database_url,
-            "IMGPIPE_PROCESSOR_TARGET": target,
-            **(ingest_env or {}),
+            "IMGPIPE_STORAGE_URL": objects.as_uri(),
+            "IMGPIPE_PROCESSOR_TARGET": UNREACHABLE,
         }
-        async with running_ingest(env) as running:
-            yield running
+
+    async def __call__(
+        self,
+        env: Mapping[str, str] | None = None,
+        *,
+        processor: bool = False,
+        processor_env: Mapping[str, str] | None = None,
+    ) -> RunningIngest:
+        settings = {**self._defaults, **(env or {})}
+        if processor:
+            storage = {"IMGPIPE_STORAGE_URL": settings["IMGPIPE_STORAGE_URL"]}
+            target = await self._stack.enter_async_context(
+                running_processor({**storage, **(processor_env or {})})
+            )
+            settings["IMGPIPE_PROCESSOR_TARGET"] = target
+        return await self._stack.enter_async_context(running_ingest(settings))
