@@ -100,6 +100,11 @@ class ImageServer:
         with self._lock:
             self.routes[path].failures.extend(statuses)
 
+    def heal(self, path: str) -> None:
+        """Drops the failures still scripted for path: it answers 200 from now on."""
+        with self._lock:
+            self.routes[path].failures.clear()
+
     def add_directory(self, directory: Path, prefix: str = "/") -> None:
         for file in sorted(directory.iterdir()):
             if file.suffix.lower() in CONTENT_TYPES:

@@ -296,8 +296,14 @@ async def test_tls_mutual_tls_and_a_token(
 def quick_stack(
     pg_server: PostgresServer, database_url: str, s3_env: dict[str, str], tmp_path: Path
 ) -> Iterator[Stack]:
-    """Short grace and retry delays: restarts take a second, retried images some more."""
-    quick = {"IMGPIPE_GRACE_SECONDS": "1", "IMGPIPE_RETRY_BASE_SECONDS": "0.5"}
+    """Short grace and retry delays, and retries without end: restarts take a second, and
+    a failing image is asked for again within a second until its source heals."""
+    quick = {
+        "IMGPIPE_GRACE_SECONDS": "1",
+        "IMGPIPE_RETRY_BASE_SECONDS": "0.5",
+        "IMGPIPE_RETRY_CAP_SECONDS": "1",
+        "IMGPIPE_RETRY_MAX_ATTEMPTS": "1000",
+    }
     with Stack(
         database_url, s3_env, processors=1, log_dir=tmp_path / "logs", extra_env=quick
     ) as running:
@@ -308,8 +314,9 @@ def test_watch_resumes_across_an_ingest_restart(
     quick_stack: Stack, image_server: ImageServer, tmp_path: Path
 ) -> None:
     urls = photos(image_server, 4)
-    for i in range(4):  # a few seconds of retries, so the watch is on when ingest restarts
-        image_server.fail_first(f"/photos/{i}.jpg", 503, 503, 503)
+    paths = [f"/photos/{i}.jpg" for i in range(4)]
+    for path in paths:  # retried until healed below, so the watch is on across the restart
+        image_server.fail_first(path, *[503] * 1000)
     products = write_csv(tmp_path / "products.csv", [urls])
     target = ("--target", quick_stack.ingest_target)
     request_id = imgpipe(*target, "submit", str(products)).stdout.strip()
@@ -327,6 +334,8 @@ def test_watch_resumes_across_an_ingest_restart(
         first = watching.stderr.readline()  # the watch is on
         assert first.startswith("[")
         quick_stack.restart("ingest")
+        for path in paths:
+            image_server.heal(path)
         _, rest = watching.communicate(timeout=60)
     finally:
         watching.kill()
