@@ -1,10 +1,11 @@
-"""glibc malloc tuned for decoding large images in a thread pool.
+"""glibc malloc tuned for decoding large images.
 
-By default glibc gives each codec thread an arena of its own and hands every large
+By default glibc gives each thread an arena of its own and hands every large
 buffer back to the kernel when it is freed, so each image's pixel buffers are page-faulted
 in again: at 12 MP that was ~27,000 faults and a third of the codec's time (`make bench`).
-One arena, large buffers from the heap and no trimming keep those pages mapped; peak memory
-stays bounded by the images in the codec at once.
+One arena, large buffers from the heap and no trimming keep those pages mapped; a codec
+worker hands them back with trim() after an image larger than it usually sees, so that its
+resident memory stays bounded by the images it decodes now, not by the largest it ever did.
 """
 
 from __future__ import annotations
@@ -27,14 +28,26 @@ SETTINGS = {
 }
 
 
-def tune_malloc() -> bool:
-    """Applies SETTINGS through mallopt; call before the codec threads start. False where
-    the C library is not glibc."""
-    name = ctypes.util.find_library("c")
+def _libc() -> ctypes.CDLL | None:
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError, TypeError):
+        return ctypes.CDLL(ctypes.util.find_library("c"))
+    except (OSError, TypeError):
+        return None
+
+
+def trim() -> None:
+    """Returns the heap's free memory to the kernel (malloc_trim), where glibc can."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
+def tune_malloc() -> bool:
+    """Applies SETTINGS through mallopt; call in a codec worker before it decodes. False where
+    the C library is not glibc."""
+    libc = _libc()
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is None:
         log.info("not glibc: malloc left as it is")
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]

@@ -67,6 +67,15 @@ def _jpeg_coefficient_bytes(image: Image.Image) -> int:
     return blocks * COEFFICIENT_BYTES
 
 
+def check_fits(size: int, total: int) -> None:
+    """Refuses (OverMemoryBudget) a decode of size bytes under a budget of total."""
+    if size > total:
+        raise OverMemoryBudget(
+            f"decoding the image would take about {math.ceil(size / MIB)} MiB, more than "
+            f"the codec memory budget of {total // MIB} MiB"
+        )
+
+
 class MemoryBudget:
     """Bytes the decodes in flight may hold together. A decode waits until its estimate
     fits; one larger than the whole budget is refused (OverMemoryBudget)."""
@@ -74,24 +83,36 @@ class MemoryBudget:
     def __init__(self, total: int) -> None:
         self.total = total
         self._free = total
+        # The most bytes admitted at once so far.
+        self.peak = 0
         self._changed = threading.Condition()
 
     @contextmanager
     def admit(self, size: int) -> Iterator[None]:
-        self.check(size)
-        with self._changed:
-            self._changed.wait_for(lambda: self._free >= size)
-            self._free -= size
+        check_fits(size, self.total)
+        self.acquire(size, lambda: False)
         try:
             yield
         finally:
-            with self._changed:
-                self._free += size
-                self._changed.notify_all()
+            self.release(size)
 
-    def check(self, size: int) -> None:
-        if size > self.total:
-            raise OverMemoryBudget(
-                f"decoding the image would take about {math.ceil(size / MIB)} MiB, more than "
-                f"the codec memory budget of {self.total // MIB} MiB"
-            )
+    def acquire(self, size: int, abandoned: Callable[[], bool]) -> bool:
+        """Blocks until size bytes are free and takes them (True), or until abandoned()
+        is true after a wake() (False, nothing taken)."""
+        with self._changed:
+            self._changed.wait_for(lambda: abandoned() or self._free >= size)
+            if self._free < size:
+                return False
+            self._free -= size
+            self.peak = max(self.peak, self.total - self._free)
+            return True
+
+    def release(self, size: int) -> None:
+        with self._changed:
+            self._free += size
+            self._changed.notify_all()
+
+    def wake(self) -> None:
+        """Has every waiting acquire() look at its abandoned() again."""
+        with self._changed:
+            self._changed.notify_all()

@@ -63,6 +63,14 @@ class OverMemoryBudget(FailedPrecondition):
     """Decoding the image would take more memory than the codec's budget."""
 
 
+class OverCpuBudget(FailedPrecondition):
+    """Decoding the image took more CPU time than the codec's budget."""
+
+
+class DecoderCrashed(FailedPrecondition):
+    """The codec worker died on the image, in a fresh worker too."""
+
+
 class SourceUnavailable(Unavailable):
     """The source could not be fetched right now (timeout, connection error, 5xx, 408, 429)."""
 

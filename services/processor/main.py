@@ -18,8 +18,7 @@ from imgpipe.common.errors import SettingsError
 from imgpipe.common.grpc_server import GrpcServer, stop_event_on_signals
 from imgpipe.common.logs import setup_logging
 from imgpipe.common.storage import open_storage
-from imgpipe.processor.allocator import tune_malloc
-from imgpipe.processor.compress import limit_pillow
+from imgpipe.processor.codec_pool import CodecPool
 from imgpipe.processor.fetch import Fetcher
 from imgpipe.processor.http_app import make_http_app
 from imgpipe.processor.pipeline import Pipeline
@@ -44,8 +43,8 @@ class ProcessorApp:
     async def start(self) -> None:
         """Starts every part; call stop() afterwards even when this raises."""
         settings, stack = self.settings, self._stack
-        codec_executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="codec")
-        stack.push_async_callback(asyncio.to_thread, codec_executor.shutdown)
+        codec = CodecPool(settings.workers, settings.decode)
+        stack.push_async_callback(codec.close)
         # Storage calls wait on the network: their own threads, one per call in flight, so
         # they never hold up compression nor wait behind it.
         storage_executor = ThreadPoolExecutor(settings.max_in_flight, thread_name_prefix="storage")
@@ -66,9 +65,8 @@ class ProcessorApp:
         pipeline = Pipeline(
             fetcher,
             storage,
-            codec_executor=codec_executor,
+            codec=codec,
             storage_executor=storage_executor,
-            decode=settings.decode,
             max_in_flight=settings.max_in_flight,
         )
         server = GrpcServer(
@@ -114,8 +112,6 @@ def main() -> None:
     except SettingsError as exc:
         sys.exit(f"imgpipe-processor: {exc}")
     setup_logging(settings.common.log_level)
-    limit_pillow(settings.decode.max_pixels)
-    tune_malloc()
     try:
         asyncio.run(serve(settings))
     except Exception:

@@ -19,6 +19,11 @@ FETCH_SECONDS = Histogram(
 )
 COMPRESS_SECONDS = Histogram(
     "imgpipe_processor_compress_seconds",
-    "Time to decode and encode an image, in the codec executor.",
+    "Time to decode and encode an image, in a codec worker.",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+CODEC_RESTARTS = Counter(
+    "imgpipe_processor_codec_restarts",
+    "Codec workers replaced, by reason: cancelled (the call ended first), cpu_budget, died.",
+    ["reason"],
 )

@@ -1,4 +1,4 @@
-"""One image end to end: validate, fetch, compress (codec executor), store (storage executor).
+"""One image end to end: validate, fetch, compress (codec workers), store (storage executor).
 
 The pipeline admits at most max_in_flight calls at once and refuses the next one at once
 (ProcessorFull), so callers spread work over replicas instead of queueing here.
@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from imgpipe.common.errors import InvalidArgument, ServiceError, StorageError, Unavailable
 from imgpipe.common.storage import Storage
 from imgpipe.processor import metrics
-from imgpipe.processor.budget import MemoryBudget
-from imgpipe.processor.compress import MAX_QUALITY, Compressed, compress
+from imgpipe.processor.codec_pool import CodecPool
+from imgpipe.processor.compress import MAX_QUALITY
 from imgpipe.processor.errors import ProcessorFull, StorageUnavailable
 from imgpipe.processor.fetch import Fetcher
-from imgpipe.processor.settings import DecodeSettings
 
 log = logging.getLogger(__name__)
 
@@ -61,30 +60,20 @@ def validate(output_key: str, quality: int) -> None:
         raise InvalidArgument("; ".join(f"{f}: {d}" for f, d in violations), violations)
 
 
-def _timed_compress(
-    data: bytes, quality: int, limits: DecodeSettings, budget: MemoryBudget
-) -> Compressed:
-    with metrics.COMPRESS_SECONDS.time():
-        return compress(data, quality, limits, budget.admit)
-
-
 class Pipeline:
     def __init__(
         self,
         fetcher: Fetcher,
         storage: Storage,
         *,
-        codec_executor: Executor,
+        codec: CodecPool,
         storage_executor: Executor,
-        decode: DecodeSettings,
         max_in_flight: int,
     ) -> None:
         self._fetcher = fetcher
         self._storage = storage
-        self._codec_executor = codec_executor
+        self._codec = codec
         self._storage_executor = storage_executor
-        self._decode = decode
-        self._memory = MemoryBudget(decode.memory_bytes)
         self._max_in_flight = max_in_flight
         self._in_flight = 0
 
@@ -131,9 +120,8 @@ class Pipeline:
         with metrics.FETCH_SECONDS.time():
             data = await self._fetcher.fetch(source_url)
         metrics.INPUT_BYTES.inc(len(data))
-        compressed = await loop.run_in_executor(
-            self._codec_executor, _timed_compress, data, quality, self._decode, self._memory
-        )
+        with metrics.COMPRESS_SECONDS.time():
+            compressed = await self._codec.compress(data, quality)
         try:
             output_url = await loop.run_in_executor(
                 self._storage_executor, self._store, output_key, compressed.jpeg

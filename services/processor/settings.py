@@ -13,6 +13,7 @@ MIB = 1024 * 1024
 DEFAULT_MAX_FRAMES = 1000
 DEFAULT_MAX_JPEG_SCANS = 100
 DEFAULT_CODEC_MEMORY_BYTES = 768 * MIB
+DEFAULT_DECODE_CPU_SECONDS = 10
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class DecodeSettings:
     # Bytes the decodes in flight may take together, each estimated from its header; a
     # decode waits until it fits, and one larger than this is refused.
     memory_bytes: int = DEFAULT_CODEC_MEMORY_BYTES
+    # CPU seconds one image may take in its codec worker (whole seconds: RLIMIT_CPU).
+    cpu_seconds: int = DEFAULT_DECODE_CPU_SECONDS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> DecodeSettings:
@@ -63,6 +66,9 @@ class DecodeSettings:
             memory_bytes=env_int(
                 env, "IMGPIPE_CODEC_MEMORY_BYTES", DEFAULT_CODEC_MEMORY_BYTES, minimum=MIB
             ),
+            cpu_seconds=env_int(
+                env, "IMGPIPE_DECODE_CPU_SECONDS", DEFAULT_DECODE_CPU_SECONDS, minimum=1
+            ),
         )
 
 
@@ -73,7 +79,7 @@ class Settings:
     common: CommonSettings
     fetch: FetchSettings
     decode: DecodeSettings
-    # Threads that decode and encode images.
+    # Codec worker processes, each decoding and encoding one image at a time.
     workers: int
     # Calls handled at once; one more is refused with RESOURCE_EXHAUSTED, never queued.
     max_in_flight: int

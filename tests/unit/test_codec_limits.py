@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageCms
 
 from devstack.sample_images import encode, photo_like
-from imgpipe.processor.budget import MIB, MemoryBudget, decode_bytes
+from imgpipe.processor.budget import MIB, MemoryBudget, check_fits, decode_bytes
 from imgpipe.processor.compress import compress
 from imgpipe.processor.errors import OverMemoryBudget, TooManyScans, UnsafeCodec
 from imgpipe.processor.formats import MAX_ICC_BYTES, jpeg_scan_count, usable_icc
@@ -77,13 +77,14 @@ def test_a_decode_over_the_memory_budget_is_refused() -> None:
 
 def test_admission_holds_each_estimate_for_as_long_as_its_decode() -> None:
     budget = MemoryBudget(100)
-    with budget.admit(60):
-        with pytest.raises(OverMemoryBudget):
-            budget.check(101)
-        with budget.admit(40):
-            pass
-    with budget.admit(100):
-        pass
+    with pytest.raises(OverMemoryBudget):
+        check_fits(101, budget.total)
+    with budget.admit(60), budget.admit(40):
+        assert budget.peak == 100
+        # What does not fit now waits, and gives up once abandoned.
+        assert not budget.acquire(1, lambda: True)
+    assert budget.acquire(100, lambda: False)
+    budget.release(100)
 
 
 def test_rle_bmp_is_refused_and_uncompressed_bmp_taken() -> None:

@@ -1,0 +1,252 @@
+"""Codec worker processes: every image is decoded and encoded in a child process that the
+processor can kill.
+
+A worker takes one image at a time over a pipe, asks the processor to admit its decode's
+memory estimate against the process's one MemoryBudget before decoding, and answers with
+the JPEG or the error. Each worker runs under limits of its own: RLIMIT_CPU, set before
+each image to the CPU the worker has used plus DecodeSettings.cpu_seconds (past that the
+kernel ends it with SIGXCPU: OverCpuBudget, permanent), and RLIMIT_AS of the codec memory
+budget plus WORKER_BASE_BYTES (a decode the estimate got wrong fails with MemoryError in
+that worker instead of taking the pod).
+
+When the call waiting on a worker is cancelled (its deadline passed, or ingest cancelled
+it) the worker is killed and replaced, so its CPU is free at once. A worker that dies
+otherwise (a native decoder's crash on hostile bytes, the OOM killer, kill -9) is replaced
+and the image tried once more in the new one; a second death fails it (DecoderCrashed).
+
+Workers are forked by multiprocessing's fork server, which imports this module (and the
+main module) once: a new worker starts in milliseconds, with none of the processor's
+threads or sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import multiprocessing
+import os
+import resource
+import signal
+import traceback
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from multiprocessing.connection import Connection
+from multiprocessing.context import ForkServerContext
+from multiprocessing.process import BaseProcess
+
+from imgpipe.processor import metrics
+from imgpipe.processor.allocator import trim, tune_malloc
+from imgpipe.processor.budget import MIB, MemoryBudget, check_fits
+from imgpipe.processor.compress import Compressed, compress, limit_pillow
+from imgpipe.processor.errors import DecoderCrashed, OverCpuBudget
+from imgpipe.processor.settings import DecodeSettings
+
+# Address space a worker needs beyond its decode: the interpreter, Pillow, the source and
+# output bytes.
+WORKER_BASE_BYTES = 512 * MIB
+# A worker gives freed memory back to the kernel after an image whose decode took more.
+TRIM_AFTER_BYTES = 64 * MIB
+ATTEMPTS = 2
+
+
+# -- in the worker ----------------------------------------------------------------------------
+
+
+def _serve(conn: Connection, limits: DecodeSettings) -> None:
+    """A worker's life: images in, JPEGs (or errors) out, until the pipe closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the processor decides when workers stop
+    tune_malloc()
+    limit_pillow(limits.max_pixels)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    address_space = limits.memory_bytes + WORKER_BASE_BYTES
+    resource.setrlimit(resource.RLIMIT_AS, (address_space, resource.RLIM_INFINITY))
+    admitted = 0
+
+    @contextmanager
+    def admit(size: int) -> Iterator[None]:
+        nonlocal admitted
+        check_fits(size, limits.memory_bytes)
+        conn.send(size)
+        conn.recv()
+        admitted = size
+        yield
+
+    while True:
+        try:
+            data, quality = conn.recv()
+        except EOFError:
+            return
+        used = sum(os.times()[:2])
+        resource.setrlimit(
+            resource.RLIMIT_CPU, (math.ceil(used + limits.cpu_seconds), resource.RLIM_INFINITY)
+        )
+        reply: Compressed | BaseException
+        try:
+            reply = compress(data, quality, limits, admit)
+        except Exception as exc:
+            traceback.clear_frames(exc.__traceback__)
+            reply = exc.with_traceback(None)
+        del data
+        conn.send(reply)
+        del reply
+        if admitted > TRIM_AFTER_BYTES:
+            trim()
+        admitted = 0
+
+
+# -- in the processor -------------------------------------------------------------------------
+
+
+class _WorkerDied(Exception):
+    def __init__(self, exitcode: int | None) -> None:
+        super().__init__(exitcode)
+        self.exitcode = exitcode
+
+
+class CodecWorker:
+    """One worker process and the pipe to it. run() blocks: it runs in the pool's threads."""
+
+    def __init__(
+        self, context: ForkServerContext, limits: DecodeSettings, budget: MemoryBudget
+    ) -> None:
+        self._context = context
+        self._limits = limits
+        self._budget = budget
+        self._cancelled = False
+        # True from the moment its image is admitted until the reply or its death.
+        self.decoding = False
+        self._process, self._conn = self._start()
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid or 0
+
+    def _start(self) -> tuple[BaseProcess, Connection]:
+        conn, child = self._context.Pipe()
+        process = self._context.Process(
+            target=_serve, args=(child, self._limits), name="imgpipe-codec", daemon=True
+        )
+        process.start()
+        child.close()
+        return process, conn
+
+    def run(self, data: bytes, quality: int) -> Compressed:
+        if self._cancelled:  # killed by a cancel that came as its last image finished
+            self._replace()
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                return self._attempt(data, quality)
+            except _WorkerDied as died:
+                cancelled = self._cancelled
+                self._replace()
+                if cancelled:
+                    metrics.CODEC_RESTARTS.labels("cancelled").inc()
+                    raise
+                if died.exitcode == -signal.SIGXCPU:
+                    metrics.CODEC_RESTARTS.labels("cpu_budget").inc()
+                    raise OverCpuBudget(
+                        f"decoding the image took more than the codec CPU budget of "
+                        f"{self._limits.cpu_seconds} s"
+                    ) from None
+                metrics.CODEC_RESTARTS.labels("died").inc()
+                if attempt == ATTEMPTS:
+                    raise DecoderCrashed(
+                        f"the codec worker died on the image twice (exit {died.exitcode})"
+                    ) from None
+        raise AssertionError("unreachable")
+
+    def _attempt(self, data: bytes, quality: int) -> Compressed:
+        """One image in the current worker: its admission requests (sizes), then the JPEG
+        or the error it raised, which is raised here."""
+        admitted = 0
+        try:
+            reply = self._exchange((data, quality))
+            while type(reply) is int:
+                if not self._budget.acquire(reply, lambda: self._cancelled):
+                    raise self._died()
+                admitted = reply
+                self.decoding = True
+                reply = self._exchange(True)
+        finally:
+            self.decoding = False
+            if admitted:
+                self._budget.release(admitted)
+        if isinstance(reply, BaseException):
+            raise reply
+        if not isinstance(reply, Compressed):
+            raise TypeError(f"a codec worker answered {type(reply).__name__}")
+        return reply
+
+    def _exchange(self, message: object) -> object:
+        try:
+            self._conn.send(message)
+            reply: object = self._conn.recv()
+        except (EOFError, OSError):
+            raise self._died() from None
+        return reply
+
+    def _died(self) -> _WorkerDied:
+        self._process.kill()
+        self._process.join()
+        return _WorkerDied(self._process.exitcode)
+
+    def cancel(self) -> None:
+        """Kills the worker from outside run(); run() then replaces it and raises."""
+        self._cancelled = True
+        self._budget.wake()
+        self._process.kill()
+
+    def _replace(self) -> None:
+        self._conn.close()
+        self._process, self._conn = self._start()
+        self._cancelled = False
+
+    def close(self) -> None:
+        """Closes the pipe (the worker exits at EOF) and waits for the worker."""
+        self._conn.close()
+        self._process.join(timeout=5)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+
+
+class CodecPool:
+    """`workers` codec worker processes; compress() waits for an idle one."""
+
+    def __init__(self, workers: int, limits: DecodeSettings) -> None:
+        context = multiprocessing.get_context("forkserver")
+        # The main module too: a worker would otherwise import it again as it starts.
+        context.set_forkserver_preload(["__main__", __name__])
+        self.budget = MemoryBudget(limits.memory_bytes)
+        self.workers = [CodecWorker(context, limits, self.budget) for _ in range(workers)]
+        self._threads = ThreadPoolExecutor(workers, thread_name_prefix="codec")
+        self._idle: asyncio.Queue[CodecWorker] = asyncio.Queue()
+        for worker in self.workers:
+            self._idle.put_nowait(worker)
+
+    async def compress(self, data: bytes, quality: int) -> Compressed:
+        """The image as a JPEG, from a worker; cancelling the call kills that worker."""
+        worker = await self._idle.get()
+        job = asyncio.get_running_loop().run_in_executor(self._threads, worker.run, data, quality)
+        job.add_done_callback(lambda done: self._returned(worker, done))
+        try:
+            return await asyncio.shield(job)
+        except asyncio.CancelledError:
+            if not job.done():
+                worker.cancel()
+            raise
+
+    def _returned(self, worker: CodecWorker, job: asyncio.Future[Compressed]) -> None:
+        # The error of a cancelled call's job has no one left to read it.
+        if not job.cancelled():
+            job.exception()
+        self._idle.put_nowait(worker)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._close)
+
+    def _close(self) -> None:
+        self._threads.shutdown()
+        for worker in self.workers:
+            worker.close()

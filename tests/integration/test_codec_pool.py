@@ -1,0 +1,127 @@
+"""The codec worker pool with real worker processes: a worker killed mid-image (kill -9),
+a call cancelled mid-decode, a decode over its CPU budget, and admission of concurrent
+decodes against the memory budget."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import random
+import signal
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from PIL import Image
+
+from devstack.sample_images import encode, sample
+from imgpipe.processor.codec_pool import CodecPool, CodecWorker
+from imgpipe.processor.errors import NotAnImage, OverCpuBudget
+from imgpipe.processor.settings import DecodeSettings
+from support.hostile_payloads import scan_bomb
+
+LIMITS = DecodeSettings(max_pixels=100_000_000)
+WAIT = 60.0  # seconds a condition may take on a loaded machine before the test fails
+
+
+def noisy_png(width: int, height: int) -> bytes:
+    """A PNG that takes a while to decode and encode (random pixels do not compress)."""
+    return encode(
+        Image.frombytes("RGB", (width, height), random.randbytes(width * height * 3)), "PNG"
+    )
+
+
+SLOW = noisy_png(3000, 2000)
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[CodecPool]:
+    codec = CodecPool(1, LIMITS)
+    try:
+        yield codec
+    finally:
+        await codec.close()
+
+
+async def until(condition: object, what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"waited {WAIT} s for {what}"
+        await asyncio.sleep(0.005)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split(") ")[1][0] != "Z"
+
+
+async def decoding(worker: CodecWorker) -> int:
+    """Waits until worker has been admitted to decode its image; its pid."""
+    await until(lambda: worker.decoding, "the worker to start decoding")
+    return worker.pid
+
+
+async def test_a_worker_killed_mid_image_is_replaced_and_the_image_retried(
+    pool: CodecPool,
+) -> None:
+    worker = pool.workers[0]
+    call = asyncio.create_task(pool.compress(SLOW, 50))
+    killed = await decoding(worker)
+    os.kill(killed, signal.SIGKILL)
+
+    result = await call
+    assert (result.width, result.height) == (3000, 2000)
+    with Image.open(io.BytesIO(result.jpeg)) as image:
+        image.load()
+    assert worker.pid != killed
+    assert not alive(killed)
+    assert (await pool.compress(sample(64, 48, "JPEG"), 50)).width == 64
+
+
+async def test_a_cancelled_call_kills_its_decode_and_frees_the_worker(pool: CodecPool) -> None:
+    worker = pool.workers[0]
+    call = asyncio.create_task(pool.compress(SLOW, 50))
+    busy = await decoding(worker)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await until(lambda: not alive(busy), "the cancelled decode's worker to be gone")
+    # The next image gets a fresh worker at once, not after the cancelled decode.
+    assert (await pool.compress(sample(64, 48, "PNG"), 50)).width == 64
+    assert worker.pid != busy
+    assert pool.budget.total == LIMITS.memory_bytes
+
+
+async def test_a_decode_over_its_cpu_budget_fails_permanently() -> None:
+    limits = DecodeSettings(LIMITS.max_pixels, max_jpeg_scans=1_000_000, cpu_seconds=1)
+    codec = CodecPool(1, limits)
+    try:
+        with pytest.raises(OverCpuBudget, match="the codec CPU budget of 1 s"):
+            await codec.compress(scan_bomb(8000, 8000, 20_000), 50)
+        assert (await codec.compress(sample(64, 48, "JPEG"), 50)).width == 64
+    finally:
+        await codec.close()
+
+
+async def test_errors_come_back_from_the_worker_as_they_were_raised(pool: CodecPool) -> None:
+    with pytest.raises(NotAnImage, match="an HTML page"):
+        await pool.compress(b"<!doctype html><html></html>", 50)
+    assert (await pool.compress(sample(64, 48, "GIF"), 50)).width == 64
+
+
+async def test_concurrent_decodes_are_admitted_within_the_memory_budget() -> None:
+    # Each 2000 x 1500 JPEG is estimated at 24 MB; a 40 MB budget admits one at a time.
+    limits = DecodeSettings(LIMITS.max_pixels, memory_bytes=40 * 1024 * 1024)
+    codec = CodecPool(3, limits)
+    try:
+        images = [sample(2000, 1500, "JPEG", seed) for seed in range(6)]
+        results = await asyncio.gather(*(codec.compress(image, 50) for image in images))
+        assert [r.width for r in results] == [2000] * 6
+        assert codec.budget.peak == 2000 * 1500 * 8
+    finally:
+        await codec.close()
