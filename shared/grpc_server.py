@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -56,6 +54,9 @@ def server_credentials(settings: GrpcServerSettings) -> grpc.ServerCredentials |
 
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 
+# (the generated add_..._to_server function, the servicer, the service's full name)
+GrpcService = tuple[Callable[[Any, grpc.aio.Server], None], Any, str]
+
 
 def _reflection_v1_alias(servicer: reflection.ReflectionServicer) -> Any:
     """grpc.reflection.v1 has the same messages as v1alpha; serve it with the same code."""
@@ -75,7 +76,7 @@ class GrpcServer:
     def __init__(
         self,
         addr: str,
-        services: Sequence[tuple[Callable[[Any, grpc.aio.Server], None], Any, str]],
+        services: Sequence[GrpcService],
         settings: GrpcServerSettings,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),  # type: ignore[type-arg]
     ) -> None:
@@ -124,12 +125,3 @@ class GrpcServer:
     async def stop(self, grace: float) -> None:
         await self.set_serving(False)
         await self.server.stop(grace)
-
-
-def stop_event_on_signals() -> asyncio.Event:
-    """An event set by the first SIGTERM or SIGINT."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    return stop

@@ -1,19 +1,24 @@
-"""Ingest's lifecycle: start, serve, and on stop drain within the grace period."""
+"""Ingest's parts, wired onto the common service runner (imgpipe.common.service).
+
+Started in this order and stopped in exactly the reverse: the I/O threads, storage, the
+database pool (migrated), the processor channel, the webhook session, the LISTEN
+connection, then the gRPC and HTTP sides, then the workers (dispatcher, result CSVs,
+webhooks) and the database watch, and last "serving". So a stop first reports not
+serving, lets the workers hand back what they hold, drains HTTP and gRPC, and only then
+closes the pool they used; a start that fails part-way stops what had started.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
 import asyncpg
-from aiohttp import web
 
 from imgpipe.common.auth import AuthInterceptor, TokenAuth
-from imgpipe.common.config import split_host_port
-from imgpipe.common.grpc_server import GrpcServer
+from imgpipe.common.backoff import Backoff
+from imgpipe.common.service import Service
 from imgpipe.common.storage import open_storage
 from imgpipe.ingest import postgres
 from imgpipe.ingest.dispatcher import Dispatcher, processor_channel
@@ -31,9 +36,13 @@ from imgpipe.v1 import ingest_pb2_grpc
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "imgpipe.v1.IngestService"
+# Waits between attempts to reach the database at start: some 30 s in all.
+CONNECT_RETRY = Backoff(first=1.0, cap=1.0, jitter=0.0)
+CONNECT_ATTEMPTS = 30
+DATABASE_WATCH_INTERVAL = 2.0  # seconds
 
 
-async def connect_with_retry(dsn: str, attempts: int = 30) -> asyncpg.Pool:
+async def connect_with_retry(dsn: str, attempts: int = CONNECT_ATTEMPTS) -> asyncpg.Pool:
     for attempt in range(1, attempts + 1):
         try:
             return await postgres.create_pool(dsn)
@@ -41,7 +50,7 @@ async def connect_with_retry(dsn: str, attempts: int = 30) -> asyncpg.Pool:
             if attempt == attempts:
                 raise
             log.warning("database not reachable yet", extra={"error": str(exc)})
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(CONNECT_RETRY.delay(attempt))
     raise AssertionError("unreachable")
 
 
@@ -50,51 +59,36 @@ class IngestApp:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ingest-io")
+        self.service = Service("ingest", settings.common)
         self.storage = open_storage(
             settings.common.storage_url, settings.common.s3, settings.common.public_base_url
         )
         self.notifier = Notifier(settings.database_url)
         self.auth = TokenAuth(settings.auth_tokens)
-        self._tasks: list[asyncio.Task[None]] = []
-        self._ready = False
+
+    @property
+    def http_port(self) -> int:
+        return self.service.http_port
 
     async def start(self) -> None:
-        settings = self.settings
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self.executor, self.storage.ensure_ready)
+        """Starts every part; call stop() afterwards even when this raises."""
+        settings, service = self.settings, self.service
+        self.executor = service.executor("ingest-io", 8)
+        await asyncio.get_running_loop().run_in_executor(self.executor, self.storage.ensure_ready)
         self.pool = await connect_with_retry(settings.database_url)
+        service.on_stop("database-pool", self.pool.close)
         async with self.pool.acquire() as conn:
             await postgres.migrate(conn)
         self.store = Store(self.pool)
-        self.channel = processor_channel(settings.processor_target)
-        self.dispatcher = Dispatcher(
-            self.store, self.channel, self.notifier, settings.owner, settings.dispatch
-        )
-        self.webhook_session = aiohttp.ClientSession(
+        channel = processor_channel(settings.processor_target)
+        service.on_stop("processor-channel", lambda: channel.close(None))
+        webhook_session = aiohttp.ClientSession(
             connector=settings.address_policy.connector(limit=50),
             auto_decompress=False,
         )
-        result_csv = OutboxWorker(
-            self.store,
-            self.notifier,
-            RESULT_CSV,
-            ResultCsvWriter(self.store, self.storage, self.executor),
-        )
-        webhooks = OutboxWorker(
-            self.store,
-            self.notifier,
-            WEBHOOK,
-            WebhookSender(
-                self.store, self.webhook_session, settings.webhooks, settings.address_policy
-            ),
-        )
-        self._tasks = [
-            asyncio.create_task(self.notifier.run(), name="notifier"),
-            asyncio.create_task(self.dispatcher.run(), name="dispatcher"),
-            asyncio.create_task(result_csv.run(), name="result-csv"),
-            asyncio.create_task(webhooks.run(), name="webhooks"),
-        ]
+        service.on_stop("webhook-session", webhook_session.close)
+        service.background("notifier", self.notifier.run())
+
         self.requests = RequestService(
             self.store,
             self.notifier,
@@ -102,43 +96,59 @@ class IngestApp:
             settings.watch,
             RateLimiter(settings.submit_rate_per_minute, settings.submit_burst),
             settings.address_policy,
-        )
-        servicer = IngestServicer(self.requests)
-        self.grpc = GrpcServer(
-            settings.common.grpc_addr,
-            [(ingest_pb2_grpc.add_IngestServiceServicer_to_server, servicer, SERVICE_NAME)],
-            settings=settings.common.grpc,
-            interceptors=[AuthInterceptor(self.auth)],
-        )
-        await self.grpc.start()
-        http = build_http_app(
-            self.requests,
-            self.auth,
             self.storage,
             self.executor,
-            lambda: self.ready,
-            max_csv_bytes=settings.csv_limits.max_bytes,
         )
-        self._http_runner = web.AppRunner(http, access_log=None)
-        await self._http_runner.setup()
-        host, port = split_host_port(settings.common.http_addr)
-        site = web.TCPSite(self._http_runner, host, port)
-        await site.start()
-        self.http_port = self._http_runner.addresses[0][1]
-        await self.grpc.set_serving(True)
-        self._ready = True
-        self._db_watch = asyncio.create_task(self._watch_database(), name="db-health")
-        log.info(
-            "ingest serving",
-            extra={"grpc_port": self.grpc.port, "http_port": self.http_port},
+        self.grpc = await service.serve_grpc(
+            [
+                (
+                    ingest_pb2_grpc.add_IngestServiceServicer_to_server,
+                    IngestServicer(self.requests),
+                    SERVICE_NAME,
+                )
+            ],
+            interceptors=[AuthInterceptor(self.auth)],
         )
+        await service.serve_http(
+            build_http_app(
+                self.requests,
+                self.auth,
+                self.storage,
+                self.executor,
+                max_csv_bytes=settings.csv_limits.max_bytes,
+            )
+        )
+
+        self.dispatcher = Dispatcher(
+            self.store, channel, self.notifier, settings.owner, settings.dispatch
+        )
+        dispatching = service.background("dispatcher", self.dispatcher.run())
+        service.on_stop("dispatcher-drain", lambda: self._drain(dispatching))
+        result_csv = ResultCsvWriter(self.store, self.storage, self.executor)
+        service.background(
+            "result-csv", OutboxWorker(self.store, self.notifier, RESULT_CSV, result_csv).run()
+        )
+        sender = WebhookSender(
+            self.store, webhook_session, settings.webhooks, settings.address_policy
+        )
+        service.background(
+            "webhooks", OutboxWorker(self.store, self.notifier, WEBHOOK, sender).run()
+        )
+        service.background("database-watch", self._watch_database())
+        await service.start_serving()
 
     @property
     def ready(self) -> bool:
-        return self._ready
+        return self.service.ready
 
-    async def _watch_database(self, interval: float = 2.0) -> None:
+    async def _drain(self, dispatching: asyncio.Task[None]) -> None:
+        """Calls in flight get what is left of the grace period; the rest is handed back."""
+        await self.dispatcher.drain(self.service.time_left())
+        await asyncio.wait([dispatching], timeout=self.service.time_left())
+
+    async def _watch_database(self) -> None:
         """Health follows the database: NOT_SERVING while it cannot be reached."""
+        interval = DATABASE_WATCH_INTERVAL
         while True:
             await asyncio.sleep(interval)
             try:
@@ -146,26 +156,9 @@ class IngestApp:
                 reachable = True
             except CONNECTION_ERRORS:  # TimeoutError is an OSError
                 reachable = False
-            if reachable != self._ready:
+            if reachable != self.service.ready:
                 log.warning("database reachable" if reachable else "database unreachable")
-                self._ready = reachable
-                await self.grpc.set_serving(reachable)
+                await self.service.set_serving(reachable)
 
     async def stop(self) -> None:
-        grace = self.settings.common.grace_seconds
-        self._db_watch.cancel()  # health stays NOT_SERVING from here on
-        self._ready = False
-        await self.grpc.set_serving(False)
-        self.dispatcher.stop_claiming()
-        await asyncio.gather(self.grpc.stop(grace), self.dispatcher.drain(grace))
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self.channel.close(None)
-        await self.webhook_session.close()
-        await self.pool.close()
-        await self._http_runner.cleanup()
-        self.executor.shutdown(wait=False, cancel_futures=True)
-        log.info("ingest stopped")
+        await self.service.stop()

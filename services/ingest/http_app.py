@@ -1,5 +1,5 @@
-"""Ingest's HTTP side (aiohttp): the API of http_routes (/v1/...) and its OpenAPI document,
-health, metrics, and the objects of file:// storage.
+"""Ingest's HTTP side (aiohttp): the API of http_routes (/v1/...), its OpenAPI document and
+the objects of file:// storage; the service runner adds health, readiness and metrics.
 
 Errors are JSON (imgpipe.common.http_errors). When tokens are configured, every route but health,
 metrics and /objects/ (unguessable keys, so links work in a browser) needs
@@ -10,22 +10,20 @@ imgpipe.common.auth.CALLER, as on gRPC.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from concurrent.futures import Executor
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from imgpipe.common.auth import CALLER, TokenAuth
 from imgpipe.common.http_errors import json_errors_middleware
+from imgpipe.common.service import OPS_PATHS
 from imgpipe.common.storage import FileStorage, Storage
 from imgpipe.ingest.errors import BodyTooLarge, CsvTooLarge
 from imgpipe.ingest.http_routes import MULTIPART_OVERHEAD, RequestRoutes
 from imgpipe.ingest.openapi import document
 from imgpipe.ingest.request_service import RequestService
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 OPEN_PREFIXES = ("/objects/",)
 SSE_KEEPALIVE = 15.0  # seconds
 
@@ -33,7 +31,7 @@ SSE_KEEPALIVE = 15.0  # seconds
 def _auth_middleware(auth: TokenAuth) -> Middleware:
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in OPEN_PATHS or request.path.startswith(OPEN_PREFIXES):
+        if request.path in OPS_PATHS or request.path.startswith(OPEN_PREFIXES):
             return await handler(request)
         token = CALLER.set(auth.authenticate(request.headers.get("Authorization")))
         try:
@@ -49,24 +47,11 @@ def build_http_app(
     auth: TokenAuth,
     storage: Storage,
     executor: Executor,
-    is_ready: Callable[[], bool],
     *,
     max_csv_bytes: int,
     keepalive: float = SSE_KEEPALIVE,
 ) -> web.Application:
     """keepalive: seconds of silence after which an event stream gets a comment line."""
-
-    async def healthz(_request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def readyz(_request: web.Request) -> web.Response:
-        ready = is_ready()
-        return web.json_response(
-            {"status": "ready" if ready else "not ready"}, status=200 if ready else 503
-        )
-
-    async def metrics(_request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def get_object(request: web.Request) -> web.Response:
         key = request.match_info["key"]
@@ -91,13 +76,8 @@ def build_http_app(
             _auth_middleware(auth),
         ],
     )
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/openapi.json", openapi_json)
-    RequestRoutes(
-        requests, storage, executor, max_csv_bytes=max_csv_bytes, keepalive=keepalive
-    ).add_to(app)
+    RequestRoutes(requests, max_csv_bytes=max_csv_bytes, keepalive=keepalive).add_to(app)
     if serves_objects:
         app.router.add_get("/objects/{key:.+}", get_object)
     return app

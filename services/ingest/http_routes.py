@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping
-from concurrent.futures import Executor
 from typing import Any
 
 from aiohttp import BodyPartReader, web
@@ -18,13 +17,11 @@ from google.protobuf.message import Message
 from imgpipe.common.auth import CALLER
 from imgpipe.common.errors import (
     InvalidArgument,
-    StorageError,
 )
-from imgpipe.common.storage import Storage
 from imgpipe.ingest import to_proto
-from imgpipe.ingest.errors import BodyTooLarge, ResultMissing, ResultNotReady, StorageUnavailable
-from imgpipe.ingest.model import Event, result_csv_key
-from imgpipe.ingest.request_service import RequestService, parse_request_id
+from imgpipe.ingest.errors import BodyTooLarge
+from imgpipe.ingest.model import Event
+from imgpipe.ingest.request_service import RequestService
 from imgpipe.ingest.sse import ServerEvent, aclose_quietly, stream_events
 
 # Room for the multipart framing and the option fields around the CSV.
@@ -53,15 +50,11 @@ class RequestRoutes:
     def __init__(
         self,
         requests: RequestService,
-        storage: Storage,
-        executor: Executor,
         *,
         max_csv_bytes: int,
         keepalive: float,
     ) -> None:
         self._requests = requests
-        self._storage = storage
-        self._executor = executor
         self._max_csv_bytes = max_csv_bytes
         self._keepalive = keepalive
         self._closing = asyncio.Event()  # set on shutdown: event streams end
@@ -135,21 +128,7 @@ class RequestRoutes:
 
     async def result_csv(self, request: web.Request) -> web.Response:
         request_id = request.match_info["request_id"]
-        current = await self._requests.summary(request_id, caller=CALLER.get())
-        if not current.state.terminal:
-            raise ResultNotReady(
-                f"the request is {current.state.value}; its result CSV is written once it is done"
-            )
-        if not current.result_csv_url:
-            raise ResultNotReady("the result CSV is being written; try again in a moment")
-        key = result_csv_key(parse_request_id(request_id))
-        loop = asyncio.get_running_loop()
-        try:
-            data = await loop.run_in_executor(self._executor, self._storage.get, key)
-        except KeyError:
-            raise ResultMissing() from None
-        except StorageError as exc:
-            raise StorageUnavailable(f"storage unavailable: {exc}") from exc
+        key, data = await self._requests.result_csv(request_id, caller=CALLER.get())
         return web.Response(
             body=data,
             content_type="text/csv",

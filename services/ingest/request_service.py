@@ -1,5 +1,5 @@
-"""The ingest API in domain terms: what Submit, GetStatus, WatchStatus and Cancel do,
-whichever way they arrive (gRPC or HTTP). Validates input; raises domain errors.
+"""The ingest API in domain terms: what Submit, GetStatus, WatchStatus, Cancel and reading the
+result CSV do, whichever way they arrive (gRPC or HTTP). Validates input; raises domain errors.
 
 `caller` is the principal of the bearer token (imgpipe.common.auth), "" when tokens are off; a
 request is visible only to the caller that created it (others get NOT_FOUND)."""
@@ -10,15 +10,23 @@ import asyncio
 import hashlib
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import Executor
 
 from yarl import URL
 
 from imgpipe.common.address_policy import AddressPolicy
-from imgpipe.common.errors import PolicyViolation
+from imgpipe.common.errors import PolicyViolation, StorageError
+from imgpipe.common.storage import Storage
 from imgpipe.ingest import metrics
 from imgpipe.ingest.csv_format import CsvLimits, parse_products
-from imgpipe.ingest.errors import InvalidOption, InvalidRequestId
-from imgpipe.ingest.model import Event, ImageStatus, RequestStatus, Submission
+from imgpipe.ingest.errors import (
+    InvalidOption,
+    InvalidRequestId,
+    ResultMissing,
+    ResultNotReady,
+    StorageUnavailable,
+)
+from imgpipe.ingest.model import Event, ImageStatus, RequestStatus, Submission, result_csv_key
 from imgpipe.ingest.notifications import Notifier
 from imgpipe.ingest.rate_limit import RateLimiter
 from imgpipe.ingest.store import Store
@@ -88,8 +96,12 @@ class RequestService:
         watch_settings: WatchSettings,
         rate_limiter: RateLimiter,
         address_policy: AddressPolicy,
+        storage: Storage,
+        executor: Executor,
     ) -> None:
         self._address_policy = address_policy
+        self._storage = storage
+        self._executor = executor
         self._reader = EventReader(store)
         self._rate_limiter = rate_limiter
         self._store = store
@@ -122,9 +134,24 @@ class RequestService:
         status = await self._store.status(rid, caller)
         return status, await self._store.images(rid)
 
-    async def summary(self, request_id: str, *, caller: str) -> RequestStatus:
-        """The request without its images: one row, whatever its size."""
-        return await self._store.status(parse_request_id(request_id), caller)
+    async def result_csv(self, request_id: str, *, caller: str) -> tuple[str, bytes]:
+        """The result CSV of a terminal request: its object key and its bytes."""
+        rid = parse_request_id(request_id)
+        current = await self._store.status(rid, caller)  # one row, whatever the request's size
+        if not current.state.terminal:
+            raise ResultNotReady(
+                f"the request is {current.state.value}; its result CSV is written once it is done"
+            )
+        if not current.result_csv_url:
+            raise ResultNotReady("the result CSV is being written; try again in a moment")
+        key = result_csv_key(rid)
+        loop = asyncio.get_running_loop()
+        try:
+            return key, await loop.run_in_executor(self._executor, self._storage.get, key)
+        except KeyError:
+            raise ResultMissing() from None
+        except StorageError as exc:
+            raise StorageUnavailable(f"storage unavailable: {exc}") from exc
 
     def watch(
         self, request_id: str, after_sequence: int, *, caller: str

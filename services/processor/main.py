@@ -1,67 +1,55 @@
-"""The processor process: start, serve, and on SIGTERM drain and stop.
+"""`imgpipe-processor`: the processor's parts, wired onto the common service runner.
 
-ProcessorApp holds the lifecycle, so tests run the very same parts in-process.
+The HTTP side, the codec worker pool, storage, the fetcher and the gRPC server start in
+that order and stop in reverse: not serving, drain within the grace period, close pools.
+Tests run the very same ProcessorApp in-process.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import AsyncExitStack
 
-from aiohttp import web
-
-from imgpipe.common.config import process_env, split_host_port
+from imgpipe.common.config import process_env
 from imgpipe.common.errors import SettingsError
-from imgpipe.common.grpc_server import GrpcServer, stop_event_on_signals
 from imgpipe.common.logs import setup_logging
+from imgpipe.common.service import Service, run
 from imgpipe.common.storage import open_storage
 from imgpipe.processor.codec_pool import CodecPool
 from imgpipe.processor.fetch import Fetcher
-from imgpipe.processor.http_app import make_http_app
 from imgpipe.processor.pipeline import Pipeline
 from imgpipe.processor.servicer import SERVICE_NAME, ProcessorServicer
 from imgpipe.processor.settings import Settings
 from imgpipe.v1 import processor_pb2_grpc
 
-log = logging.getLogger(__name__)
-
 
 class ProcessorApp:
-    """Executors, storage, HTTP side, fetcher and gRPC server, started in that order and
-    stopped in reverse: health NOT_SERVING, drain within the grace period, close pools."""
-
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.serving = False
-        self.grpc_port = 0
-        self.http_port = 0
-        self._stack = AsyncExitStack()
+        self.service = Service("processor", settings.common)
+
+    @property
+    def grpc_port(self) -> int:
+        return self.service.grpc_port
+
+    @property
+    def http_port(self) -> int:
+        return self.service.http_port
 
     async def start(self) -> None:
         """Starts every part; call stop() afterwards even when this raises."""
-        settings, stack = self.settings, self._stack
+        settings, service = self.settings, self.service
+        await service.serve_http()
         codec = CodecPool(settings.workers, settings.decode)
-        stack.push_async_callback(codec.close)
+        service.on_stop("codec", codec.close)
         # Storage calls wait on the network: their own threads, one per call in flight, so
         # they never hold up compression nor wait behind it.
-        storage_executor = ThreadPoolExecutor(settings.max_in_flight, thread_name_prefix="storage")
-        stack.push_async_callback(asyncio.to_thread, storage_executor.shutdown)
+        storage_executor = service.executor("storage", settings.max_in_flight)
         common = settings.common
         storage = open_storage(common.storage_url, common.s3, common.public_base_url)
         await asyncio.get_running_loop().run_in_executor(storage_executor, storage.ensure_ready)
-
-        runner = web.AppRunner(make_http_app(lambda: self.serving), access_log=None)
-        await runner.setup()
-        stack.push_async_callback(runner.cleanup)
-        host, port = split_host_port(common.http_addr)
-        await web.TCPSite(runner, host, port).start()
-        self.http_port = int(runner.addresses[0][1])
-
         fetcher = Fetcher(settings.fetch, max_connections=settings.max_in_flight)
-        stack.push_async_callback(fetcher.close)
+        service.on_stop("fetcher", fetcher.close)
         pipeline = Pipeline(
             fetcher,
             storage,
@@ -69,41 +57,14 @@ class ProcessorApp:
             storage_executor=storage_executor,
             max_in_flight=settings.max_in_flight,
         )
-        server = GrpcServer(
-            common.grpc_addr,
-            [
-                (
-                    processor_pb2_grpc.add_ProcessorServiceServicer_to_server,
-                    ProcessorServicer(pipeline),
-                    SERVICE_NAME,
-                )
-            ],
-            settings=common.grpc,
+        servicer = ProcessorServicer(pipeline)
+        await service.serve_grpc(
+            [(processor_pb2_grpc.add_ProcessorServiceServicer_to_server, servicer, SERVICE_NAME)]
         )
-        self.grpc_port = server.port
-        stack.push_async_callback(server.stop, common.grace_seconds)
-        await server.start()
-        await server.set_serving(True)
-        self.serving = True
+        await service.start_serving()
 
     async def stop(self) -> None:
-        self.serving = False
-        await self._stack.aclose()
-
-
-async def serve(settings: Settings) -> None:
-    stop = stop_event_on_signals()
-    app = ProcessorApp(settings)
-    try:
-        await app.start()
-        log.info(
-            "processor serving", extra={"grpc_port": app.grpc_port, "http_port": app.http_port}
-        )
-        await stop.wait()
-        log.info("processor stopping", extra={"grace_seconds": settings.common.grace_seconds})
-    finally:
-        await app.stop()
-    log.info("processor stopped")
+        await self.service.stop()
 
 
 def main() -> None:
@@ -112,8 +73,4 @@ def main() -> None:
     except SettingsError as exc:
         sys.exit(f"imgpipe-processor: {exc}")
     setup_logging(settings.common.log_level)
-    try:
-        asyncio.run(serve(settings))
-    except Exception:
-        log.exception("processor failed")
-        sys.exit(1)
+    run(ProcessorApp(settings))

@@ -26,6 +26,7 @@ from openapi_spec_validator import validate
 from devstack.image_server import ImageServer
 from devstack.sample_images import sample
 from imgpipe.common.config import S3Settings
+from imgpipe.common.service import add_ops_routes
 from imgpipe.common.storage import S3Storage
 from imgpipe.ingest.http_app import build_http_app
 from imgpipe.ingest.http_routes import message_json
@@ -452,7 +453,6 @@ async def test_event_stream_keepalive_and_a_client_going_away(ingest: Ingest) ->
         app.auth,
         app.storage,
         app.executor,
-        lambda: True,
         max_csv_bytes=MAX_CSV_BYTES,
         keepalive=0.2,
     )
@@ -572,14 +572,13 @@ async def test_openapi_document_is_valid_and_matches_the_routes(ingest: Ingest) 
     validate(doc)
     assert "security" not in doc  # no tokens configured
     app = ingest.running.app
-    assert documented_routes(doc) == served_routes(app._http_runner.app)
+    assert documented_routes(doc) == served_routes(app.service.http_app)
     assert ("GET", "/objects/{key}") in documented_routes(doc)
 
     # With S3 storage there is no /objects/, in the routes nor in the document.
     s3 = S3Storage("bucket", "", S3Settings("http://127.0.0.1:9", "a", "b", "us-east-1"), None)
-    other = build_http_app(
-        app.requests, app.auth, s3, app.executor, lambda: True, max_csv_bytes=MAX_CSV_BYTES
-    )
+    other = build_http_app(app.requests, app.auth, s3, app.executor, max_csv_bytes=MAX_CSV_BYTES)
+    add_ops_routes(other, lambda: True)
     async with TestServer(other) as server, aiohttp.ClientSession() as http:
         response = await http.get(server.make_url("/v1/openapi.json"))
         doc = await response.json()

@@ -25,8 +25,8 @@ from devstack.ports import free_port
 from devstack.sample_images import sample
 from imgpipe.common.config import S3Settings
 from imgpipe.common.errors import SettingsError
+from imgpipe.common.service import add_ops_routes
 from imgpipe.common.storage import open_storage
-from imgpipe.processor.http_app import make_http_app
 from imgpipe.processor.main import ProcessorApp
 from imgpipe.processor.settings import FetchSettings, Settings
 from imgpipe.v1 import processor_pb2, processor_pb2_grpc, requests_pb2
@@ -388,7 +388,9 @@ async def test_health_and_http_side(processor: Processor) -> None:
 
 
 async def test_readyz_is_503_when_not_serving() -> None:
-    async with TestClient(TestServer(make_http_app(lambda: False))) as client:
+    app = web.Application()
+    add_ops_routes(app, lambda: False)
+    async with TestClient(TestServer(app)) as client:
         assert (await client.get("/readyz")).status == 503
         assert (await client.get("/healthz")).status == 200
 
