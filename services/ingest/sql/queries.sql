@@ -1,4 +1,5 @@
 -- Every query ingest runs, by name (loaded once by postgres.py). $n are asyncpg placeholders.
+-- NOTIFY comes from triggers on events and outbox (migrations/0025_notify_triggers.sql).
 -- Lock order everywhere: images before requests, so concurrent statements cannot deadlock.
 
 -- name: insert_request
@@ -107,14 +108,9 @@ WITH active AS (
            b.state, b.succeeded_count, b.failed_count, b.cancelled_count,
            cl.serial_number, cl.idx, 'PROCESSING'
     FROM claimed cl JOIN bumped b ON b.id = cl.request_id
-    RETURNING request_id
-), notified AS (
-    SELECT pg_notify('imgpipe_events', request_id::text)
-    FROM (SELECT DISTINCT request_id FROM appended) d
 )
 SELECT cl.id, cl.request_id, cl.serial_number, cl.idx, cl.input_url, cl.attempts, b.quality
 FROM claimed cl JOIN bumped b ON b.id = cl.request_id
-WHERE (SELECT count(*) FROM notified) >= 0
 ORDER BY cl.request_id, cl.product_position, cl.idx;
 
 -- name: finish_attempt
@@ -147,19 +143,13 @@ WITH img AS (
            req.cancelled_count, img.serial_number, img.idx, img.state, img.output_url,
            img.error
     FROM req, img
-    RETURNING request_id
 ), queued AS (
     INSERT INTO outbox (request_id, kind)
     SELECT id, 'result_csv' FROM req
     WHERE succeeded_count + failed_count + cancelled_count = image_count
     ON CONFLICT (request_id, kind) DO NOTHING
-    RETURNING id
-), notified AS (
-    SELECT pg_notify('imgpipe_events', request_id::text) FROM appended
-    UNION ALL
-    SELECT pg_notify('imgpipe_outbox', 'result_csv') FROM queued
 )
-SELECT count(*) AS applied FROM img WHERE (SELECT count(*) FROM notified) >= 0;
+SELECT count(*) AS applied FROM img;
 
 -- name: expired_leases
 SELECT id, attempts, lease_owner FROM images
@@ -191,19 +181,12 @@ WITH cancelled AS (
     INSERT INTO events (request_id, sequence, request_state, succeeded_count, failed_count,
                         cancelled_count)
     SELECT id, last_sequence, state, succeeded_count, failed_count, cancelled_count FROM req
-    RETURNING request_id
 ), queued AS (
     INSERT INTO outbox (request_id, kind)
     SELECT id, 'result_csv' FROM req
     ON CONFLICT (request_id, kind) DO NOTHING
-    RETURNING id
-), notified AS (
-    SELECT pg_notify('imgpipe_events', request_id::text) FROM appended
-    UNION ALL
-    SELECT pg_notify('imgpipe_outbox', 'result_csv') FROM queued
 )
-SELECT id, state, image_count, succeeded_count, failed_count, cancelled_count
-FROM req WHERE (SELECT count(*) FROM notified) >= 0;
+SELECT id, state, image_count, succeeded_count, failed_count, cancelled_count FROM req;
 
 -- name: claim_outbox
 -- Takes one due outbox item of kind $1 for $2 seconds; a crash lets the lease run out.
@@ -265,15 +248,9 @@ WITH done AS (
                         cancelled_count, result_csv_url)
     SELECT id, last_sequence, state, succeeded_count, failed_count, cancelled_count, $3
     FROM req WHERE transitioned
-    RETURNING request_id
 ), webhook AS (
     INSERT INTO outbox (request_id, kind)
     SELECT id, 'webhook' FROM req WHERE webhook_url <> ''
     ON CONFLICT (request_id, kind) DO NOTHING
-    RETURNING id
-), notified AS (
-    SELECT pg_notify('imgpipe_events', request_id::text) FROM appended
-    UNION ALL
-    SELECT pg_notify('imgpipe_outbox', 'webhook') FROM webhook
 )
-SELECT state FROM req WHERE (SELECT count(*) FROM notified) >= 0;
+SELECT state FROM req;
