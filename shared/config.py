@@ -123,12 +123,16 @@ class GrpcServerSettings:
             max_message_bytes=env_int(
                 env, "IMGPIPE_GRPC_MAX_MESSAGE_BYTES", cls.max_message_bytes, minimum=1024
             ),
-            keepalive_seconds=env_float(env, "IMGPIPE_GRPC_KEEPALIVE_SECONDS", 60.0, minimum=1),
+            keepalive_seconds=env_float(
+                env, "IMGPIPE_GRPC_KEEPALIVE_SECONDS", cls.keepalive_seconds, minimum=1
+            ),
             max_connection_age_seconds=env_float(
                 env, "IMGPIPE_GRPC_MAX_CONNECTION_AGE_SECONDS", max_connection_age_seconds
             ),
             max_connection_age_grace_seconds=env_float(
-                env, "IMGPIPE_GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS", 120.0
+                env,
+                "IMGPIPE_GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS",
+                cls.max_connection_age_grace_seconds,
             ),
             tls_cert=cert,
             tls_key=key,
@@ -145,9 +149,10 @@ class CommonSettings:
     storage_url: str
     public_base_url: str | None
     s3: S3Settings
-    log_level: str
-    grace_seconds: float
     grpc: GrpcServerSettings
+    log_level: str = "INFO"
+    # On SIGTERM: the time to finish the work in hand.
+    grace_seconds: float = 20.0
 
     @classmethod
     def from_env(
@@ -164,8 +169,8 @@ class CommonSettings:
             storage_url=env_str(env, "IMGPIPE_STORAGE_URL"),
             public_base_url=env.get("IMGPIPE_PUBLIC_BASE_URL") or None,
             s3=S3Settings.from_env(env),
-            log_level=env_str(env, "IMGPIPE_LOG_LEVEL", "INFO").upper(),
-            grace_seconds=env_float(env, "IMGPIPE_GRACE_SECONDS", 20.0),
+            log_level=env_str(env, "IMGPIPE_LOG_LEVEL", cls.log_level).upper(),
+            grace_seconds=env_float(env, "IMGPIPE_GRACE_SECONDS", cls.grace_seconds),
             grpc=GrpcServerSettings.from_env(
                 env, max_connection_age_seconds=max_connection_age_seconds
             ),

@@ -16,48 +16,61 @@ from imgpipe.ingest.retry_policy import RetryPolicy
 from imgpipe.ingest.watch import WatchSettings
 from imgpipe.ingest.webhooks import WebhookSettings
 
+GRPC_ADDR = "0.0.0.0:50051"
+HTTP_ADDR = "0.0.0.0:8080"
+DEFAULT_PROCESSOR_TARGET = "127.0.0.1:50052"
+# The processor call's deadline, as a share of the lease, unless IMGPIPE_CALL_TIMEOUT says.
+CALL_TIMEOUT_SHARE = 0.75
+
 
 @dataclass(frozen=True)
 class Settings:
+    """Every default is written once, in the dataclass it belongs to; parsing refers to it."""
+
     common: CommonSettings
     database_url: str
     processor_target: str
     dispatch: DispatchSettings
     watch: WatchSettings
     csv_limits: CsvLimits
-    # Per token (per replica); 0 turns the limit off.
-    submit_rate_per_minute: float
-    submit_burst: int
     owner: str
     auth_tokens: tuple[str, ...]
     webhooks: WebhookSettings
     # Where webhooks may be sent: the same rules as image sources.
     address_policy: AddressPolicy
+    # Per token (per replica); 0 turns the limit off.
+    submit_rate_per_minute: float = 120.0
+    submit_burst: int = 30
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
-        common = CommonSettings.from_env(env, grpc_addr="0.0.0.0:50051", http_addr="0.0.0.0:8080")
-        lease = env_float(env, "IMGPIPE_LEASE_SECONDS", 60.0, minimum=1.0)
+        common = CommonSettings.from_env(env, grpc_addr=GRPC_ADDR, http_addr=HTTP_ADDR)
+        D, R, W = DispatchSettings, RetryPolicy, WebhookSettings
+        lease = env_float(env, "IMGPIPE_LEASE_SECONDS", D.lease_seconds, minimum=1.0)
         dispatch = DispatchSettings(
-            max_in_flight=env_int(env, "IMGPIPE_MAX_IN_FLIGHT", 32, minimum=1),
-            claim_batch=env_int(env, "IMGPIPE_CLAIM_BATCH", 16, minimum=1),
+            max_in_flight=env_int(env, "IMGPIPE_MAX_IN_FLIGHT", D.max_in_flight, minimum=1),
+            claim_batch=env_int(env, "IMGPIPE_CLAIM_BATCH", D.claim_batch, minimum=1),
             lease_seconds=lease,
-            call_timeout=env_float(env, "IMGPIPE_CALL_TIMEOUT", lease * 0.75, minimum=0.1),
-            poll_interval=env_float(env, "IMGPIPE_POLL_INTERVAL", 1.0, minimum=0.01),
-            sweep_interval=env_float(env, "IMGPIPE_SWEEP_INTERVAL", 2.0, minimum=0.01),
+            call_timeout=env_float(
+                env, "IMGPIPE_CALL_TIMEOUT", lease * CALL_TIMEOUT_SHARE, minimum=0.1
+            ),
+            poll_interval=env_float(env, "IMGPIPE_POLL_INTERVAL", D.poll_interval, minimum=0.01),
+            sweep_interval=env_float(env, "IMGPIPE_SWEEP_INTERVAL", D.sweep_interval, minimum=0.01),
             retry=RetryPolicy(
-                base_seconds=env_float(env, "IMGPIPE_RETRY_BASE_SECONDS", 2.0),
-                cap_seconds=env_float(env, "IMGPIPE_RETRY_CAP_SECONDS", 30.0),
-                max_attempts=env_int(env, "IMGPIPE_RETRY_MAX_ATTEMPTS", 5, minimum=1),
+                base_seconds=env_float(env, "IMGPIPE_RETRY_BASE_SECONDS", R.base_seconds),
+                cap_seconds=env_float(env, "IMGPIPE_RETRY_CAP_SECONDS", R.cap_seconds),
+                max_attempts=env_int(env, "IMGPIPE_RETRY_MAX_ATTEMPTS", R.max_attempts, minimum=1),
             ),
         )
         return cls(
             common=common,
             database_url=env_str(env, "DATABASE_URL"),
-            processor_target=env_str(env, "IMGPIPE_PROCESSOR_TARGET", "127.0.0.1:50052"),
+            processor_target=env_str(env, "IMGPIPE_PROCESSOR_TARGET", DEFAULT_PROCESSOR_TARGET),
             dispatch=dispatch,
             watch=WatchSettings(
-                poll_interval=env_float(env, "IMGPIPE_WATCH_POLL_INTERVAL", 2.0, minimum=0.01)
+                poll_interval=env_float(
+                    env, "IMGPIPE_WATCH_POLL_INTERVAL", WatchSettings.poll_interval, minimum=0.01
+                )
             ),
             csv_limits=CsvLimits(
                 max_bytes=env_int(env, "IMGPIPE_MAX_CSV_BYTES", CsvLimits.max_bytes, minimum=1),
@@ -69,16 +82,24 @@ class Settings:
                     env, "IMGPIPE_MAX_URL_LENGTH", CsvLimits.max_url_length, minimum=16
                 ),
             ),
-            submit_rate_per_minute=env_float(env, "IMGPIPE_SUBMIT_RATE_PER_MINUTE", 120.0),
-            submit_burst=env_int(env, "IMGPIPE_SUBMIT_BURST", 30, minimum=1),
+            submit_rate_per_minute=env_float(
+                env, "IMGPIPE_SUBMIT_RATE_PER_MINUTE", cls.submit_rate_per_minute
+            ),
+            submit_burst=env_int(env, "IMGPIPE_SUBMIT_BURST", cls.submit_burst, minimum=1),
             owner=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
             webhooks=WebhookSettings(
                 secret=env.get("IMGPIPE_WEBHOOK_SECRET", ""),
-                timeout_seconds=env_float(env, "IMGPIPE_WEBHOOK_TIMEOUT", 10.0, minimum=0.1),
-                retry_base_seconds=env_float(env, "IMGPIPE_WEBHOOK_RETRY_BASE_SECONDS", 10.0),
-                retry_cap_seconds=env_float(env, "IMGPIPE_WEBHOOK_RETRY_CAP_SECONDS", 3600.0),
+                timeout_seconds=env_float(
+                    env, "IMGPIPE_WEBHOOK_TIMEOUT", W.timeout_seconds, minimum=0.1
+                ),
+                retry_base_seconds=env_float(
+                    env, "IMGPIPE_WEBHOOK_RETRY_BASE_SECONDS", W.retry_base_seconds
+                ),
+                retry_cap_seconds=env_float(
+                    env, "IMGPIPE_WEBHOOK_RETRY_CAP_SECONDS", W.retry_cap_seconds
+                ),
                 retry_period_seconds=env_float(
-                    env, "IMGPIPE_WEBHOOK_RETRY_PERIOD_SECONDS", 86400.0
+                    env, "IMGPIPE_WEBHOOK_RETRY_PERIOD_SECONDS", W.retry_period_seconds
                 ),
             ),
             address_policy=AddressPolicy.from_env(env),

@@ -21,21 +21,29 @@ class FetchSettings:
     """How sources are fetched."""
 
     policy: AddressPolicy
-    max_source_bytes: int
-    connect_timeout: float
-    read_timeout: float
-    total_timeout: float
-    max_redirects: int
+    max_source_bytes: int = 50 * MIB
+    connect_timeout: float = 5.0
+    read_timeout: float = 10.0
+    total_timeout: float = 30.0
+    max_redirects: int = 5
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> FetchSettings:
         return cls(
             policy=AddressPolicy.from_env(env),
-            max_source_bytes=env_int(env, "IMGPIPE_MAX_SOURCE_BYTES", 50 * MIB, minimum=1),
-            connect_timeout=env_float(env, "IMGPIPE_FETCH_CONNECT_TIMEOUT", 5.0, minimum=0.01),
-            read_timeout=env_float(env, "IMGPIPE_FETCH_READ_TIMEOUT", 10.0, minimum=0.01),
-            total_timeout=env_float(env, "IMGPIPE_FETCH_TOTAL_TIMEOUT", 30.0, minimum=0.01),
-            max_redirects=env_int(env, "IMGPIPE_MAX_REDIRECTS", 5),
+            max_source_bytes=env_int(
+                env, "IMGPIPE_MAX_SOURCE_BYTES", cls.max_source_bytes, minimum=1
+            ),
+            connect_timeout=env_float(
+                env, "IMGPIPE_FETCH_CONNECT_TIMEOUT", cls.connect_timeout, minimum=0.01
+            ),
+            read_timeout=env_float(
+                env, "IMGPIPE_FETCH_READ_TIMEOUT", cls.read_timeout, minimum=0.01
+            ),
+            total_timeout=env_float(
+                env, "IMGPIPE_FETCH_TOTAL_TIMEOUT", cls.total_timeout, minimum=0.01
+            ),
+            max_redirects=env_int(env, "IMGPIPE_MAX_REDIRECTS", cls.max_redirects),
         )
 
 
@@ -44,7 +52,7 @@ class DecodeSettings:
     """How much of an image the processor agrees to decode."""
 
     # Width x height, checked from the header before decoding.
-    max_pixels: int
+    max_pixels: int = 100_000_000
     # Frames of an animation (GIF, APNG, WebP), counted without decoding them.
     max_frames: int = DEFAULT_MAX_FRAMES
     # Scans of a JPEG (a progressive one has a few to a dozen), counted without decoding.
@@ -58,17 +66,11 @@ class DecodeSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> DecodeSettings:
         return cls(
-            max_pixels=env_int(env, "IMGPIPE_MAX_PIXELS", 100_000_000, minimum=1),
-            max_frames=env_int(env, "IMGPIPE_MAX_FRAMES", DEFAULT_MAX_FRAMES, minimum=1),
-            max_jpeg_scans=env_int(
-                env, "IMGPIPE_MAX_JPEG_SCANS", DEFAULT_MAX_JPEG_SCANS, minimum=1
-            ),
-            memory_bytes=env_int(
-                env, "IMGPIPE_CODEC_MEMORY_BYTES", DEFAULT_CODEC_MEMORY_BYTES, minimum=MIB
-            ),
-            cpu_seconds=env_int(
-                env, "IMGPIPE_DECODE_CPU_SECONDS", DEFAULT_DECODE_CPU_SECONDS, minimum=1
-            ),
+            max_pixels=env_int(env, "IMGPIPE_MAX_PIXELS", cls.max_pixels, minimum=1),
+            max_frames=env_int(env, "IMGPIPE_MAX_FRAMES", cls.max_frames, minimum=1),
+            max_jpeg_scans=env_int(env, "IMGPIPE_MAX_JPEG_SCANS", cls.max_jpeg_scans, minimum=1),
+            memory_bytes=env_int(env, "IMGPIPE_CODEC_MEMORY_BYTES", cls.memory_bytes, minimum=MIB),
+            cpu_seconds=env_int(env, "IMGPIPE_DECODE_CPU_SECONDS", cls.cpu_seconds, minimum=1),
         )
 
 
