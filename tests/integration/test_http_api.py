@@ -572,6 +572,7 @@ async def test_openapi_document_is_valid_and_matches_the_routes(ingest: Ingest) 
     validate(doc)
     assert "security" not in doc  # no tokens configured
     app = ingest.running.app
+    assert app.service.http_app is not None
     assert documented_routes(doc) == served_routes(app.service.http_app)
     assert ("GET", "/objects/{key}") in documented_routes(doc)
 

@@ -4,7 +4,6 @@ wakes that request's watchers, one that queues outbox rows wakes the workers of 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import asyncpg
 
@@ -19,8 +18,8 @@ CSV = b"S. No.,Product Name,Input Image Urls\n1,Mug,https://cdn.example/mug.jpg\
 async def test_appending_events_and_queuing_outbox_rows_notify(database_url: str) -> None:
     received: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
 
-    def heard(_conn: Any, _pid: int, channel: str, payload: str) -> None:
-        received.put_nowait((channel, payload))
+    def heard(_conn: object, _pid: int, channel: str, payload: object) -> None:
+        received.put_nowait((channel, str(payload)))
 
     listener = await asyncpg.connect(database_url)
     pool = await postgres.create_pool(database_url)
@@ -36,7 +35,7 @@ async def test_appending_events_and_queuing_outbox_rows_notify(database_url: str
             assert await received.get() == (EVENTS, request_id)  # the QUEUED event
 
         await store.cancel(submission.request_id)
-        heard_after_cancel = set()
+        heard_after_cancel: set[tuple[str, str]] = set()
         async with asyncio.timeout(10):
             while len(heard_after_cancel) < 2:
                 heard_after_cancel.add(await received.get())
