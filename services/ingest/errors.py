@@ -66,3 +66,14 @@ class StorageUnavailable(Unavailable):
 
 class ShuttingDown(Unavailable):
     """The server is shutting down; connect again."""
+
+
+# Outcomes of one webhook attempt, never answered to a caller.
+
+
+class WebhookFailed(Exception):
+    """This webhook attempt failed in a way that may pass; it is retried."""
+
+
+class WebhookRefused(Exception):
+    """The receiver refused the webhook delivery; retrying will not help."""

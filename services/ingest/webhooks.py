@@ -28,7 +28,7 @@ from yarl import URL
 from imgpipe.common.address_policy import AddressPolicy
 from imgpipe.common.backoff import Backoff
 from imgpipe.common.errors import PolicyViolation
-from imgpipe.ingest.errors import DatabaseUnavailable
+from imgpipe.ingest.errors import DatabaseUnavailable, WebhookFailed, WebhookRefused
 from imgpipe.ingest.model import RequestState
 from imgpipe.ingest.store import OutboxItem, Store
 
@@ -81,14 +81,6 @@ def payload(row: Any) -> dict[str, Any]:
     }
 
 
-class Retry(Exception):
-    """This attempt failed in a way that may pass."""
-
-
-class GiveUp(Exception):
-    """The receiver refused the delivery; retrying will not help."""
-
-
 class WebhookSender:
     """The outbox handler for webhook rows."""
 
@@ -113,10 +105,10 @@ class WebhookSender:
             await self._post(row["webhook_url"], str(item.delivery_id), payload(row))
         except DatabaseUnavailable:
             return  # the lease runs out and the row is claimed again
-        except GiveUp as exc:
+        except WebhookRefused as exc:
             await self._end(item, "FAILED", f"attempt {item.attempts}: {exc}", extra)
             return
-        except Retry as exc:
+        except WebhookFailed as exc:
             error = f"attempt {item.attempts}: {exc}"
             elapsed = (datetime.now(UTC) - item.created_at).total_seconds()
             delay = self._settings.backoff.delay(item.attempts)
@@ -136,7 +128,7 @@ class WebhookSender:
         try:
             self._policy.check_url(URL(url))
         except (PolicyViolation, ValueError) as exc:
-            raise GiveUp(str(exc)) from None
+            raise WebhookRefused(str(exc)) from None
         body = json.dumps(body_json, separators=(",", ":")).encode()
         timestamp = int(time.time())
         headers = {
@@ -157,17 +149,17 @@ class WebhookSender:
             ) as response:
                 status = response.status
         except PolicyViolation as exc:
-            raise GiveUp(str(exc)) from None
+            raise WebhookRefused(str(exc)) from None
         except TimeoutError:
-            raise Retry("timed out") from None
+            raise WebhookFailed("timed out") from None
         except aiohttp.ClientConnectorError as exc:
-            raise Retry(f"cannot connect: {exc}") from None
+            raise WebhookFailed(f"cannot connect: {exc}") from None
         except aiohttp.ClientError as exc:
-            raise Retry(f"{type(exc).__name__}: {exc}") from None
+            raise WebhookFailed(f"{type(exc).__name__}: {exc}") from None
         if 200 <= status < 300:
             return
         if status >= 500 or status in RETRYABLE_STATUSES:
-            raise Retry(f"HTTP {status}")
+            raise WebhookFailed(f"HTTP {status}")
         if 300 <= status < 400:
-            raise GiveUp(f"HTTP {status}: redirects are not followed")
-        raise GiveUp(f"HTTP {status}")
+            raise WebhookRefused(f"HTTP {status}: redirects are not followed")
+        raise WebhookRefused(f"HTTP {status}")
