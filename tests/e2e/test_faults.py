@@ -273,18 +273,22 @@ def test_a_crash_between_terminal_and_webhook_delivery_still_delivers(
         with Stack(database_url, s3_env, log_dir=tmp_path / "logs", extra_env=env) as stack:
             request = ingest_pb2.SubmitRequest(csv=batch_csv(urls), webhook_url=receiver.url)
             request_id = stub(stack.ingest_target).Submit(request, timeout=30).request_id
-            eventually_blocking(lambda: receiver.calls, what="a first delivery attempt")
+            eventually_blocking(lambda: receiver.calls, what="a first delivery attempt", within=60)
             stack.kill("ingest", signal.SIGKILL)
             stack.wait("ingest")
             receiver.accepting = True
             stack.restart("ingest")
-            eventually_blocking(lambda: receiver.calls[-1][0] == 200, what="delivery after restart")
-            final = status(stack.ingest_target, request_id)
+            final = eventually_blocking(
+                lambda: status(stack.ingest_target, request_id),
+                lambda s: s.webhook.state == ingest_pb2.WebhookDelivery.STATE_DELIVERED,
+                what="delivery after restart",
+                within=60,
+            )
     finally:
         receiver.server.shutdown()
         receiver.server.server_close()
     assert final.state == requests_pb2.REQUEST_STATE_COMPLETED
-    assert final.webhook.state == ingest_pb2.WebhookDelivery.STATE_DELIVERED
+    assert receiver.calls[-1][0] == 200
     assert {webhook_id for _, webhook_id in receiver.calls} == {final.webhook.delivery_id}
 
 
