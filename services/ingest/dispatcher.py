@@ -33,7 +33,7 @@ BUSY_RETRY = Backoff(first=0.05, cap=1.0, jitter=0.5)
 # How long a result waits for others to share its statement (seconds), and how many one
 # statement records at most (its NOTIFY names their requests within PostgreSQL's 8000
 # bytes).
-RECORD_LINGER = 0.005
+RECORD_LINGER = 0.02
 RECORD_BATCH = 128
 
 
