@@ -146,6 +146,12 @@ class Runner:
                 pipeline.dispatch_section(config, h, corpus, run, dispatch, "matched")
             with self.section("watchers") as watchers:
                 watchers_section(config, corpus, run, watchers)
+        env = pipeline.matched_env(config)
+        with (
+            h.stack("replicas", config.processors, env, ingests=2) as run,
+            self.section("watchers") as watchers,
+        ):
+            watchers_section(config, corpus, run, watchers, "replicas")
         self.guarded("scaling", lambda sec: pipeline.scaling_section(config, h, corpus, sec))
         self.guarded("submit", lambda sec: submit_section(config, h, sec))
 

@@ -48,8 +48,9 @@ class Config:
     dispatch_images: int = 800
     dispatch_runs: int = 3
     # Section 6.
-    watchers: int = 1_000
-    watcher_channels: int = 20
+    watchers: int = 1_000  # on one ingest; ten times as many over two replicas
+    watcher_processes: int = 4
+    watcher_channels: int = 5  # per client process
     watch_images: int = 60
     watch_runs: int = 2
     # Section 7: processor peak RSS after a batch of the largest images.
@@ -111,7 +112,8 @@ QUICK = Config(
     dispatch_images=60,
     dispatch_runs=2,
     watchers=50,
-    watcher_channels=5,
+    watcher_processes=2,
+    watcher_channels=2,
     watch_images=6,
     watch_runs=1,
     memory_images=6,

@@ -168,6 +168,10 @@ class Batch:
     state: str  # the RequestState name, without its prefix
     succeeded: int
     cpu: dict[str, float]  # seconds per component over the batch
+    # PostgreSQL over the batch (whole cluster: it is the bench's own): write transactions
+    # (transaction ids taken) and WAL bytes.
+    write_xacts: int = 0
+    wal_bytes: int = 0
 
     @property
     def per_second(self) -> float:
@@ -191,17 +195,29 @@ class Running:
 
     @property
     def processor_pids(self) -> list[int]:
-        return [self.stack.pid(n) for n in self.stack.names if n != INGEST]
+        return [self.stack.pid(n) for n in self.stack.names if not n.startswith(INGEST)]
 
     @property
     def ingest_pid(self) -> int:
         return self.stack.pid(INGEST)
 
+    @property
+    def ingest_names(self) -> list[str]:
+        return [n for n in self.stack.names if n.startswith(INGEST)]
+
+    @property
+    def ingest_pids(self) -> list[int]:
+        return [self.stack.pid(n) for n in self.ingest_names]
+
+    @property
+    def ingest_targets(self) -> list[str]:
+        return [self.stack.services[n].grpc_target for n in self.ingest_names]
+
     def cpu(self) -> dict[str, float]:
         """CPU seconds so far: ingest, processors (together), PostgreSQL, and this bench
         process (image server threads, gRPC clients)."""
         return {
-            "ingest": procstat.cpu_seconds(self.ingest_pid),
+            "ingest": sum(procstat.cpu_seconds(p) for p in self.ingest_pids),
             "processors": sum(procstat.cpu_seconds(p) for p in self.processor_pids),
             "postgres": procstat.tree_cpu_seconds(self._postmaster) if self._postmaster else 0.0,
             "bench": bench_cpu_seconds(),
@@ -212,16 +228,33 @@ class Running:
         WatchStatus (watch=True), or by reading requests.state from PostgreSQL every 20 ms
         (watch=False: no cost to ingest beyond the work itself)."""
         csv = products_csv(urls)
+        xid, wal = asyncio.run(_database_position(self.dsn))
         before = self.cpu()
         batch = asyncio.run(_submit_and_wait(self.target, self.dsn, csv, len(urls), watch))
         after = self.cpu()
         batch.cpu = {k: after[k] - before[k] for k in after}
+        xid_after, wal_after = asyncio.run(_database_position(self.dsn))
+        batch.write_xacts = xid_after - xid - 1  # the first reading took one id itself
+        batch.wal_bytes = wal_after - wal
         if batch.state != "COMPLETED" or batch.succeeded != len(urls):
             raise BenchError(
                 f"request {batch.request_id} ended {batch.state} "
                 f"with {batch.succeeded}/{len(urls)} images\n{self.stack.tails(10)}"
             )
         return batch
+
+
+async def _database_position(dsn: str) -> tuple[int, int]:
+    """The next transaction id (taking one) and the WAL insert position, in bytes."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        xid = await conn.fetchval("SELECT txid_current()")
+        wal = await conn.fetchval(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::bigint"
+        )
+    finally:
+        await conn.close()
+    return int(xid), int(wal)
 
 
 async def _submit_and_wait(target: str, dsn: str, csv: bytes, images: int, watch: bool) -> Batch:
@@ -289,7 +322,11 @@ class Harness:
 
     @contextlib.contextmanager
     def stack(
-        self, name: str, processors: int, extra_env: Mapping[str, str] | None = None
+        self,
+        name: str,
+        processors: int,
+        extra_env: Mapping[str, str] | None = None,
+        ingests: int = 1,
     ) -> Iterator[Running]:
         """A stack on a fresh database and a fresh object directory (file:// storage)."""
         self._count += 1
@@ -302,6 +339,7 @@ class Harness:
             dsn,
             {"IMGPIPE_STORAGE_URL": objects.as_uri()},
             processors=processors,
+            ingests=ingests,
             log_dir=self.workdir / "logs" / name,
             extra_env=dict(extra_env or {}),
         )

@@ -170,13 +170,15 @@ def scaling_section(
         f"={SCALING_IN_FLIGHT} (ingest never calls more than 1 processor takes, so no call is "
         "refused); ingest, PostgreSQL and the image server share the same cores"
     )
-    rates: dict[int, list[float]] = {}
+    runs: dict[int, list[Batch]] = {}
     for count in (1, n):
         env = {"IMGPIPE_WORKERS": "1", "IMGPIPE_MAX_IN_FLIGHT": str(SCALING_IN_FLIGHT)}
         with h.stack(f"scale{count}", count, env) as run:
             warm_up(h, corpus, run, config)
-            batches = timed_batches(h, corpus, run, kind, config.scaling_images, config.e2e_runs)
-            rates[count] = [b.per_second for b in batches]
+            runs[count] = timed_batches(
+                h, corpus, run, kind, config.scaling_images, config.e2e_runs
+            )
+    rates = {count: [b.per_second for b in batches] for count, batches in runs.items()}
     section.add("one.images_per_s", f"{kind.title}: 1 processor, images/s", "img/s", rates[1])
     section.add("n.images_per_s", f"{kind.title}: {n} processors, images/s", "img/s", rates[n])
     section.add(
@@ -185,6 +187,29 @@ def scaling_section(
         "x",
         ratios(rates[n], rates[1]),
         goal=f">= {0.9 * n:.1f}",
+    )
+    # What the cores left the processors: the rest (ingest, PostgreSQL, the bench's image
+    # server and client) ran on the same cores.
+    for count, batches in runs.items():
+        others = [
+            sum(b.cpu[c] for c in ("ingest", "postgres", "bench")) / b.seconds for b in batches
+        ]
+        section.add(
+            f"others_cores.{count}",
+            f"{count} processor(s): cores taken by ingest + PostgreSQL + bench",
+            "cores",
+            others,
+        )
+    # The same ratio with their CPU taken out: images per processor-CPU-second, times the
+    # processors (each with a core of its own), over the same for one.
+    per_cpu = {
+        count: [b.images / b.cpu["processors"] for b in batches] for count, batches in runs.items()
+    }
+    section.add(
+        "ratio_processors_only",
+        f"{n} / 1, ingest, PostgreSQL and bench CPU subtracted (processor CPU per image)",
+        "x",
+        [n * r for r in ratios(per_cpu[n], per_cpu[1])],
     )
 
 
@@ -238,6 +263,26 @@ def dispatch_section(
             [b.cpu_ms_per_image(component) for b in batches],
             positive=component == "processors",
         )
+    section.add(
+        f"{prefix}ingest_postgres_cpu_ms",
+        f"{title}ingest + PostgreSQL CPU per image",
+        "ms",
+        [b.cpu_ms_per_image("ingest") + b.cpu_ms_per_image("postgres") for b in batches],
+        goal="<= 0.8 ms",
+        positive=False,  # 10 ms clock ticks over a small batch can round to 0
+    )
+    section.add(
+        f"{prefix}write_xacts_per_image",
+        f"{title}PostgreSQL write transactions per image (Submit, claims, records, outbox)",
+        "xacts",
+        [b.write_xacts / b.images for b in batches],
+    )
+    section.add(
+        f"{prefix}wal_bytes_per_image",
+        f"{title}PostgreSQL WAL per image",
+        "bytes",
+        [b.wal_bytes / b.images for b in batches],
+    )
 
 
 def matched_env(config: Config) -> dict[str, str]:

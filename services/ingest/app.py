@@ -27,15 +27,13 @@ from imgpipe.ingest.notifications import Notifier
 from imgpipe.ingest.outbox import RESULT_CSV, WEBHOOK, OutboxWorker, ResultCsvWriter
 from imgpipe.ingest.rate_limit import RateLimiter
 from imgpipe.ingest.request_service import RequestService
-from imgpipe.ingest.servicer import IngestServicer
+from imgpipe.ingest.servicer import SERVICE, IngestServicer, add_ingest_service
 from imgpipe.ingest.settings import Settings
 from imgpipe.ingest.store import CONNECTION_ERRORS, Store
 from imgpipe.ingest.webhooks import WebhookSender
-from imgpipe.v1 import ingest_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = "imgpipe.v1.IngestService"
 # Waits between attempts to reach the database at start: some 30 s in all.
 CONNECT_RETRY = Backoff(first=1.0, cap=1.0, jitter=0.0)
 CONNECT_ATTEMPTS = 30
@@ -102,9 +100,9 @@ class IngestApp:
         self.grpc = await service.serve_grpc(
             [
                 (
-                    ingest_pb2_grpc.add_IngestServiceServicer_to_server,
+                    add_ingest_service,
                     IngestServicer(self.requests),
-                    SERVICE_NAME,
+                    SERVICE,
                 )
             ],
             interceptors=[AuthInterceptor(self.auth)],

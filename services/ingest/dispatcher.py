@@ -1,5 +1,9 @@
-"""The dispatcher: claims queued images under a lease, calls a processor for each, records
-the outcome behind the lease fence, and returns expired leases to the queue."""
+"""The dispatcher: claims queued images under a lease in batches, calls a processor for
+each, records the outcomes in batches behind the lease fence (row by row), and returns
+expired leases to the queue.
+
+A result waits in memory until its batch is written: a crash loses it, and the image comes
+back when its lease runs out (the next attempt overwrites the same key), so nothing is lost."""
 
 from __future__ import annotations
 
@@ -19,13 +23,18 @@ from imgpipe.ingest.errors import DatabaseUnavailable
 from imgpipe.ingest.model import Claim, ImageState, Outcome
 from imgpipe.ingest.notifications import Notifier
 from imgpipe.ingest.retry_policy import BUSY, RetryPolicy
-from imgpipe.ingest.store import Lease, Store, lease_of
+from imgpipe.ingest.store import Store, lease_of
 from imgpipe.v1 import processor_pb2, processor_pb2_grpc, requests_pb2
 
 log = logging.getLogger(__name__)
 
 # Waits between asking a full processor again.
 BUSY_RETRY = Backoff(first=0.05, cap=1.0, jitter=0.5)
+# How long a result waits for others to share its statement (seconds), and how many one
+# statement records at most (its NOTIFY names their requests within PostgreSQL's 8000
+# bytes).
+RECORD_LINGER = 0.02
+RECORD_BATCH = 128
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,67 @@ def processor_channel(target: str) -> grpc.aio.Channel:
     )
 
 
+class Recorder:
+    """Writes outcomes in batches: one statement for every result that arrives within
+    RECORD_LINGER of the first, or while the previous batch is being written."""
+
+    def __init__(self, store: Store, retry_interval: float) -> None:
+        self._store = store
+        self._retry_interval = retry_interval
+        self._pending: list[tuple[Claim, Outcome]] = []
+        self._arrived = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def add(self, claim: Claim, outcome: Outcome) -> None:
+        self._pending.append((claim, outcome))
+        self._idle.clear()
+        self._arrived.set()
+
+    async def idle(self, seconds: float) -> bool:
+        """True once every result added so far is written (or dropped), within seconds."""
+        return await wait_event(self._idle, seconds)
+
+    async def run(self) -> None:
+        while True:
+            await self._arrived.wait()
+            await asyncio.sleep(RECORD_LINGER)
+            self._arrived.clear()
+            while self._pending:
+                batch = self._pending[:RECORD_BATCH]
+                del self._pending[:RECORD_BATCH]
+                await self._write(batch)
+            self._idle.set()
+
+    async def _write(self, batch: list[tuple[Claim, Outcome]]) -> None:
+        results = [(lease_of(claim), outcome) for claim, outcome in batch]
+        while True:
+            try:
+                applied = await self._store.finish_many(results)
+                break
+            except DatabaseUnavailable:
+                # Keep the results while the leases last; once they expire the sweeper
+                # re-queues the images and these results are fenced off anyway.
+                await asyncio.sleep(self._retry_interval)
+            except Exception:
+                # Never let recording die; these images come back when their leases expire.
+                log.exception("recording outcomes failed unexpectedly; their leases will expire")
+                return
+        for (claim, outcome), ok in zip(batch, applied, strict=True):
+            _count(claim, outcome, ok)
+
+
+def _count(claim: Claim, outcome: Outcome, applied: bool) -> None:
+    extra = {"request_id": str(claim.request_id), "image": f"{claim.serial_number}-{claim.index}"}
+    if not applied:
+        metrics.FENCED_RESULTS.inc()
+        log.info("stale result dropped (lease no longer current)", extra=extra)
+        return
+    metrics.OUTCOMES.labels(_outcome_label(outcome)).inc()
+    if outcome.state is ImageState.FAILED:
+        log.info("image failed", extra={**extra, "error": outcome.error})
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -65,6 +135,7 @@ class Dispatcher:
         self._notifier = notifier
         self._owner = owner
         self._settings = settings
+        self._recorder = Recorder(store, settings.poll_interval)
         self._in_flight: dict[asyncio.Task[None], Claim] = {}
         self._slot_freed = asyncio.Event()
         self._claiming = True
@@ -73,14 +144,12 @@ class Dispatcher:
         metrics.IN_FLIGHT.set_function(lambda: len(self._in_flight))
 
     async def run(self) -> None:
-        """Claims and dispatches until stop_claiming(); runs the sweeper beside it."""
-        sweeper = asyncio.create_task(self._sweep_forever())
-        try:
-            await self._claim_forever()
-        finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+        """Claims and dispatches until stop_claiming(); records and sweeps beside it until
+        cancelled (after drain())."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._recorder.run())
+            group.create_task(self._sweep_forever())
+            group.create_task(self._claim_forever())
 
     def stop_claiming(self) -> None:
         self._claiming = False
@@ -88,28 +157,34 @@ class Dispatcher:
         self._slot_freed.set()
 
     async def drain(self, grace: float) -> None:
-        """Waits for calls in flight up to grace, then hands back what is left at once."""
+        """Waits for calls in flight up to grace and writes their results, then hands back
+        what is left at once."""
         self.stop_claiming()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
         tasks = list(self._in_flight)
         if tasks:
             await asyncio.wait(tasks, timeout=grace)
         leftover = [claim for task, claim in self._in_flight.items() if not task.done()]
         for task in list(self._in_flight):
             task.cancel()
+        await self._recorder.idle(max(0.0, deadline - loop.time()))
         handed_back = Outcome(
             ImageState.QUEUED, error="handed back at shutdown", refund_attempt=True
         )
-        for claim in leftover:
-            with contextlib.suppress(DatabaseUnavailable):
-                await self._store.finish(lease_of(claim), handed_back)
+        with contextlib.suppress(DatabaseUnavailable):
+            await self._store.finish_many([(lease_of(claim), handed_back) for claim in leftover])
         if leftover:
             log.info("handed back unfinished leases", extra={"count": len(leftover)})
 
     async def _claim_forever(self) -> None:
         settings = self._settings
+        # Claims wait for a quarter of the slots (or the batch) to be free, so that each
+        # statement takes several images, unless nothing at all is in flight.
+        enough = min(settings.claim_batch, max(1, settings.max_in_flight // 4))
         while self._claiming:
             free = settings.max_in_flight - len(self._in_flight)
-            if free <= 0:
+            if free <= 0 or (free < enough and self._in_flight):
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
@@ -184,7 +259,7 @@ class Dispatcher:
                 input_bytes=response.input_bytes,
                 output_bytes=response.output_bytes,
             )
-        await self._record(lease_of(claim), outcome, claim)
+        self._recorder.add(claim, outcome)
 
     def _no_processor_reachable(self, exc: grpc.aio.AioRpcError) -> bool:
         """UNAVAILABLE because the channel has no processor to call (all down), not
@@ -193,27 +268,6 @@ class Dispatcher:
             return False
         state = self._channel.get_state(try_to_connect=False)
         return state is not grpc.ChannelConnectivity.READY
-
-    async def _record(self, lease: Lease, outcome: Outcome, claim: Claim) -> None:
-        extra = {
-            "request_id": str(claim.request_id),
-            "image": f"{claim.serial_number}-{claim.index}",
-        }
-        while True:
-            try:
-                applied = await self._store.finish(lease, outcome)
-                break
-            except DatabaseUnavailable:
-                # Keep the result while the lease lasts; once it expires the sweeper
-                # re-queues the image and this result is fenced off anyway.
-                await asyncio.sleep(self._settings.poll_interval)
-        if not applied:
-            metrics.FENCED_RESULTS.inc()
-            log.info("stale result dropped (lease no longer current)", extra=extra)
-            return
-        metrics.OUTCOMES.labels(_outcome_label(outcome)).inc()
-        if outcome.state is ImageState.FAILED:
-            log.info("image failed", extra={**extra, "error": outcome.error})
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -229,12 +283,11 @@ class Dispatcher:
     async def sweep(self) -> int:
         """Returns expired leases to the queue (or fails them at the last attempt)."""
         expired = await self._store.expired_leases(limit=500)
-        count = 0
-        for lease in expired:
-            if await self._store.finish(
-                lease, self._settings.retry.after_lost_lease(lease.attempt)
-            ):
-                count += 1
+        retry = self._settings.retry
+        applied = await self._store.finish_many(
+            [(lease, retry.after_lost_lease(lease.attempt)) for lease in expired]
+        )
+        count = sum(applied)
         if count:
             metrics.LEASE_EXPIRIES.inc(count)
             log.info("expired leases returned", extra={"count": count})

@@ -23,6 +23,7 @@ from imgpipe.ingest.errors import BodyTooLarge
 from imgpipe.ingest.model import Event
 from imgpipe.ingest.request_service import RequestService
 from imgpipe.ingest.sse import ServerEvent, aclose_quietly, stream_events
+from imgpipe.ingest.watch import SharedEncoding
 
 # Room for the multipart framing and the option fields around the CSV.
 MULTIPART_OVERHEAD = 64 * 1024
@@ -58,6 +59,7 @@ class RequestRoutes:
         self._max_csv_bytes = max_csv_bytes
         self._keepalive = keepalive
         self._closing = asyncio.Event()  # set on shutdown: event streams end
+        self._frames = SharedEncoding(_frame)
 
     def add_to(self, app: web.Application) -> None:
         app.router.add_post("/v1/requests", self.submit)
@@ -121,7 +123,7 @@ class RequestRoutes:
         watched = self._requests.watch(request_id, _after_sequence(request), caller=CALLER.get())
         return await stream_events(
             request,
-            _server_events(request_id, watched),
+            _server_events(request_id, watched, self._frames),
             keepalive=self._keepalive,
             closing=self._closing,
         )
@@ -231,13 +233,21 @@ def _sequence(field: str, text: str) -> int:
 
 
 async def _server_events(
-    request_id: str, watched: AsyncIterator[tuple[Event, bool]]
-) -> AsyncIterator[ServerEvent]:
-    """One event per WatchStatus message: id the sequence, data the message as JSON."""
+    request_id: str, watched: AsyncIterator[tuple[Event, bool]], frames: SharedEncoding
+) -> AsyncIterator[bytes]:
+    """One event per WatchStatus message: id the sequence, data the message as JSON; each
+    event's frame is encoded once for all its streams (the snapshot is each one's own)."""
     try:
         async for event, is_snapshot in watched:
-            message = to_proto.watch_response(request_id, event, is_snapshot)
-            data = json.dumps(message_json(message), separators=(",", ":"))
-            yield ServerEvent(str(message.sequence), SSE_EVENT, data)
+            if is_snapshot:
+                yield _frame(request_id, event, True)
+            else:
+                yield frames(request_id, event)
     finally:
         await aclose_quietly(watched)
+
+
+def _frame(request_id: str, event: Event, is_snapshot: bool = False) -> bytes:
+    message = to_proto.watch_response(request_id, event, is_snapshot)
+    data = json.dumps(message_json(message), separators=(",", ":"))
+    return ServerEvent(str(message.sequence), SSE_EVENT, data).encode()

@@ -1,23 +1,31 @@
-"""IngestService over gRPC: protobuf in, domain calls, protobuf out. Nothing else."""
+"""IngestService over gRPC: protobuf in, domain calls, protobuf out. Nothing else.
+
+WatchStatus answers bytes: each event's message is serialised once and the same bytes go
+to every watcher of the request (only the snapshot, which is each watcher's own, is
+serialised per call); its handler passes them through without a serializer."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 import grpc
 
 from imgpipe.common.auth import CALLER
 from imgpipe.ingest import to_proto
+from imgpipe.ingest.model import Event
 from imgpipe.ingest.request_service import RequestService
+from imgpipe.ingest.watch import SharedEncoding
 from imgpipe.v1 import ingest_pb2, ingest_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
+SERVICE = "imgpipe.v1.IngestService"
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     def __init__(self, requests: RequestService) -> None:
         self._requests = requests
+        self._messages = SharedEncoding(_serialised_event)
 
     async def Submit(
         self, request: ingest_pb2.SubmitRequest, context: Context
@@ -38,14 +46,16 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             *await self._requests.status(request.request_id, caller=CALLER.get())
         )
 
-    async def WatchStatus(
+    async def WatchStatus(  # type: ignore[override]  # serialised messages, see the docstring
         self, request: ingest_pb2.WatchStatusRequest, context: Context
-    ) -> AsyncIterator[ingest_pb2.WatchStatusResponse]:
-        events = self._requests.watch(
-            request.request_id, request.after_sequence, caller=CALLER.get()
-        )
+    ) -> AsyncIterator[bytes]:
+        request_id = request.request_id
+        events = self._requests.watch(request_id, request.after_sequence, caller=CALLER.get())
         async for event, is_snapshot in events:
-            yield to_proto.watch_response(request.request_id, event, is_snapshot)
+            if is_snapshot:
+                yield to_proto.watch_response(request_id, event, True).SerializeToString()
+            else:
+                yield self._messages(request_id, event)
 
     async def Cancel(
         self, request: ingest_pb2.CancelRequest, context: Context
@@ -53,3 +63,37 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         return to_proto.cancel_response(
             await self._requests.cancel(request.request_id, caller=CALLER.get())
         )
+
+
+def _serialised_event(request_id: str, event: Event) -> bytes:
+    return to_proto.watch_response(request_id, event, False).SerializeToString()
+
+
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+
+
+class _Captured:
+    """Stands in for the server: takes the generated code's method handlers."""
+
+    handlers: dict[str, Handler]
+
+    def add_generic_rpc_handlers(self, _handlers: object) -> None:
+        pass
+
+    def add_registered_method_handlers(self, _service: str, handlers: dict[str, Handler]) -> None:
+        self.handlers = handlers
+
+
+def add_ingest_service(servicer: IngestServicer, server: grpc.aio.Server) -> None:
+    """The generated registration (every RPC of the .proto), but WatchStatus's answers
+    pass through as bytes."""
+    captured = _Captured()
+    ingest_pb2_grpc.add_IngestServiceServicer_to_server(servicer, cast(grpc.aio.Server, captured))
+    handlers: dict[str, Handler] = {
+        **captured.handlers,
+        "WatchStatus": grpc.unary_stream_rpc_method_handler(
+            servicer.WatchStatus,
+            request_deserializer=ingest_pb2.WatchStatusRequest.FromString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))

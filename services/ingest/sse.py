@@ -46,16 +46,17 @@ class ServerEvent:
 
 async def stream_events(
     request: web.Request,
-    events: AsyncIterator[ServerEvent],
+    events: AsyncIterator[bytes],
     *,
     keepalive: float,
     closing: asyncio.Event,
 ) -> web.StreamResponse:
-    """Sends every event of `events` as it comes; see the module's docstring."""
+    """Sends every event of `events` (each a ServerEvent's encoding, which many streams
+    may share) as it comes; see the module's docstring."""
     loop = asyncio.get_running_loop()
     tick = min(MAX_TICK, keepalive)
     response: web.StreamResponse | None = None
-    pending: asyncio.Future[ServerEvent] = asyncio.ensure_future(anext(events))
+    pending: asyncio.Future[bytes] = asyncio.ensure_future(anext(events))
     closed = asyncio.ensure_future(closing.wait())
     last_write = loop.time()
     try:
@@ -74,7 +75,7 @@ async def stream_events(
                     _log_ended(request, exc)
                     return response
                 response = response or await _prepare(request)
-                await response.write(event.encode())
+                await response.write(event)
                 last_write = loop.time()
                 pending = asyncio.ensure_future(anext(events))
                 continue

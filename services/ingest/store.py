@@ -271,23 +271,33 @@ class Store:
             for r in rows
         ]
 
-    @_translated
     async def finish(self, lease: Lease, outcome: Outcome) -> bool:
         """Records an attempt's outcome; False when the lease was no longer current."""
-        applied = await self._pool.fetchval(
-            Q("finish_attempt"),
-            lease.image_id,
-            lease.attempt,
-            lease.owner,
-            outcome.state.value,
-            outcome.output_url,
-            outcome.error,
-            outcome.input_bytes,
-            outcome.output_bytes,
-            outcome.retry_after,
-            outcome.refund_attempt,
+        return (await self.finish_many([(lease, outcome)]))[0]
+
+    @_translated
+    async def finish_many(self, results: Sequence[tuple[Lease, Outcome]]) -> list[bool]:
+        """Records many outcomes in one statement, each behind its own lease fence; for
+        each, whether it applied (False: that lease was no longer current)."""
+        if not results:
+            return []
+        leases = [lease for lease, _ in results]
+        outcomes = [outcome for _, outcome in results]
+        rows = await self._pool.fetch(
+            Q("finish_attempts"),
+            [lease.image_id for lease in leases],
+            [lease.attempt for lease in leases],
+            [lease.owner for lease in leases],
+            [o.state.value for o in outcomes],
+            [o.output_url for o in outcomes],
+            [o.error for o in outcomes],
+            [o.input_bytes for o in outcomes],
+            [o.output_bytes for o in outcomes],
+            [o.retry_after for o in outcomes],
+            [o.refund_attempt for o in outcomes],
         )
-        return bool(applied)
+        applied = {Lease(r["id"], r["attempt"], r["owner"]) for r in rows}
+        return [lease in applied for lease in leases]
 
     @_translated
     async def expired_leases(self, limit: int) -> list[Lease]:

@@ -1,13 +1,14 @@
 """WatchStatus: a snapshot (or a resume point), then every event in order from the events
 table, woken by notifications and by a slow poll. A watcher holds no buffer: it reads
 pages of events when it is ready for them, so a slow reader costs nothing but its cursor.
-Watchers of one request that ask for the same page at once share one query."""
+Watchers of one request that ask for the same page at once share one query, and every
+event's message is encoded once and its bytes shared by all its watchers."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -52,6 +53,27 @@ class EventReader:
         self._reading.pop(key, None)
         if not reading.cancelled():
             reading.exception()  # retrieved here, so a read nobody awaited any more is quiet
+
+
+class SharedEncoding:
+    """Each event's message encoded once, its bytes handed to every watcher: an event is
+    named for ever by its request and sequence (events are never changed), so the bytes
+    can be kept; the newest `capacity` are, which covers every watcher that keeps up."""
+
+    def __init__(self, encode: Callable[[str, Event], bytes], capacity: int = 8192) -> None:
+        self._encode = encode
+        self._capacity = capacity
+        self._encoded: dict[tuple[str, int], bytes] = {}
+
+    def __call__(self, request_id: str, event: Event) -> bytes:
+        key = (request_id, event.sequence)
+        data = self._encoded.get(key)
+        if data is None:
+            data = self._encode(request_id, event)
+            if len(self._encoded) >= self._capacity:
+                del self._encoded[next(iter(self._encoded))]  # the oldest
+            self._encoded[key] = data
+        return data
 
 
 def snapshot(status: RequestStatus) -> Event:

@@ -79,6 +79,9 @@ EXPECTED = [
     "scaling.one.images_per_s",
     "scaling.n.images_per_s",
     "scaling.ratio",
+    "scaling.others_cores.1",
+    "scaling.others_cores.2",
+    "scaling.ratio_processors_only",
     *[f"submit.{s}.{f}" for s in ("smaller", "larger") for f in ("seconds", "ingest_cpu_s")],
     *[
         f"dispatch.{f}"
@@ -92,10 +95,16 @@ EXPECTED = [
             "matched.images_per_s",
             "matched.postgres_cpu_ms",
             "matched.processors_cpu_ms",
+            *[
+                f"{v}{f}"
+                for v in ("", "matched.")
+                for f in ("ingest_postgres_cpu_ms", "write_xacts_per_image", "wal_bytes_per_image")
+            ],
         )
     ],
     *[
-        f"watchers.{f}"
+        f"watchers.{v}{f}"
+        for v in ("", "replicas.")
         for f in (
             "complete",
             "incomplete",

@@ -12,10 +12,10 @@ import pytest
 from imgpipe.ingest import postgres
 from imgpipe.ingest.csv_format import Product
 from imgpipe.ingest.dispatcher import Dispatcher, DispatchSettings, processor_channel
-from imgpipe.ingest.model import Event, ImageState, Outcome
+from imgpipe.ingest.model import Event, ImageState, Outcome, RequestState
 from imgpipe.ingest.notifications import Notifier
 from imgpipe.ingest.retry_policy import RetryPolicy
-from imgpipe.ingest.store import Store, lease_of
+from imgpipe.ingest.store import Lease, Store, lease_of
 from imgpipe.ingest.watch import EventReader
 
 PRODUCTS = [
@@ -133,17 +133,19 @@ async def test_events_are_numbered_without_gaps(store: Store) -> None:
         await store.finish(lease_of(claim), Outcome(ImageState.FAILED, error="boom"))
     request_id = claims[0].request_id
     events = await store.events_after(request_id, 0, 100, total=3)
-    assert [e.sequence for e in events] == list(range(1, 8))
-    assert (await store.status(request_id)).sequence == 7
-    assert [e.image.state for e in events if e.image] == [ImageState.PROCESSING] * 3 + [
-        ImageState.FAILED
-    ] * 3
-    assert events[-1].progress.failed == 3
+    # Created, started (a claim is no event of its own), then one outcome per image.
+    assert [e.sequence for e in events] == list(range(1, 6))
+    assert (await store.status(request_id)).sequence == 5
+    assert [e.state for e in events[:2]] == [RequestState.QUEUED, RequestState.PROCESSING]
+    assert [e.image.state for e in events if e.image] == [ImageState.FAILED] * 3
+    assert [e.progress.failed for e in events] == [0, 0, 1, 2, 3]
 
 
 async def test_watchers_reading_the_same_page_at_once_share_one_query(store: Store) -> None:
     await submit(store)
-    request_id = (await store.claim("owner-a", 3, lease_seconds=30))[0].request_id
+    claims = await store.claim("owner-a", 3, lease_seconds=30)
+    await store.finish_many([(lease_of(c), Outcome(ImageState.FAILED)) for c in claims])
+    request_id = claims[0].request_id
 
     class CountingStore(Store):
         reads = 0
@@ -159,6 +161,91 @@ async def test_watchers_reading_the_same_page_at_once_share_one_query(store: Sto
     pages = await asyncio.gather(*(reader.events_after(request_id, 1, 100, 3) for _ in range(50)))
     assert CountingStore.reads == 1
     assert all(page == pages[0] for page in pages)
-    assert [e.sequence for e in pages[0]] == [2, 3, 4]
+    assert [e.sequence for e in pages[0]] == [2, 3, 4, 5]
     await reader.events_after(request_id, 2, 100, 3)  # another page: another query
     assert CountingStore.reads == 2
+
+
+async def test_one_batch_applies_current_leases_and_skips_stale_ones_row_by_row(
+    store: Store, database_url: str
+) -> None:
+    await submit(store)
+    await submit(store)
+    claims = await store.claim("owner-a", 6, lease_seconds=30)
+    first, second = sorted({c.request_id for c in claims})
+    conn = await asyncpg.connect(database_url)
+    notified: list[str] = []
+    arrived = asyncio.Event()
+
+    def on_notify(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+        notified.append(payload)
+        arrived.set()
+
+    await conn.add_listener("imgpipe_events", on_notify)
+    try:
+        held = {
+            (r["request_id"], r["serial_number"], r["idx"]): Lease(r["id"], 1, "owner-a")
+            for r in await conn.fetch("SELECT * FROM images WHERE state = 'PROCESSING'")
+        }
+        stale = held[(first, 1, 0)]
+        await expire(database_url, stale.image_id)
+        assert await sweeper(store, database_url).sweep() == 1
+        (retaken,) = await store.claim("owner-b", 1, lease_seconds=30)
+        current = lease_of(retaken)
+        assert (current.image_id, current.attempt) == (stale.image_id, 2)
+        notified.clear()
+        arrived.clear()
+
+        def ok(url: str) -> Outcome:
+            return Outcome(ImageState.SUCCEEDED, output_url=url)
+
+        batch = [
+            (held[(second, 2, 0)], ok("http://current/second-2-0")),
+            (stale, ok("http://stale/first-1-0")),
+            (held[(first, 1, 1)], Outcome(ImageState.FAILED, error="boom")),
+            (current, ok("http://current/first-1-0")),
+            (Lease(held[(first, 2, 0)].image_id, 1, "owner-z"), ok("http://stale/owner")),
+            (Lease(held[(second, 1, 1)].image_id, 2, "owner-a"), ok("http://stale/attempt")),
+            (held[(second, 1, 0)], ok("http://current/second-1-0")),
+        ]
+        assert await store.finish_many(batch) == [True, False, True, True, False, False, True]
+        assert not any(await store.finish_many(batch))  # each applies once
+
+        states = {
+            (r["request_id"], r["serial_number"], r["idx"]): (r["state"], r["output_url"])
+            for r in await conn.fetch("SELECT * FROM images")
+        }
+        await asyncio.wait_for(arrived.wait(), 10)
+        await conn.execute("SELECT 1")  # every notification of the batch has arrived by now
+    finally:
+        await conn.close()
+    assert states == {
+        (first, 1, 0): ("SUCCEEDED", "http://current/first-1-0"),
+        (first, 1, 1): ("FAILED", ""),
+        (first, 2, 0): ("PROCESSING", ""),
+        (second, 1, 0): ("SUCCEEDED", "http://current/second-1-0"),
+        (second, 1, 1): ("PROCESSING", ""),
+        (second, 2, 0): ("SUCCEEDED", "http://current/second-2-0"),
+    }
+    # One NOTIFY per request for the whole batch, not one per row.
+    assert sorted(notified) == sorted([str(first), str(second)])
+    # Each request's events: gap-free, in image order, with running progress.
+    first_events = await store.events_after(first, 0, 100, total=3)
+    assert [
+        (e.sequence, e.image and (e.image.serial_number, e.image.index)) for e in first_events
+    ] == [
+        (1, None),
+        (2, None),
+        (3, (1, 0)),  # the expired lease, back in the queue
+        (4, (1, 0)),
+        (5, (1, 1)),
+    ]
+    assert [(e.progress.succeeded, e.progress.failed) for e in first_events[3:]] == [(1, 0), (1, 1)]
+    second_events = await store.events_after(second, 0, 100, total=3)
+    assert [e.sequence for e in second_events] == [1, 2, 3, 4]
+    assert [(e.image.serial_number, e.image.index) for e in second_events[2:] if e.image] == [
+        (1, 0),
+        (2, 0),
+    ]
+    assert [e.progress.succeeded for e in second_events] == [0, 0, 1, 2]
+    assert (await store.status(second)).sequence == 4

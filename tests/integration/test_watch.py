@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 
+import asyncpg
 import grpc
 import pytest
 
+from devstack.bench.harness import ParkedProcessor
 from devstack.image_server import ImageServer
 from devstack.sample_images import sample
+from imgpipe.ingest.model import ImageState, Outcome
+from imgpipe.ingest.store import Lease
 from imgpipe.v1 import ingest_pb2, ingest_pb2_grpc, requests_pb2
 from support.batch import TERMINAL
 from support.csv_files import batch_csv
@@ -62,8 +67,8 @@ async def test_live_watch_then_every_resume_point_gives_the_same_suffix(
     live = await collect(ingest.stub, submitted.request_id)
     assert live[0].snapshot
     assert_exact(live, live[0].sequence)
-    # Created, then a claim and an outcome per image, then the terminal event.
-    assert live[-1].sequence == 1 + 2 * 12 + 1
+    # Created, started, then an outcome per image (a claim is no event), then terminal.
+    assert live[-1].sequence == 1 + 1 + 12 + 1
     assert live[-1].state == requests_pb2.REQUEST_STATE_COMPLETED
     assert live[-1].result_csv_url
     assert live[-1].progress.succeeded_images == 12
@@ -108,10 +113,38 @@ async def test_200_concurrent_watchers_receive_the_identical_sequence(
     assert ingest.app.notifier.watcher_count == 0  # every watcher let go
 
 
+async def test_200_watchers_receive_byte_identical_streams(
+    ingest: RunningIngest, image_server: ImageServer
+) -> None:
+    submitted = await ingest.stub.Submit(ingest_pb2.SubmitRequest(csv=batch(image_server, 20)))
+    request = ingest_pb2.WatchStatusRequest(request_id=submitted.request_id, after_sequence=1)
+    channels = [grpc.aio.insecure_channel(ingest.target) for _ in range(4)]
+    try:
+        # No deserializer: each watcher keeps the bytes it was sent.
+        calls = [
+            channels[n % 4].unary_stream(
+                "/imgpipe.v1.IngestService/WatchStatus",
+                request_serializer=ingest_pb2.WatchStatusRequest.SerializeToString,
+            )
+            for n in range(200)
+        ]
+
+        async def raw(call: grpc.aio.UnaryStreamMultiCallable) -> list[bytes]:
+            return [message async for message in call(request)]
+
+        streams = await asyncio.gather(*(raw(call) for call in calls))
+    finally:
+        for channel in channels:
+            await channel.close(None)
+    assert all(stream == streams[0] for stream in streams)
+    assert_exact([Message.FromString(data) for data in streams[0]], 2)
+    assert ingest.app.notifier.watcher_count == 0
+
+
 async def test_a_watcher_that_stops_reading_delays_no_one_and_catches_up(
     ingest: RunningIngest, image_server: ImageServer
 ) -> None:
-    submitted = await ingest.stub.Submit(ingest_pb2.SubmitRequest(csv=batch(image_server, 250)))
+    submitted = await ingest.stub.Submit(ingest_pb2.SubmitRequest(csv=batch(image_server, 500)))
     stalled = ingest.stub.WatchStatus(
         ingest_pb2.WatchStatusRequest(request_id=submitted.request_id, after_sequence=1)
     )
@@ -144,3 +177,59 @@ async def test_a_watcher_that_goes_away_frees_what_it_held(
     await eventually(watchers, lambda n: n == 0, what="no watcher")
     with contextlib.suppress(grpc.aio.AioRpcError):
         await ingest.stub.Cancel(ingest_pb2.CancelRequest(request_id=submitted.request_id))
+
+
+async def test_resume_inside_a_coalesced_batch_gives_exactly_the_rest(
+    start_ingest: IngestFactory, database_url: str
+) -> None:
+    urls = [f"https://img.example/{n}.jpg" for n in range(4)]
+    with ParkedProcessor() as parked:
+        ingest = await start_ingest({**IN_FLIGHT, "IMGPIPE_PROCESSOR_TARGET": parked.target})
+        submitted = await ingest.stub.Submit(ingest_pb2.SubmitRequest(csv=batch_csv(urls)))
+        rid = uuid.UUID(submitted.request_id)
+        conn = await asyncpg.connect(database_url)
+        try:
+
+            async def leased() -> list[asyncpg.Record]:
+                return await conn.fetch(
+                    "SELECT id, attempts, lease_owner FROM images"
+                    " WHERE state = 'PROCESSING' ORDER BY idx"
+                )
+
+            held = await eventually(
+                leased, lambda rows: len(rows) == 4, what="every image held, parked"
+            )
+            live = ingest.stub.WatchStatus(
+                ingest_pb2.WatchStatusRequest(request_id=submitted.request_id)
+            )
+            snapshot = await live.read()
+            assert snapshot.snapshot and snapshot.sequence == 2  # created, started
+            results = [
+                (
+                    Lease(r["id"], r["attempts"], r["lease_owner"]),
+                    Outcome(ImageState.SUCCEEDED, output_url=f"http://out/{n}"),
+                )
+                for n, r in enumerate(held)
+            ]
+            assert await ingest.app.store.finish_many(results) == [True] * 4
+            rest = []
+            while (message := await live.read()) is not grpc.aio.EOF:
+                rest.append(message)
+            batch_times = await conn.fetch(
+                "SELECT DISTINCT created_at FROM events"
+                " WHERE request_id = $1 AND sequence BETWEEN 3 AND 6",
+                rid,
+            )
+        finally:
+            await conn.close()
+    assert len(batch_times) == 1  # events 3-6 came from one statement
+    assert [m.sequence for m in rest] == [3, 4, 5, 6, 7]
+    assert_exact(rest, 3)
+    assert [m.progress.succeeded_images for m in rest[:4]] == [1, 2, 3, 4]
+    assert rest[-1].state == requests_pb2.REQUEST_STATE_COMPLETED
+    history = await collect(ingest.stub, submitted.request_id, 2)
+    assert without_snapshot_flag(history) == without_snapshot_flag(rest)
+    for k in (3, 4, 5, 6):  # inside and at the end of the batch
+        resumed = await collect(ingest.stub, submitted.request_id, k)
+        assert [m.sequence for m in resumed] == list(range(k + 1, 8))
+        assert without_snapshot_flag(resumed) == without_snapshot_flag(rest[k - 2 :])

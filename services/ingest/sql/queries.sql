@@ -53,7 +53,8 @@ LIMIT $3;
 -- Claims up to $2 queued images for owner $1 with a lease of $3 seconds, taking them
 -- round-robin across active requests, least recently served first (never served before
 -- all), so a large request cannot starve a small one even when one slot frees at a time.
--- Appends one PROCESSING event per image.
+-- A claim is no event of its own (GetStatus shows the image PROCESSING; watchers hear of
+-- it when it ends): only a request that starts appends one.
 WITH active AS (
     SELECT id, row_number() OVER (ORDER BY last_claimed_at NULLS FIRST, created_at) AS rank
     FROM requests
@@ -88,68 +89,109 @@ WITH active AS (
     WHERE i.id = p.id
     RETURNING i.id, i.request_id, i.product_position, i.serial_number, i.idx,
               i.input_url, i.attempts
-), counts AS (
-    SELECT request_id, count(*)::int AS n FROM claimed GROUP BY request_id
+), locked AS (
+    -- Requests locked in id order, so concurrent batches cannot deadlock on them.
+    SELECT r.id, r.state = 'QUEUED' AS starts
+    FROM requests r
+    WHERE r.id IN (SELECT request_id FROM claimed)
+    ORDER BY r.id
+    FOR UPDATE
 ), bumped AS (
     UPDATE requests r
-    SET last_sequence = r.last_sequence + c.n,
-        state = CASE WHEN r.state = 'QUEUED' THEN 'PROCESSING' ELSE r.state END,
+    SET state = CASE WHEN l.starts THEN 'PROCESSING' ELSE r.state END,
+        last_sequence = r.last_sequence + l.starts::int,
         last_claimed_at = clock_timestamp(), updated_at = now()
-    FROM counts c
-    WHERE r.id = c.request_id
-    RETURNING r.id, r.last_sequence - c.n AS base, r.state, r.quality,
+    FROM locked l
+    WHERE r.id = l.id
+    RETURNING r.id, l.starts, r.last_sequence, r.state, r.quality,
               r.succeeded_count, r.failed_count, r.cancelled_count
 ), appended AS (
     INSERT INTO events (request_id, sequence, request_state, succeeded_count, failed_count,
-                        cancelled_count, serial_number, idx, image_state)
-    SELECT cl.request_id,
-           b.base + row_number() OVER (PARTITION BY cl.request_id
-                                       ORDER BY cl.product_position, cl.idx),
-           b.state, b.succeeded_count, b.failed_count, b.cancelled_count,
-           cl.serial_number, cl.idx, 'PROCESSING'
-    FROM claimed cl JOIN bumped b ON b.id = cl.request_id
+                        cancelled_count)
+    SELECT id, last_sequence, state, succeeded_count, failed_count, cancelled_count
+    FROM bumped WHERE starts
+
 )
 SELECT cl.id, cl.request_id, cl.serial_number, cl.idx, cl.input_url, cl.attempts, b.quality
 FROM claimed cl JOIN bumped b ON b.id = cl.request_id
 ORDER BY cl.request_id, cl.product_position, cl.idx;
 
--- name: finish_attempt
--- Records the outcome of attempt $2 of image $1 held by owner $3, only if that lease is
--- still current (the fence). $4: SUCCEEDED, FAILED, or QUEUED (retry after $9 seconds;
--- $10 true when the attempt never ran and does not count).
--- When the last image of the request is done, queues the result CSV in the outbox.
-WITH img AS (
-    UPDATE images
-    SET state = $4, output_url = $5, error = $6, input_bytes = $7, output_bytes = $8,
-        available_at = now() + make_interval(secs => $9),
-        attempts = attempts - $10::boolean::int,
+-- name: finish_attempts
+-- Records many attempts' outcomes in one statement: row k is attempt $2[k] of image
+-- $1[k] held by owner $3[k], applied only if that lease is still current (the fence, row
+-- by row: stale rows are skipped, current ones apply). $4[k]: SUCCEEDED, FAILED, or
+-- QUEUED (retry after $9[k] seconds; $10[k] true when the attempt never ran and does not
+-- count). Each applied outcome appends one event; each request's counters and sequence
+-- move once for the batch, its events numbered in image order with running progress.
+-- The events trigger notifies once per request for the whole batch; a request whose last
+-- image is done gets its result CSV queued in the outbox. Returns the (image, attempt,
+-- owner) applied.
+WITH outcome AS (
+    SELECT *
+    FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[],
+                $7::bigint[], $8::bigint[], $9::float8[], $10::boolean[])
+        AS o(id, attempt, owner, state, output_url, error, input_bytes, output_bytes,
+             retry_after, refund)
+), fenced AS (
+    -- Images locked in id order (the lock order of every statement that holds several).
+    SELECT i.id
+    FROM images i JOIN outcome o ON o.id = i.id
+    WHERE i.attempts = o.attempt AND i.lease_owner = o.owner AND i.state = 'PROCESSING'
+    ORDER BY i.id
+    FOR UPDATE OF i
+), img AS (
+    UPDATE images i
+    SET state = o.state, output_url = o.output_url, error = o.error,
+        input_bytes = o.input_bytes, output_bytes = o.output_bytes,
+        available_at = now() + make_interval(secs => o.retry_after),
+        attempts = i.attempts - o.refund::int,
         lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-    WHERE id = $1 AND attempts = $2 AND lease_owner = $3 AND state = 'PROCESSING'
-    RETURNING request_id, serial_number, idx, state, output_url, error
+    FROM fenced f JOIN outcome o ON o.id = f.id
+    WHERE i.id = f.id AND i.attempts = o.attempt AND i.lease_owner = o.owner
+      AND i.state = 'PROCESSING'
+    RETURNING i.id, o.attempt, o.owner, i.request_id, i.product_position, i.serial_number,
+              i.idx, i.state, i.output_url, i.error
+), counts AS (
+    SELECT request_id, count(*)::int AS n,
+           count(*) FILTER (WHERE state = 'SUCCEEDED')::int AS succeeded,
+           count(*) FILTER (WHERE state = 'FAILED')::int AS failed
+    FROM img
+    GROUP BY request_id
+), locked AS (
+    SELECT r.id FROM requests r
+    WHERE r.id IN (SELECT request_id FROM counts)
+    ORDER BY r.id
+    FOR UPDATE
 ), req AS (
     UPDATE requests r
-    SET succeeded_count = r.succeeded_count + (img.state = 'SUCCEEDED')::int,
-        failed_count = r.failed_count + (img.state = 'FAILED')::int,
-        last_sequence = r.last_sequence + 1,
+    SET succeeded_count = r.succeeded_count + c.succeeded,
+        failed_count = r.failed_count + c.failed,
+        last_sequence = r.last_sequence + c.n,
         updated_at = now()
-    FROM img
-    WHERE r.id = img.request_id
-    RETURNING r.id, r.state, r.last_sequence, r.succeeded_count, r.failed_count,
+    FROM locked l JOIN counts c ON c.request_id = l.id
+    WHERE r.id = l.id
+    RETURNING r.id, r.state, r.last_sequence - c.n AS base,
+              r.succeeded_count - c.succeeded AS succeeded_before,
+              r.failed_count - c.failed AS failed_before, r.succeeded_count, r.failed_count,
               r.cancelled_count, r.image_count
 ), appended AS (
     INSERT INTO events (request_id, sequence, request_state, succeeded_count, failed_count,
                         cancelled_count, serial_number, idx, image_state, output_url, error)
-    SELECT req.id, req.last_sequence, req.state, req.succeeded_count, req.failed_count,
+    SELECT req.id, req.base + row_number() OVER w, req.state,
+           req.succeeded_before + count(*) FILTER (WHERE img.state = 'SUCCEEDED') OVER w,
+           req.failed_before + count(*) FILTER (WHERE img.state = 'FAILED') OVER w,
            req.cancelled_count, img.serial_number, img.idx, img.state, img.output_url,
            img.error
-    FROM req, img
+    FROM img JOIN req ON req.id = img.request_id
+    WINDOW w AS (PARTITION BY img.request_id ORDER BY img.product_position, img.idx
+                 ROWS UNBOUNDED PRECEDING)
 ), queued AS (
     INSERT INTO outbox (request_id, kind)
     SELECT id, 'result_csv' FROM req
     WHERE succeeded_count + failed_count + cancelled_count = image_count
     ON CONFLICT (request_id, kind) DO NOTHING
 )
-SELECT count(*) AS applied FROM img;
+SELECT id, attempt, owner FROM img;
 
 -- name: expired_leases
 SELECT id, attempts, lease_owner FROM images
@@ -161,12 +203,19 @@ LIMIT $1;
 SELECT count(*) FROM images WHERE state = 'QUEUED';
 
 -- name: cancel_request
-WITH cancelled AS (
-    UPDATE images i
-    SET state = 'CANCELLED', lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+WITH locked AS (
+    -- In id order, as finish_attempts locks images: the two cannot deadlock.
+    SELECT i.id FROM images i
     WHERE i.request_id = $1 AND i.state IN ('QUEUED', 'PROCESSING')
       AND EXISTS (SELECT 1 FROM requests r
                   WHERE r.id = $1 AND r.owner = $2 AND r.state IN ('QUEUED', 'PROCESSING'))
+    ORDER BY i.id
+    FOR UPDATE OF i
+), cancelled AS (
+    UPDATE images i
+    SET state = 'CANCELLED', lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+    FROM locked l
+    WHERE i.id = l.id AND i.state IN ('QUEUED', 'PROCESSING')
     RETURNING i.id
 ), req AS (
     UPDATE requests r
