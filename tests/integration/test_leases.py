@@ -177,8 +177,8 @@ async def test_one_batch_applies_current_leases_and_skips_stale_ones_row_by_row(
     notified: list[str] = []
     arrived = asyncio.Event()
 
-    def on_notify(_conn: object, _pid: int, _channel: str, payload: str) -> None:
-        notified.append(payload)
+    def on_notify(_conn: object, _pid: int, _channel: str, payload: object) -> None:
+        notified.append(str(payload))
         arrived.set()
 
     await conn.add_listener("imgpipe_events", on_notify)

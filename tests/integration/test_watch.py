@@ -120,16 +120,19 @@ async def test_200_watchers_receive_byte_identical_streams(
     request = ingest_pb2.WatchStatusRequest(request_id=submitted.request_id, after_sequence=1)
     channels = [grpc.aio.insecure_channel(ingest.target) for _ in range(4)]
     try:
-        # No deserializer: each watcher keeps the bytes it was sent.
+        # No parsing: each watcher keeps the bytes it was sent.
         calls = [
             channels[n % 4].unary_stream(
                 "/imgpipe.v1.IngestService/WatchStatus",
                 request_serializer=ingest_pb2.WatchStatusRequest.SerializeToString,
+                response_deserializer=bytes,
             )
             for n in range(200)
         ]
 
-        async def raw(call: grpc.aio.UnaryStreamMultiCallable) -> list[bytes]:
+        async def raw(
+            call: grpc.aio.UnaryStreamMultiCallable[ingest_pb2.WatchStatusRequest, bytes],
+        ) -> list[bytes]:
             return [message async for message in call(request)]
 
         streams = await asyncio.gather(*(raw(call) for call in calls))
@@ -203,6 +206,7 @@ async def test_resume_inside_a_coalesced_batch_gives_exactly_the_rest(
                 ingest_pb2.WatchStatusRequest(request_id=submitted.request_id)
             )
             snapshot = await live.read()
+            assert isinstance(snapshot, Message)
             assert snapshot.snapshot and snapshot.sequence == 2  # created, started
             results = [
                 (
@@ -212,8 +216,8 @@ async def test_resume_inside_a_coalesced_batch_gives_exactly_the_rest(
                 for n, r in enumerate(held)
             ]
             assert await ingest.app.store.finish_many(results) == [True] * 4
-            rest = []
-            while (message := await live.read()) is not grpc.aio.EOF:
+            rest: list[Message] = []
+            while isinstance(message := await live.read(), Message):  # until EOF
                 rest.append(message)
             batch_times = await conn.fetch(
                 "SELECT DISTINCT created_at FROM events"
