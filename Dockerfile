@@ -17,9 +17,15 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 
-# Every dependency ships manylinux wheels (grpcio, asyncpg, Pillow, aiohttp), so no
-# compiler is needed even here. The generated stubs are committed under src/imgpipe/v1, so
-# `pip install .` needs no protoc.
+# Every dependency ships manylinux wheels (grpcio, asyncpg, Pillow, aiohttp); imgpipe's
+# own C extension (imgpipe.processor._jpeg, the DCT-domain requantiser) needs gcc and
+# libjpeg-turbo's headers. The generated stubs are committed under src/imgpipe/v1, so
+# `pip install .` needs no protoc. The distribution's packages move with its point
+# releases, so they are not pinned.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install --yes --no-install-recommends gcc libc6-dev libjpeg62-turbo-dev \
+    && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/imgpipe
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -39,6 +45,10 @@ RUN python -m pip uninstall --yes --no-cache-dir pip setuptools wheel \
         --home-dir /nonexistent --shell /usr/sbin/nologin imgpipe
 
 COPY --from=build /opt/imgpipe /opt/imgpipe
+# libjpeg-turbo's runtime library (libjpeg62-turbo) for the C extension, from the build
+# stage: no package manager runs here.
+COPY --from=build /usr/lib/*-linux-gnu/libjpeg.so.62* /usr/local/lib/
+RUN ldconfig
 
 # Bytecode is compiled at install time; the root filesystem is read-only in Kubernetes.
 ENV PATH=/opt/imgpipe/bin:$PATH \

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 
-from devstack.bench import machine, offline, pipeline, procstat, profiling
+from devstack.bench import machine, offline, photos, pipeline, procstat, profiling
 from devstack.bench.codec import ARENA_ENV
 from devstack.bench.config import DEFAULT, QUICK, Config
 from devstack.bench.corpus import Source, generate
@@ -32,6 +32,7 @@ DEFAULT_JSON = ROOT / "var" / "bench" / "latest.json"
 TITLES = {
     "codec": "1. codec vs the limit, one core",
     "parallel": "1b. codec on every core: threads vs processes, allocator in threads",
+    "photos": "1c. codec on photographs: requantiser, compress(), Pillow, simplejpeg",
     "e2e": "2. end to end vs the bare loop",
     "scaling": "3. scaling: 1 processor vs N",
     "submit": "4. Submit latency",
@@ -109,6 +110,7 @@ class Runner:
         corpus = generate(config, self.workdir / "corpus", cores)
         self.guarded("codec", lambda s: offline.codec_section(config, corpus, s))
         self.guarded("parallel", lambda s: offline.parallel_section(config, corpus, s))
+        self.guarded("photos", lambda s: photos.photos_section(config.codec_seconds, s))
         self.guarded("output", lambda s: offline.quality_section(config, corpus, s))
         bare: dict[str, tuple[list[float], list[float]]] = {}
         with self.section("e2e"):

@@ -1,4 +1,8 @@
-"""Source bytes to JPEG with Pillow. Pure and CPU-bound: run it in the codec executor.
+"""Source bytes to JPEG. Pure and CPU-bound: the codec workers run it.
+
+An upright 4:2:0 YCbCr JPEG is requantised in the DCT domain (_jpeg.requantize: its
+coefficients rescaled to the target tables, no pixels decoded); every other source is
+decoded and encoded again with Pillow (the pixel path).
 
 The format comes from the first bytes (formats.detect) and only that format's Pillow plugin
 opens them. Any input it cannot turn into an image is a permanent error (NotAnImage,
@@ -17,7 +21,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps
 
-from imgpipe.processor.budget import Admit, MemoryBudget, decode_bytes
+from imgpipe.processor._jpeg import requantize
+from imgpipe.processor.budget import Admit, MemoryBudget, check_fits, decode_bytes
 from imgpipe.processor.errors import NotAnImage, TooManyFrames, TooManyPixels
 from imgpipe.processor.formats import (
     check_codec,
@@ -64,25 +69,17 @@ def compress(
     the estimate is only checked against limits.memory_bytes."""
     if not 0 <= quality <= MAX_QUALITY:
         raise ValueError(f"quality must be 0-{MAX_QUALITY}, not {quality}")
-    detected = detect(data)
-    if detected == "JPEG":
-        check_scans(data, limits.max_jpeg_scans)
-    try:
-        source = Image.open(io.BytesIO(data), formats=[detected])
-    except Exception as exc:
-        raise _decode_error(exc, f"corrupt {detected} image") from None
+    detected, source = _open(data, limits)
     image: Image.Image | None = None
     try:
         source_format = source.format or detected
-        _check_size(source, limits.max_pixels)
-        _check_frames(source, data, limits.max_frames)
-        check_codec(source)
         icc = usable_icc(source.info.get("icc_profile"))
-        try:
-            rotated = source.getexif().get(ORIENTATION, UPRIGHT) != UPRIGHT
-        except Exception as exc:
-            raise _decode_error(exc, f"corrupt EXIF in a {source_format} image") from None
+        rotated = _rotated(source)
         with (admit or MemoryBudget(limits.memory_bytes).admit)(decode_bytes(source, rotated)):
+            if detected == "JPEG" and not rotated:
+                jpeg = requantize(data, quality or DEFAULT_QUALITY, icc)
+                if jpeg is not None:
+                    return Compressed(jpeg, source.width, source.height, source_format)
             try:
                 # In place: an upright image is not copied (a full frame saved per image).
                 ImageOps.exif_transpose(source, in_place=True)
@@ -111,6 +108,44 @@ def compress(
         if image is not source:
             source.close()
     return Compressed(out.getvalue(), image.width, image.height, source_format)
+
+
+def check_header(data: bytes, limits: DecodeSettings) -> None:
+    """Every check compress() makes before decoding, for a refusal without waiting for a
+    codec worker. Pillow's header parsers for these formats are Python; WebP's is native
+    (libwebp), so a WebP is left to the worker."""
+    if data.startswith(b"RIFF"):
+        return
+    _, source = _open(data, limits)
+    with source:
+        check_fits(decode_bytes(source, _rotated(source)), limits.memory_bytes)
+
+
+def _open(data: bytes, limits: DecodeSettings) -> tuple[str, Image.Image]:
+    """The detected format and the source opened (header only) once it passes every
+    limit but memory; the caller closes it."""
+    detected = detect(data)
+    if detected == "JPEG":
+        check_scans(data, limits.max_jpeg_scans)
+    try:
+        source = Image.open(io.BytesIO(data), formats=[detected])
+    except Exception as exc:
+        raise _decode_error(exc, f"corrupt {detected} image") from None
+    try:
+        _check_size(source, limits.max_pixels)
+        _check_frames(source, data, limits.max_frames)
+        check_codec(source)
+    except BaseException:
+        source.close()
+        raise
+    return detected, source
+
+
+def _rotated(source: Image.Image) -> bool:
+    try:
+        return bool(source.getexif().get(ORIENTATION, UPRIGHT) != UPRIGHT)
+    except Exception as exc:
+        raise _decode_error(exc, f"corrupt EXIF in a {source.format} image") from None
 
 
 def _check_size(source: Image.Image, max_pixels: int) -> None:

@@ -16,6 +16,7 @@ from imgpipe.common.logs import setup_logging
 from imgpipe.common.service import Service, run
 from imgpipe.common.storage import open_storage
 from imgpipe.processor.codec_pool import CodecPool
+from imgpipe.processor.compress import limit_pillow
 from imgpipe.processor.fetch import Fetcher
 from imgpipe.processor.pipeline import Pipeline
 from imgpipe.processor.servicer import SERVICE_NAME, ProcessorServicer
@@ -55,6 +56,7 @@ class ProcessorApp:
             storage,
             codec=codec,
             storage_executor=storage_executor,
+            decode=settings.decode,
             max_in_flight=settings.max_in_flight,
         )
         servicer = ProcessorServicer(pipeline)
@@ -73,4 +75,5 @@ def main() -> None:
     except SettingsError as exc:
         sys.exit(f"imgpipe-processor: {exc}")
     setup_logging(settings.common.log_level)
+    limit_pillow(settings.decode.max_pixels)  # headers are checked here too
     run(ProcessorApp(settings))

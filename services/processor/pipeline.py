@@ -17,9 +17,10 @@ from imgpipe.common.errors import InvalidArgument, ServiceError, StorageError, U
 from imgpipe.common.storage import Storage
 from imgpipe.processor import metrics
 from imgpipe.processor.codec_pool import CodecPool
-from imgpipe.processor.compress import MAX_QUALITY
+from imgpipe.processor.compress import MAX_QUALITY, check_header
 from imgpipe.processor.errors import ProcessorFull, StorageUnavailable
 from imgpipe.processor.fetch import Fetcher
+from imgpipe.processor.settings import DecodeSettings
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +69,13 @@ class Pipeline:
         *,
         codec: CodecPool,
         storage_executor: Executor,
+        decode: DecodeSettings,
         max_in_flight: int,
     ) -> None:
         self._fetcher = fetcher
         self._storage = storage
         self._codec = codec
+        self._decode = decode
         self._storage_executor = storage_executor
         self._max_in_flight = max_in_flight
         self._in_flight = 0
@@ -121,6 +124,7 @@ class Pipeline:
             data = await self._fetcher.fetch(source_url)
         metrics.INPUT_BYTES.inc(len(data))
         with metrics.COMPRESS_SECONDS.time():
+            check_header(data, self._decode)
             compressed = await self._codec.compress(data, quality)
         try:
             output_url = await loop.run_in_executor(

@@ -11,7 +11,7 @@ from PIL import Image, ImageCms
 
 from devstack.sample_images import encode, photo_like
 from imgpipe.processor.budget import MIB, MemoryBudget, check_fits, decode_bytes
-from imgpipe.processor.compress import compress
+from imgpipe.processor.compress import check_header, compress
 from imgpipe.processor.errors import OverMemoryBudget, TooManyScans, UnsafeCodec
 from imgpipe.processor.formats import MAX_ICC_BYTES, jpeg_scan_count, usable_icc
 from imgpipe.processor.settings import DecodeSettings
@@ -136,3 +136,18 @@ def test_a_half_megabyte_profile_in_a_small_png_is_not_copied() -> None:
     result = compress(data, quality=50, limits=LIMITS)
     assert len(result.jpeg) < 64 * 1024
     assert "icc_profile" not in opened(result.jpeg).info
+
+
+def test_the_header_checks_refuse_without_decoding_and_leave_webp_to_the_worker() -> None:
+    small_budget = DecodeSettings(LIMITS.max_pixels, memory_bytes=256 * MIB)
+    with pytest.raises(TooManyScans):
+        check_header(scan_bomb(8000, 8000, 5000), LIMITS)
+    with pytest.raises(OverMemoryBudget):
+        check_header(progressive_cmyk(6000, 4000), small_budget)
+    with pytest.raises(UnsafeCodec):
+        check_header(rle_bmp(100, 100), LIMITS)
+    check_header(encode(photo_like(40, 30), "PNG"), LIMITS)
+    # libwebp's header parser is native: a WebP, over the budget or not, goes to a worker.
+    check_header(
+        encode(photo_like(800, 600), "WEBP"), DecodeSettings(LIMITS.max_pixels, memory_bytes=MIB)
+    )
