@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PROTOS := $(wildcard protos/imgpipe/v1/*.proto)
 
-.PHONY: all venv gen run test lint policy audit bench clean
+.PHONY: all venv gen lock run test lint policy audit bench clean
 
 all: lint policy test
 
@@ -25,6 +25,14 @@ venv: $(STAMP)
 # it drifts.
 gen: $(STAMP)
 	$(PY) -m devstack.protogen
+
+# The runtime dependencies pinned with their hashes, from pyproject.toml's ranges; the image
+# installs from it (tests/unit/test_lock_file.py fails when it drifts). Newest versions
+# within the ranges: `make lock UPGRADE=--upgrade`.
+lock: $(STAMP)
+	$(VENV)/bin/pip-compile --quiet --generate-hashes --strip-extras --allow-unsafe \
+	  --no-emit-find-links --no-emit-index-url $(UPGRADE) \
+	  --output-file requirements.lock pyproject.toml
 
 run: $(STAMP)
 	$(PY) -m devstack.run

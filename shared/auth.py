@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import hmac
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
+
+import grpc
 
 from imgpipe.common.errors import Unauthenticated
 from imgpipe.common.grpc_interceptors import Context, WrappingInterceptor
@@ -41,21 +43,41 @@ class TokenAuth:
         if not self._tokens:
             return ANONYMOUS
         scheme, _, presented = (authorization or "").partition(" ")
-        candidate = presented.strip().encode()
+        # Tokens are ASCII; anything else (a header of raw bytes too) cannot match one.
+        candidate = presented.strip().encode() if presented.isascii() else b""
         matched: bytes | None = None
         for token in self._tokens:
             if hmac.compare_digest(token, candidate):
                 matched = token
-        if scheme.lower() != "bearer" or matched is None:
+        if scheme.lower() != "bearer" or not candidate or matched is None:
             raise Unauthenticated("a valid `authorization: Bearer TOKEN` is required")
         return principal_of(matched.decode())
 
 
 class AuthInterceptor(WrappingInterceptor):
-    """Authenticates every call but health and reflection; the principal goes in CALLER."""
+    """Authenticates every call but health and reflection; the principal goes in CALLER.
+
+    A call without a valid token is refused from its metadata, before its request message
+    is read: the handler put in its place is client-streaming and never reads, so the
+    transport holds no more of the body than its flow-control window."""
 
     def __init__(self, auth: TokenAuth) -> None:
         self._auth = auth
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        method = handler_call_details.method
+        if not method.startswith(OPEN_METHOD_PREFIXES):
+            metadata = dict(handler_call_details.invocation_metadata or ())
+            try:
+                self._auth.authenticate(_text(metadata.get("authorization")))
+            except Unauthenticated as exc:
+                handler = await continuation(handler_call_details)
+                return None if handler is None else _refusal(handler, exc.message)
+        return await super().intercept_service(continuation, handler_call_details)
 
     def around(
         self, method: str, request: Any, context: Context
@@ -67,9 +89,37 @@ class AuthInterceptor(WrappingInterceptor):
     @asynccontextmanager
     async def _authenticated(self, context: Context) -> AsyncIterator[None]:
         metadata = dict(context.invocation_metadata() or ())
-        caller = self._auth.authenticate(metadata.get("authorization"))
+        caller = self._auth.authenticate(_text(metadata.get("authorization")))
         token = CALLER.set(caller)
         try:
             yield
         finally:
             CALLER.reset(token)
+
+
+def _text(value: str | bytes | None) -> str | None:
+    """A metadata value as text; a binary one (only `-bin` keys carry bytes) is no token."""
+    return value if isinstance(value, str) or value is None else ""
+
+
+def _refusal(handler: Any, message: str) -> Any:
+    """A handler of the same response kind that answers UNAUTHENTICATED without reading."""
+
+    async def refuse(_requests: Any, context: Context) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    async def refuse_stream(_requests: Any, context: Context) -> AsyncIterator[None]:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        yield  # pragma: no cover - abort raises
+
+    if handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(
+            refuse_stream,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return grpc.stream_unary_rpc_method_handler(
+        refuse,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )

@@ -97,7 +97,7 @@ class S3Settings:
 class GrpcServerSettings:
     """How a gRPC server listens: message size, keepalive, connection age, TLS."""
 
-    max_message_bytes: int = 64 * 1024 * 1024
+    max_message_bytes: int = 16 * 1024 * 1024
     # The server pings idle connections this often, so proxies keep long streams open.
     keepalive_seconds: float = 60.0
     # Connections are closed after this long (0: never), so clients rebalance over new
@@ -111,7 +111,11 @@ class GrpcServerSettings:
 
     @classmethod
     def from_env(
-        cls, env: Mapping[str, str], *, max_connection_age_seconds: float = 0.0
+        cls,
+        env: Mapping[str, str],
+        *,
+        max_connection_age_seconds: float = 0.0,
+        max_message_bytes: int = max_message_bytes,
     ) -> GrpcServerSettings:
         cert, key = env.get("IMGPIPE_TLS_CERT") or None, env.get("IMGPIPE_TLS_KEY") or None
         if bool(cert) != bool(key):
@@ -121,7 +125,7 @@ class GrpcServerSettings:
             raise SettingsError("IMGPIPE_TLS_CLIENT_CA needs IMGPIPE_TLS_CERT and _KEY")
         return cls(
             max_message_bytes=env_int(
-                env, "IMGPIPE_GRPC_MAX_MESSAGE_BYTES", cls.max_message_bytes, minimum=1024
+                env, "IMGPIPE_GRPC_MAX_MESSAGE_BYTES", max_message_bytes, minimum=1024
             ),
             keepalive_seconds=env_float(
                 env, "IMGPIPE_GRPC_KEEPALIVE_SECONDS", cls.keepalive_seconds, minimum=1
@@ -162,6 +166,7 @@ class CommonSettings:
         grpc_addr: str,
         http_addr: str,
         max_connection_age_seconds: float = 0.0,
+        max_message_bytes: int = GrpcServerSettings.max_message_bytes,
     ) -> CommonSettings:
         return cls(
             grpc_addr=env_str(env, "IMGPIPE_GRPC_ADDR", grpc_addr),
@@ -172,7 +177,9 @@ class CommonSettings:
             log_level=env_str(env, "IMGPIPE_LOG_LEVEL", cls.log_level).upper(),
             grace_seconds=env_float(env, "IMGPIPE_GRACE_SECONDS", cls.grace_seconds),
             grpc=GrpcServerSettings.from_env(
-                env, max_connection_age_seconds=max_connection_age_seconds
+                env,
+                max_connection_age_seconds=max_connection_age_seconds,
+                max_message_bytes=max_message_bytes,
             ),
         )
 

@@ -25,6 +25,7 @@ from imgpipe.common.errors import (
     Unavailable,
 )
 from imgpipe.common.grpc_interceptors import Context, WrappingInterceptor
+from imgpipe.common.public_text import public_text
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +50,13 @@ def grpc_code(exc: ServiceError) -> grpc.StatusCode:
 
 def to_status(exc: ServiceError) -> grpc.Status:
     code = grpc_code(exc)
-    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=exc.message)
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=public_text(exc.message))
     if isinstance(exc, InvalidArgument) and exc.violations:
         detail = any_pb2.Any()
         detail.Pack(
             error_details_pb2.BadRequest(
                 field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
+                    error_details_pb2.BadRequest.FieldViolation(field=f, description=public_text(d))
                     for f, d in exc.violations
                 ]
             )

@@ -32,18 +32,26 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if handler is None:
             return None
         method = handler_call_details.method
-        if handler.unary_unary is not None:
-            unary = handler.unary_unary
+        single = handler.unary_unary or handler.stream_unary
+        if single is not None:
+            # A stream_unary handler here is a unary method whose server reads the request
+            # itself (imgpipe.ingest.admission): it is not known when the scope opens.
+            reads_itself = handler.unary_unary is None
 
-            async def unary_wrapper(request: Any, context: Context) -> Any:
-                scope = self.around(method, request, context)
+            async def single_wrapper(request: Any, context: Context) -> Any:
+                scope = self.around(method, None if reads_itself else request, context)
                 if scope is None:
-                    return await unary(request, context)
+                    return await single(request, context)
                 async with scope:
-                    return await unary(request, context)
+                    return await single(request, context)
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary_wrapper,
+            make = (
+                grpc.stream_unary_rpc_method_handler
+                if reads_itself
+                else grpc.unary_unary_rpc_method_handler
+            )
+            return make(
+                single_wrapper,
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )

@@ -18,6 +18,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from imgpipe.common.errors import InvalidArgument, ResourceExhausted, ServiceError
 from imgpipe.common.grpc_errors import grpc_code
+from imgpipe.common.public_text import public_text
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +62,11 @@ def json_error(
     status: int | None = None,
     headers: dict[str, str] | None = None,
 ) -> web.Response:
-    error: dict[str, object] = {"code": code.name, "message": message}
+    error: dict[str, object] = {"code": code.name, "message": public_text(message)}
     if violations:
-        error["field_violations"] = [{"field": f, "description": d} for f, d in violations]
+        error["field_violations"] = [
+            {"field": f, "description": public_text(d)} for f, d in violations
+        ]
     headers = dict(headers or {})
     if code == grpc.StatusCode.UNAUTHENTICATED:
         headers["WWW-Authenticate"] = "Bearer"

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import tempfile
 from datetime import timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 from urllib.parse import quote, urlsplit
 
 from minio import Minio
@@ -29,11 +30,19 @@ class Storage(Protocol):
     def put(self, key: str, data: bytes, content_type: str) -> None:
         """Writes data at key, replacing what was there."""
 
+    def put_file(self, key: str, source: BinaryIO, length: int, content_type: str) -> None:
+        """Writes length bytes read from source at key, without holding them all at once."""
+
     def get(self, key: str) -> bytes:
         """Reads the object at key; raises KeyError when there is none."""
 
     def url_for(self, key: str) -> str:
-        """A URL a client can fetch the object from."""
+        """A URL a client can fetch the object from, made now: presigned URLs expire, so
+        make one when it is handed out, never store it."""
+
+    def plain_url(self, key: str) -> str:
+        """A URL of the object without a signature, that never expires: under the public
+        base URL when there is one, else s3://BUCKET/NAME or file:///PATH."""
 
 
 def _check_key(key: str) -> str:
@@ -76,10 +85,11 @@ class S3Storage:
             raise StorageError(f"bucket {self._bucket}: {exc}") from exc
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
+        self.put_file(key, io.BytesIO(data), len(data), content_type)
+
+    def put_file(self, key: str, source: BinaryIO, length: int, content_type: str) -> None:
         try:
-            self._client.put_object(
-                self._bucket, self._name(key), io.BytesIO(data), len(data), content_type
-            )
+            self._client.put_object(self._bucket, self._name(key), source, length, content_type)
         except ValueError:
             raise
         except Exception as exc:
@@ -106,6 +116,12 @@ class S3Storage:
             return f"{self._public_base_url}/{quote(name)}"
         return str(self._client.presigned_get_object(self._bucket, name, expires=PRESIGN_TTL))
 
+    def plain_url(self, key: str) -> str:
+        name = self._name(key)
+        if self._public_base_url:
+            return f"{self._public_base_url}/{quote(name)}"
+        return f"s3://{self._bucket}/{quote(name)}"
+
 
 class FileStorage:
     """A local directory; ingest's HTTP side serves it at /objects/ for `make run`."""
@@ -121,13 +137,16 @@ class FileStorage:
         self._root.mkdir(parents=True, exist_ok=True)
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
+        self.put_file(key, io.BytesIO(data), len(data), content_type)
+
+    def put_file(self, key: str, source: BinaryIO, length: int, content_type: str) -> None:
         path = self._path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # Write then rename, so a reader never sees half an object.
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
             with os.fdopen(fd, "wb") as out:
-                out.write(data)
+                shutil.copyfileobj(source, out)
             os.replace(tmp, path)
         except OSError as exc:
             raise StorageError(f"put {key}: {exc}") from exc
@@ -141,6 +160,9 @@ class FileStorage:
             raise StorageError(f"get {key}: {exc}") from exc
 
     def url_for(self, key: str) -> str:
+        return self.plain_url(key)
+
+    def plain_url(self, key: str) -> str:
         if self._public_base_url:
             return f"{self._public_base_url}/{quote(key)}"
         return self._path(key).resolve().as_uri()

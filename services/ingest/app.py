@@ -21,6 +21,7 @@ from imgpipe.common.backoff import Backoff
 from imgpipe.common.service import Service
 from imgpipe.common.storage import open_storage
 from imgpipe.ingest import postgres
+from imgpipe.ingest.admission import ByteBudget, SubmitAdmission
 from imgpipe.ingest.dispatcher import Dispatcher, processor_channel
 from imgpipe.ingest.http_app import build_http_app
 from imgpipe.ingest.notifications import Notifier
@@ -78,10 +79,10 @@ class IngestApp:
         async with self.pool.acquire() as conn:
             await postgres.migrate(conn)
         self.store = Store(self.pool)
-        channel = processor_channel(settings.processor_target)
+        channel = processor_channel(settings.processor_target, settings.processor_tls)
         service.on_stop("processor-channel", lambda: channel.close(None))
         webhook_session = aiohttp.ClientSession(
-            connector=settings.address_policy.connector(limit=50),
+            connector=settings.address_policy.connector(limit=settings.webhooks.concurrency),
             auto_decompress=False,
         )
         service.on_stop("webhook-session", webhook_session.close)
@@ -94,8 +95,8 @@ class IngestApp:
             settings.watch,
             RateLimiter(settings.submit_rate_per_minute, settings.submit_burst),
             settings.address_policy,
+            ByteBudget(settings.submit_bytes_in_flight),
             self.storage,
-            self.executor,
         )
         self.grpc = await service.serve_grpc(
             [
@@ -105,7 +106,12 @@ class IngestApp:
                     SERVICE,
                 )
             ],
-            interceptors=[AuthInterceptor(self.auth)],
+            interceptors=[
+                AuthInterceptor(self.auth),
+                SubmitAdmission(
+                    self.requests.submit_budget, settings.common.grpc.max_message_bytes
+                ),
+            ],
         )
         await service.serve_http(
             build_http_app(
@@ -123,14 +129,30 @@ class IngestApp:
         dispatching = service.background("dispatcher", self.dispatcher.run())
         service.on_stop("dispatcher-drain", lambda: self._drain(dispatching))
         result_csv = ResultCsvWriter(self.store, self.storage, self.executor)
+        attempts = settings.outbox_max_attempts
         service.background(
-            "result-csv", OutboxWorker(self.store, self.notifier, RESULT_CSV, result_csv).run()
+            "result-csv",
+            OutboxWorker(
+                self.store, self.notifier, RESULT_CSV, result_csv, max_attempts=attempts
+            ).run(),
         )
         sender = WebhookSender(
-            self.store, webhook_session, settings.webhooks, settings.address_policy
+            self.store,
+            webhook_session,
+            settings.webhooks,
+            settings.address_policy,
+            self.storage.url_for,
         )
         service.background(
-            "webhooks", OutboxWorker(self.store, self.notifier, WEBHOOK, sender).run()
+            "webhooks",
+            OutboxWorker(
+                self.store,
+                self.notifier,
+                WEBHOOK,
+                sender,
+                max_attempts=attempts,
+                concurrency=settings.webhooks.concurrency,
+            ).run(),
         )
         service.background("database-watch", self._watch_database())
         await service.start_serving()

@@ -50,6 +50,9 @@ _HEADER = (  # (what the column holds, its name, the names accepted once made lo
 _IGNORED_IN_HEADER = re.compile(r"[\s._-]+")
 _URL_SEPARATORS = re.compile(r"[,\r\n]")
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # OWASP, CSV injection
+# A formula character after a separator starts a cell too where a spreadsheet splits on
+# it (`;` in many locales, tabs when pasted): "a;=1+1" is neutralised as "a;'=1+1".
+_FORMULA_AFTER_SEPARATOR = re.compile(r"([,;\t\r\n|]\s*)([=+\-@])")
 
 
 @dataclass(frozen=True)
@@ -61,10 +64,12 @@ class Product:
 
 @dataclass(frozen=True)
 class CsvLimits:
-    max_bytes: int = 64 * 1024 * 1024
+    # 100,000 images (max_images) of some 160 bytes each: the largest request that makes sense.
+    max_bytes: int = 16 * 1024 * 1024
     max_rows: int = 100_000  # product rows
     max_urls_per_row: int = 100
     max_url_length: int = 2048  # characters
+    max_images: int = 100_000  # in the whole request (IMGPIPE_MAX_IMAGES_PER_REQUEST)
 
 
 DEFAULT_LIMITS = CsvLimits()
@@ -116,7 +121,7 @@ def parse_products(data: bytes, limits: CsvLimits = DEFAULT_LIMITS) -> list[Prod
     _check_header(*header, problems)
     products: list[Product] = []
     first_row_of: dict[int, int] = {}  # serial number -> row it first appeared on
-    rows = 0
+    rows = images = 0
     for row, cells in records:
         rows += 1
         if rows > limits.max_rows:
@@ -125,6 +130,14 @@ def parse_products(data: bytes, limits: CsvLimits = DEFAULT_LIMITS) -> list[Prod
         product = _product(row, cells, limits, first_row_of, problems)
         if product is not None:
             products.append(product)
+            images += len(product.urls)
+            if images > limits.max_images:
+                problems.add(
+                    "csv",
+                    f"more than {limits.max_images} images (row {row} goes past it); the limit "
+                    "per request is IMGPIPE_MAX_IMAGES_PER_REQUEST: split the file",
+                )
+                raise problems.error()
     if not rows:
         problems.add("csv", "no products: the file has a header but no rows after it")
     if problems.total:
@@ -134,16 +147,33 @@ def parse_products(data: bytes, limits: CsvLimits = DEFAULT_LIMITS) -> list[Prod
 
 def result_csv(rows: Iterable[ResultRow]) -> bytes:
     """The result CSV: the input rows with their output URLs, as UTF-8 with CRLF line ends."""
+    return result_csv_header() + b"".join(result_csv_line(row) for row in rows)
+
+
+def result_csv_header() -> bytes:
+    return _csv_line(RESULT_HEADER)
+
+
+def result_csv_line(row: ResultRow) -> bytes:
+    """One product's line of the result CSV, so it can be written a line at a time."""
+    if len(row.input_urls) != len(row.output_urls):
+        raise ValueError(f"product {row.serial_number}: not one output URL per input URL")
+    inputs, outputs = ",".join(row.input_urls), ",".join(row.output_urls)
+    cells = (str(row.serial_number), row.product_name, inputs, outputs)
+    return _csv_line([neutralised(c) for c in cells])
+
+
+def _csv_line(cells: Sequence[str]) -> bytes:
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(RESULT_HEADER)
-    for row in rows:
-        if len(row.input_urls) != len(row.output_urls):
-            raise ValueError(f"product {row.serial_number}: not one output URL per input URL")
-        inputs, outputs = ",".join(row.input_urls), ",".join(row.output_urls)
-        cells = (str(row.serial_number), row.product_name, inputs, outputs)
-        writer.writerow(["'" + c if c.startswith(_FORMULA_STARTS) else c for c in cells])
+    csv.writer(out, lineterminator="\r\n").writerow(cells)
     return out.getvalue().encode()
+
+
+def neutralised(cell: str) -> str:
+    """cell as a spreadsheet shows it as text, never running it as a formula (OWASP CSV
+    injection): a quote before a formula character that starts it or follows a separator."""
+    cell = _FORMULA_AFTER_SEPARATOR.sub(r"\1'\2", cell)
+    return "'" + cell if cell.startswith(_FORMULA_STARTS) else cell
 
 
 def _decode(data: bytes, problems: _Problems) -> str:
@@ -259,6 +289,9 @@ def _url_problem(url: str, max_length: int) -> str | None:
         parts = urlsplit(url)
         # .port raises ValueError when the port is not a number from 0 to 65535
         if parts.scheme in ("http", "https") and parts.hostname and parts.port != 0:
+            if "@" in parts.netloc:
+                # Credentials would be stored, logged and shown to whoever reads the request.
+                return "URLs with user info (user:password@) are refused: no credentials"
             return None
     except ValueError:
         pass

@@ -22,6 +22,7 @@ from imgpipe.ingest import metrics
 from imgpipe.ingest.errors import DatabaseUnavailable
 from imgpipe.ingest.model import Claim, ImageState, Outcome
 from imgpipe.ingest.notifications import Notifier
+from imgpipe.ingest.processor_tls import ProcessorTls
 from imgpipe.ingest.retry_policy import BUSY, RetryPolicy
 from imgpipe.ingest.store import Store, lease_of
 from imgpipe.v1 import processor_pb2, processor_pb2_grpc, requests_pb2
@@ -48,15 +49,18 @@ class DispatchSettings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
-def processor_channel(target: str) -> grpc.aio.Channel:
-    """One channel to every processor, balanced per call with round_robin."""
-    return grpc.aio.insecure_channel(
-        target,
-        options=[
-            ("grpc.service_config", '{"loadBalancingConfig": [{"round_robin": {}}]}'),
-            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-        ],
-    )
+def processor_channel(target: str, tls: ProcessorTls) -> grpc.aio.Channel:
+    """One channel to every processor, balanced per call with round_robin; over TLS when
+    tls says so."""
+    options = [
+        ("grpc.service_config", '{"loadBalancingConfig": [{"round_robin": {}}]}'),
+        ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+        *tls.channel_options(),
+    ]
+    credentials = tls.credentials()
+    if credentials is None:
+        return grpc.aio.insecure_channel(target, options=options)
+    return grpc.aio.secure_channel(target, credentials, options=options)
 
 
 class Recorder:
@@ -255,7 +259,7 @@ class Dispatcher:
         else:
             outcome = Outcome(
                 ImageState.SUCCEEDED,
-                output_url=response.output_url,
+                output_key=response.output_key,
                 input_bytes=response.input_bytes,
                 output_bytes=response.output_bytes,
             )

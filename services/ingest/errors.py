@@ -56,14 +56,6 @@ class ResultNotReady(FailedPrecondition):
     """The result CSV is written once the request is done."""
 
 
-class ResultMissing(NotFound):
-    """The result CSV is missing from storage."""
-
-
-class StorageUnavailable(Unavailable):
-    """Storage is unavailable; try again."""
-
-
 class ShuttingDown(Unavailable):
     """The server is shutting down; connect again."""
 

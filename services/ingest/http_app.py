@@ -1,10 +1,10 @@
 """Ingest's HTTP side (aiohttp): the API of http_routes (/v1/...), its OpenAPI document and
 the objects of file:// storage; the service runner adds health, readiness and metrics.
 
-Errors are JSON (imgpipe.common.http_errors). When tokens are configured, every route but health,
-metrics and /objects/ (unguessable keys, so links work in a browser) needs
-`Authorization: Bearer TOKEN`; the caller's principal goes in
-imgpipe.common.auth.CALLER, as on gRPC.
+Errors are JSON (imgpipe.common.http_errors). When tokens are configured, every route but
+health needs `Authorization: Bearer TOKEN` (/metrics too); the caller's principal goes in
+imgpipe.common.auth.CALLER, as on gRPC. /objects/ then serves an object only to the token
+whose request stored it (the key starts with the request id), result CSVs included.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from imgpipe.common.auth import CALLER, TokenAuth
+from imgpipe.common.errors import InvalidArgument
 from imgpipe.common.http_errors import json_errors_middleware
 from imgpipe.common.service import OPS_PATHS
 from imgpipe.common.storage import FileStorage, Storage
@@ -24,14 +25,15 @@ from imgpipe.ingest.http_routes import MULTIPART_OVERHEAD, RequestRoutes
 from imgpipe.ingest.openapi import document
 from imgpipe.ingest.request_service import RequestService
 
-OPEN_PREFIXES = ("/objects/",)
+# Open even with tokens: probes carry none. /metrics is not among them (it needs a token).
+OPEN_PATHS = OPS_PATHS - {"/metrics"}
 SSE_KEEPALIVE = 15.0  # seconds
 
 
 def _auth_middleware(auth: TokenAuth) -> Middleware:
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in OPS_PATHS or request.path.startswith(OPEN_PREFIXES):
+        if request.path in OPEN_PATHS:
             return await handler(request)
         token = CALLER.set(auth.authenticate(request.headers.get("Authorization")))
         try:
@@ -55,6 +57,13 @@ def build_http_app(
 
     async def get_object(request: web.Request) -> web.Response:
         key = request.match_info["key"]
+        if auth.enabled:
+            # The owner's only: another token's object is not there at all (NOT_FOUND).
+            request_id, _, _ = key.partition("/")
+            try:
+                await requests.check_owner(request_id, caller=CALLER.get())
+            except InvalidArgument:
+                raise web.HTTPNotFound() from None
         loop = asyncio.get_running_loop()
         try:
             data = await loop.run_in_executor(executor, storage.get, key)

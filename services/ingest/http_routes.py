@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping
+from functools import partial
 from typing import Any
 
 from aiohttp import BodyPartReader, web
@@ -15,9 +16,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from imgpipe.common.auth import CALLER
-from imgpipe.common.errors import (
-    InvalidArgument,
-)
+from imgpipe.common.errors import InvalidArgument
 from imgpipe.ingest import to_proto
 from imgpipe.ingest.errors import BodyTooLarge
 from imgpipe.ingest.model import Event
@@ -59,7 +58,8 @@ class RequestRoutes:
         self._max_csv_bytes = max_csv_bytes
         self._keepalive = keepalive
         self._closing = asyncio.Event()  # set on shutdown: event streams end
-        self._frames = SharedEncoding(_frame)
+        # URLs in an event's frame are signed when it is first encoded, never stored.
+        self._frames = SharedEncoding(partial(_frame, requests.url_of))
 
     def add_to(self, app: web.Application) -> None:
         app.router.add_post("/v1/requests", self.submit)
@@ -80,6 +80,10 @@ class RequestRoutes:
         if request.content_length is not None and request.content_length > limit:
             raise BodyTooLarge(f"the body is {request.content_length} bytes; the limit is {limit}")
         options = _options(request.query, "query parameter")
+        async with self._requests.submit_budget.reserve(request.content_length or limit):
+            return await self._submit(request, options)
+
+    async def _submit(self, request: web.Request, options: dict[str, str]) -> web.Response:
         if request.content_type == "multipart/form-data":
             csv, form = await self._read_form(request)
             twice = sorted(set(form) & set(options))
@@ -96,7 +100,7 @@ class RequestRoutes:
             )
         submission = await self._requests.submit(
             csv,
-            quality=_quality(options.get("quality", "")),
+            quality=_whole_number("options.quality", options.get("quality", "")),
             webhook_url=options.get("webhook_url", ""),
             idempotency_key=options.get("idempotency_key", ""),
             caller=CALLER.get(),
@@ -110,8 +114,15 @@ class RequestRoutes:
 
     async def status(self, request: web.Request) -> web.Response:
         request_id = request.match_info["request_id"]
-        status, images = await self._requests.status(request_id, caller=CALLER.get())
-        return web.json_response(message_json(to_proto.status_response(status, images)))
+        page = await self._requests.status(
+            request_id,
+            page_size=_whole_number("page_size", request.query.get("page_size", "")),
+            page_token=request.query.get("page_token", ""),
+            caller=CALLER.get(),
+        )
+        return web.json_response(
+            message_json(to_proto.status_response(page, self._requests.url_of))
+        )
 
     async def cancel(self, request: web.Request) -> web.Response:
         request_id = request.match_info["request_id"]
@@ -123,20 +134,26 @@ class RequestRoutes:
         watched = self._requests.watch(request_id, _after_sequence(request), caller=CALLER.get())
         return await stream_events(
             request,
-            _server_events(request_id, watched, self._frames),
+            _server_events(request_id, watched, self._frames, self._requests.url_of),
             keepalive=self._keepalive,
             closing=self._closing,
         )
 
-    async def result_csv(self, request: web.Request) -> web.Response:
+    async def result_csv(self, request: web.Request) -> web.StreamResponse:
+        """Made when asked for, a product at a time, with output URLs signed now."""
         request_id = request.match_info["request_id"]
-        key, data = await self._requests.result_csv(request_id, caller=CALLER.get())
-        return web.Response(
-            body=data,
-            content_type="text/csv",
-            charset="utf-8",
-            headers={"Content-Disposition": f'attachment; filename="{key.replace("/", "-")}"'},
+        lines = await self._requests.result_csv(request_id, caller=CALLER.get())
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/csv; charset=utf-8",
+                "Content-Disposition": f'attachment; filename="{request_id}-result.csv"',
+            }
         )
+        await response.prepare(request)
+        async for line in lines:
+            await response.write(line)
+        await response.write_eof()
+        return response
 
     async def _read_form(self, request: web.Request) -> tuple[bytes, dict[str, str]]:
         """The CSV (field `file`) and the options of a multipart/form-data body."""
@@ -198,14 +215,15 @@ def _options(query: Mapping[str, str], where: str) -> dict[str, str]:
     return {name: query[name] for name in OPTIONS if name in query}
 
 
-def _quality(value: str) -> int:
+def _whole_number(field: str, value: str) -> int:
+    """A whole number given as text; 0 when none is given (the default)."""
     text = value.strip()
     if not text:
         return 0
     try:
         return int(text)
     except ValueError:
-        raise _bad("options.quality", f"{text[:20]!r} is not a whole number") from None
+        raise _bad(field, f"{text[:20]!r} is not a whole number") from None
 
 
 def _after_sequence(request: web.Request) -> int:
@@ -233,21 +251,26 @@ def _sequence(field: str, text: str) -> int:
 
 
 async def _server_events(
-    request_id: str, watched: AsyncIterator[tuple[Event, bool]], frames: SharedEncoding
+    request_id: str,
+    watched: AsyncIterator[tuple[Event, bool]],
+    frames: SharedEncoding,
+    url_of: to_proto.UrlOf,
 ) -> AsyncIterator[bytes]:
     """One event per WatchStatus message: id the sequence, data the message as JSON; each
     event's frame is encoded once for all its streams (the snapshot is each one's own)."""
     try:
         async for event, is_snapshot in watched:
             if is_snapshot:
-                yield _frame(request_id, event, True)
+                yield _frame(url_of, request_id, event, True)
             else:
                 yield frames(request_id, event)
     finally:
         await aclose_quietly(watched)
 
 
-def _frame(request_id: str, event: Event, is_snapshot: bool = False) -> bytes:
-    message = to_proto.watch_response(request_id, event, is_snapshot)
+def _frame(
+    url_of: to_proto.UrlOf, request_id: str, event: Event, is_snapshot: bool = False
+) -> bytes:
+    message = to_proto.watch_response(request_id, event, is_snapshot, url_of)
     data = json.dumps(message_json(message), separators=(",", ":"))
     return ServerEvent(str(message.sequence), SSE_EVENT, data).encode()

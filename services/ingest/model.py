@@ -56,20 +56,23 @@ class RequestStatus:
     product_count: int
     progress: Progress
     sequence: int
-    result_csv_url: str
+    result_csv_key: str  # "" until the result CSV is stored
     created_at: datetime
     updated_at: datetime
     completed_at: datetime | None
     webhook: WebhookStatus | None = None
+    # Why the result CSV could not be stored, once the outbox gave up on it.
+    result_csv_error: str = ""
 
 
 @dataclass(frozen=True)
 class ImageStatus:
+    position: int  # of its product in the input
     serial_number: int
     product_name: str
     index: int
     input_url: str
-    output_url: str
+    output_key: str  # "" until it succeeds; a URL is made of it when read
     state: ImageState
     error: str
     input_bytes: int
@@ -78,11 +81,20 @@ class ImageStatus:
 
 
 @dataclass(frozen=True)
+class StatusPage:
+    """A request and one page of its images, in input order."""
+
+    status: RequestStatus
+    images: list[ImageStatus]
+    next_page_token: str  # "" on the last page
+
+
+@dataclass(frozen=True)
 class ImageUpdate:
     serial_number: int
     index: int
     state: ImageState
-    output_url: str
+    output_key: str
     error: str
 
 
@@ -92,7 +104,7 @@ class Event:
     state: RequestState
     progress: Progress
     image: ImageUpdate | None
-    result_csv_url: str
+    result_csv_key: str
 
 
 @dataclass(frozen=True)
@@ -125,7 +137,7 @@ class Outcome:
     """What happened to one attempt: SUCCEEDED, FAILED, or QUEUED to retry after a delay."""
 
     state: ImageState
-    output_url: str = ""
+    output_key: str = ""
     error: str = ""
     input_bytes: int = 0
     output_bytes: int = 0
@@ -139,5 +151,8 @@ def output_key(request_id: uuid.UUID, serial_number: int, index: int) -> str:
     return f"{request_id}/{serial_number}-{index}.jpg"
 
 
-def result_csv_key(request_id: uuid.UUID) -> str:
-    return f"{request_id}/result.csv"
+def result_csv_key(request_id: uuid.UUID, secret: uuid.UUID) -> str:
+    """Not derivable from an output's URL (with a public base URL the images are public,
+    and the result CSV, every input URL of the request, is its owner's only): secret is
+    random, the same on every attempt to write it (the outbox row's delivery id)."""
+    return f"{request_id}/result-{secret.hex}.csv"

@@ -261,9 +261,25 @@ def _paths(objects: bool) -> dict[str, Schema]:
         "/v1/requests/{request_id}": {
             "get": {
                 "operationId": "getStatus",
-                "summary": "A request's state, progress, products and images "
-                "(IngestService.GetStatus).",
-                "parameters": [REQUEST_ID],
+                "summary": "A request's state, progress, products and images, a page at a "
+                "time (IngestService.GetStatus).",
+                "parameters": [
+                    REQUEST_ID,
+                    {
+                        "name": "page_size",
+                        "in": "query",
+                        "required": False,
+                        "description": "Most images in the answer (0 or none: 1,000).",
+                        "schema": {"type": "integer", "minimum": 0, "maximum": 10_000},
+                    },
+                    {
+                        "name": "page_token",
+                        "in": "query",
+                        "required": False,
+                        "description": "next_page_token of the previous answer.",
+                        "schema": {"type": "string"},
+                    },
+                ],
                 "responses": {
                     "200": _json("The request's status.", _ref("GetStatusResponse")),
                     **_errors(400, 401, 404, 503),

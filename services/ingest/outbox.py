@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
-from collections.abc import Awaitable, Callable
+import tempfile
 from concurrent.futures import Executor
+from typing import BinaryIO, Protocol, cast
 
 from imgpipe.common.backoff import Backoff
 from imgpipe.common.errors import StorageError
+from imgpipe.common.public_text import public_text
 from imgpipe.common.storage import Storage
 from imgpipe.common.waiting import wait_event
-from imgpipe.ingest.csv_format import ResultRow, result_csv
 from imgpipe.ingest.errors import DatabaseUnavailable
-from imgpipe.ingest.model import ImageState, ImageStatus, result_csv_key
+from imgpipe.ingest.model import result_csv_key
 from imgpipe.ingest.notifications import Notifier
+from imgpipe.ingest.result_csv import result_csv_lines
 from imgpipe.ingest.store import OutboxItem, Store
 
 log = logging.getLogger(__name__)
@@ -30,11 +31,24 @@ RESULT_CSV = "result_csv"
 WEBHOOK = "webhook"
 # Waits between attempts to write a result CSV: 2, 4, 8, ... up to a minute.
 RESULT_CSV_RETRY = Backoff(first=2.0, cap=60.0, jitter=0.0)
+# Bytes of a result CSV kept in memory while it is written; the rest goes to a file.
+SPOOL_IN_MEMORY = 1024 * 1024
 
-Handler = Callable[[OutboxItem], Awaitable[None]]
+# Attempts at one outbox item before it is given up (and says so in GetStatus).
+MAX_ATTEMPTS = 10
+
+
+class Handler(Protocol):
+    async def __call__(self, item: OutboxItem) -> None:
+        """Does the item's work; on a failure that may pass, schedules a retry."""
+
+    async def give_up(self, item: OutboxItem) -> None:
+        """Ends the item for good after MAX_ATTEMPTS, with its last error."""
 
 
 class OutboxWorker:
+    """Claims due items of one kind and runs up to `concurrency` of them at once."""
+
     def __init__(
         self,
         store: Store,
@@ -44,6 +58,8 @@ class OutboxWorker:
         *,
         poll_interval: float = 1.0,
         lease_seconds: float = 60.0,
+        max_attempts: int = MAX_ATTEMPTS,
+        concurrency: int = 1,
     ) -> None:
         self._store = store
         self._wake = notifier.outbox[kind]
@@ -51,9 +67,24 @@ class OutboxWorker:
         self._handle = handle
         self._poll = poll_interval
         self._lease = lease_seconds
+        self._max_attempts = max_attempts
+        self._concurrency = concurrency
+        self._running: set[asyncio.Task[None]] = set()
+        self._slot_freed = asyncio.Event()
 
     async def run(self) -> None:
+        try:
+            await self._claim_forever()
+        finally:
+            for task in self._running:
+                task.cancel()
+
+    async def _claim_forever(self) -> None:
         while True:
+            if len(self._running) >= self._concurrency:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
             self._wake.clear()
             try:
                 item = await self._store.claim_outbox(self._kind, self._lease)
@@ -63,35 +94,34 @@ class OutboxWorker:
                 log.exception("outbox claim failed unexpectedly", extra={"kind": self._kind})
                 item = None
             if item is not None:
-                try:
-                    await self._handle(item)
-                except Exception:
-                    # The row's lease runs out and it is tried again.
-                    log.exception("outbox item failed", extra={"kind": self._kind})
+                task = asyncio.create_task(self._one(item))
+                self._running.add(task)
+                task.add_done_callback(self._done)
                 continue
             await wait_event(self._wake, self._poll)
 
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._slot_freed.set()
 
-def result_rows(images: list[ImageStatus]) -> list[ResultRow]:
-    """Images in input order, grouped back into the input's rows."""
-    rows = []
-    for serial, group in itertools.groupby(images, key=lambda i: i.serial_number):
-        items = list(group)
-        rows.append(
-            ResultRow(
-                serial_number=serial,
-                product_name=items[0].product_name,
-                input_urls=[i.input_url for i in items],
-                output_urls=[
-                    i.output_url if i.state is ImageState.SUCCEEDED else "" for i in items
-                ],
-            )
-        )
-    return rows
+    async def _one(self, item: OutboxItem) -> None:
+        try:
+            if item.attempts > self._max_attempts:
+                await self._handle.give_up(item)
+                log.warning(
+                    "outbox item given up",
+                    extra={"kind": self._kind, "request_id": str(item.request_id)},
+                )
+            else:
+                await self._handle(item)
+        except Exception:
+            # The row's lease runs out and it is tried again.
+            log.exception("outbox item failed", extra={"kind": self._kind})
 
 
 class ResultCsvWriter:
-    """Writes the result CSV to storage, then makes the request terminal."""
+    """Writes the result CSV to storage, a product at a time through a spooled file, then
+    makes the request terminal."""
 
     def __init__(self, store: Store, storage: Storage, executor: Executor) -> None:
         self._store = store
@@ -100,17 +130,28 @@ class ResultCsvWriter:
 
     async def __call__(self, item: OutboxItem) -> None:
         extra = {"request_id": str(item.request_id)}
+        key = result_csv_key(item.request_id, item.delivery_id)
+        loop = asyncio.get_running_loop()
         try:
-            images = await self._store.images(item.request_id)
-            data = result_csv(result_rows(images))
-            key = result_csv_key(item.request_id)
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._executor, self._storage.put, key, data, "text/csv")
-            url = await loop.run_in_executor(self._executor, self._storage.url_for, key)
-            await self._store.finish_request(item, url)
+            with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as spool:
+                async for line in result_csv_lines(
+                    self._store, item.request_id, self._storage.plain_url
+                ):
+                    spool.write(line)
+                length = spool.tell()
+                spool.seek(0)
+                source = cast(BinaryIO, spool)
+                await loop.run_in_executor(
+                    self._executor, self._storage.put_file, key, source, length, "text/csv"
+                )
+            await self._store.finish_request(item, key)
             log.info("result CSV written", extra=extra)
         except (StorageError, DatabaseUnavailable) as exc:
             delay = RESULT_CSV_RETRY.delay(item.attempts)
             log.warning("result CSV failed; will retry", extra={**extra, "error": str(exc)})
             with contextlib.suppress(DatabaseUnavailable):
-                await self._store.retry_outbox(item, delay, str(exc))
+                await self._store.retry_outbox(item, delay, public_text(str(exc)))
+
+    async def give_up(self, item: OutboxItem) -> None:
+        error = f"gave up after {item.attempts - 1} attempts: {item.last_error or 'no error'}"
+        await self._store.finish_request(item, "", gave_up=error)

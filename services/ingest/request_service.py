@@ -7,34 +7,33 @@ request is visible only to the caller that created it (others get NOT_FOUND)."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 import uuid
 from collections.abc import AsyncIterator
-from concurrent.futures import Executor
 
 from yarl import URL
 
 from imgpipe.common.address_policy import AddressPolicy
-from imgpipe.common.errors import PolicyViolation, StorageError
+from imgpipe.common.errors import PolicyViolation
 from imgpipe.common.storage import Storage
 from imgpipe.ingest import metrics
+from imgpipe.ingest.admission import ByteBudget
 from imgpipe.ingest.csv_format import CsvLimits, parse_products
-from imgpipe.ingest.errors import (
-    InvalidOption,
-    InvalidRequestId,
-    ResultMissing,
-    ResultNotReady,
-    StorageUnavailable,
-)
-from imgpipe.ingest.model import Event, ImageStatus, RequestStatus, Submission, result_csv_key
+from imgpipe.ingest.errors import InvalidOption, InvalidRequestId, ResultNotReady
+from imgpipe.ingest.model import Event, RequestStatus, StatusPage, Submission
 from imgpipe.ingest.notifications import Notifier
 from imgpipe.ingest.rate_limit import RateLimiter
+from imgpipe.ingest.result_csv import result_csv_lines
 from imgpipe.ingest.store import Store
 from imgpipe.ingest.watch import EventReader, WatchSettings, watch
 
 DEFAULT_QUALITY = 50
 MAX_QUALITY = 95
 MAX_IDEMPOTENCY_KEY = 256
+DEFAULT_PAGE_SIZE = 1000  # images per GetStatus answer
+MAX_PAGE_SIZE = 10_000
 
 
 def parse_request_id(value: str) -> uuid.UUID:
@@ -79,6 +78,38 @@ def check_idempotency_key(key: str) -> str | None:
     return key or None
 
 
+def check_page_size(page_size: int) -> int:
+    if page_size == 0:
+        return DEFAULT_PAGE_SIZE
+    if not 1 <= page_size <= MAX_PAGE_SIZE:
+        raise InvalidOption(
+            f"page_size must be 1-{MAX_PAGE_SIZE} (0 for the default, {DEFAULT_PAGE_SIZE})",
+            violations=[("page_size", f"{page_size} is not in 1-{MAX_PAGE_SIZE}")],
+        )
+    return page_size
+
+
+def page_token_after(position: int, index: int) -> str:
+    """Opaque to callers: where the next page starts (the image after this one)."""
+    return base64.urlsafe_b64encode(f"{position}.{index + 1}".encode()).decode()
+
+
+def parse_page_token(token: str) -> tuple[int, int]:
+    if not token:
+        return (0, 0)
+    try:
+        position, index = base64.urlsafe_b64decode(token.encode()).decode().split(".")
+        start = (int(position), int(index))
+    except (ValueError, UnicodeError, binascii.Error):
+        raise InvalidOption(
+            "page_token is not one this service handed out",
+            violations=[("page_token", "not a next_page_token")],
+        ) from None
+    if min(start) < 0:
+        raise InvalidOption("page_token is not one this service handed out")
+    return start
+
+
 def check_after_sequence(after_sequence: int) -> int:
     if after_sequence < 0:
         raise InvalidOption(
@@ -96,12 +127,13 @@ class RequestService:
         watch_settings: WatchSettings,
         rate_limiter: RateLimiter,
         address_policy: AddressPolicy,
+        submit_budget: ByteBudget,
         storage: Storage,
-        executor: Executor,
     ) -> None:
-        self._address_policy = address_policy
         self._storage = storage
-        self._executor = executor
+        # Submit bodies held at once; the transports reserve from it before they read one.
+        self.submit_budget = submit_budget
+        self._address_policy = address_policy
         self._reader = EventReader(store)
         self._rate_limiter = rate_limiter
         self._store = store
@@ -128,30 +160,44 @@ class RequestService:
         )
 
     async def status(
-        self, request_id: str, *, caller: str
-    ) -> tuple[RequestStatus, list[ImageStatus]]:
+        self, request_id: str, *, page_size: int = 0, page_token: str = "", caller: str
+    ) -> StatusPage:
+        """The request and one page of its images: memory bounded by the page, whatever
+        the request's size."""
         rid = parse_request_id(request_id)
+        size = check_page_size(page_size)
+        start = parse_page_token(page_token)
         status = await self._store.status(rid, caller)
-        return status, await self._store.images(rid)
+        images = await self._store.images(rid, start, size + 1)
+        more = len(images) > size
+        last = images[size - 1] if more else None
+        return StatusPage(
+            status,
+            images[:size],
+            page_token_after(last.position, last.index) if last else "",
+        )
 
-    async def result_csv(self, request_id: str, *, caller: str) -> tuple[str, bytes]:
-        """The result CSV of a terminal request: its object key and its bytes."""
+    async def result_csv(self, request_id: str, *, caller: str) -> AsyncIterator[bytes]:
+        """The result CSV of a terminal request, a line at a time, made now with its output
+        URLs signed now; refused before the first line when it is not ready."""
         rid = parse_request_id(request_id)
         current = await self._store.status(rid, caller)  # one row, whatever the request's size
         if not current.state.terminal:
             raise ResultNotReady(
                 f"the request is {current.state.value}; its result CSV is written once it is done"
             )
-        if not current.result_csv_url:
+        if not (current.result_csv_key or current.result_csv_error):
             raise ResultNotReady("the result CSV is being written; try again in a moment")
-        key = result_csv_key(rid)
-        loop = asyncio.get_running_loop()
-        try:
-            return key, await loop.run_in_executor(self._executor, self._storage.get, key)
-        except KeyError:
-            raise ResultMissing() from None
-        except StorageError as exc:
-            raise StorageUnavailable(f"storage unavailable: {exc}") from exc
+        return result_csv_lines(self._store, rid, self.url_of)
+
+    async def check_owner(self, request_id: str, *, caller: str) -> None:
+        """RequestNotFound unless request_id names a request of caller's."""
+        await self._store.status(parse_request_id(request_id), caller)
+
+    def url_of(self, key: str) -> str:
+        """A URL of the stored object at key, made now: presigned (a local computation, no
+        I/O) or under the public base URL; "" for no key."""
+        return self._storage.url_for(key) if key else ""
 
     def watch(
         self, request_id: str, after_sequence: int, *, caller: str

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import grpc
 
 from imgpipe.common.backoff import Backoff
+from imgpipe.common.public_text import public_text
 from imgpipe.ingest.model import ImageState, Outcome
 
 # Retrying cannot help: the source is gone, is not an image, is too large, is blocked, or
@@ -47,7 +48,8 @@ class RetryPolicy:
         self, code: grpc.StatusCode, details: str, attempt: int, *, reached: bool = True
     ) -> Outcome:
         """reached: the call got to a processor (False when none could be connected to)."""
-        error = f"{code.name}: {details}" if details else code.name
+        # details may come from the channel itself, naming processors' addresses.
+        error = f"{code.name}: {public_text(details)}" if details else code.name
         if code == BUSY or not reached:
             # Full, or no processor up at all: work is delayed, never failed, for that.
             return Outcome(

@@ -7,6 +7,7 @@ serialised per call); its handler passes them through without a serializer."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any, TypeAlias, cast
 
 import grpc
@@ -25,7 +26,9 @@ SERVICE = "imgpipe.v1.IngestService"
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     def __init__(self, requests: RequestService) -> None:
         self._requests = requests
-        self._messages = SharedEncoding(_serialised_event)
+        # URLs in an event's message are signed when it is first encoded (when its
+        # watchers read it), never stored.
+        self._messages = SharedEncoding(partial(_serialised_event, requests.url_of))
 
     async def Submit(
         self, request: ingest_pb2.SubmitRequest, context: Context
@@ -42,9 +45,13 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     async def GetStatus(
         self, request: ingest_pb2.GetStatusRequest, context: Context
     ) -> ingest_pb2.GetStatusResponse:
-        return to_proto.status_response(
-            *await self._requests.status(request.request_id, caller=CALLER.get())
+        page = await self._requests.status(
+            request.request_id,
+            page_size=request.page_size,
+            page_token=request.page_token,
+            caller=CALLER.get(),
         )
+        return to_proto.status_response(page, self._requests.url_of)
 
     async def WatchStatus(  # type: ignore[override]  # serialised messages, see the docstring
         self, request: ingest_pb2.WatchStatusRequest, context: Context
@@ -53,7 +60,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         events = self._requests.watch(request_id, request.after_sequence, caller=CALLER.get())
         async for event, is_snapshot in events:
             if is_snapshot:
-                yield to_proto.watch_response(request_id, event, True).SerializeToString()
+                snapshot = to_proto.watch_response(request_id, event, True, self._requests.url_of)
+                yield snapshot.SerializeToString()
             else:
                 yield self._messages(request_id, event)
 
@@ -65,8 +73,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         )
 
 
-def _serialised_event(request_id: str, event: Event) -> bytes:
-    return to_proto.watch_response(request_id, event, False).SerializeToString()
+def _serialised_event(url_of: to_proto.UrlOf, request_id: str, event: Event) -> bytes:
+    return to_proto.watch_response(request_id, event, False, url_of).SerializeToString()
 
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"

@@ -10,11 +10,17 @@ from dataclasses import dataclass
 
 from imgpipe.common.address_policy import AddressPolicy
 from imgpipe.common.config import CommonSettings, env_float, env_int, env_str
+from imgpipe.common.errors import SettingsError
 from imgpipe.ingest.csv_format import CsvLimits
 from imgpipe.ingest.dispatcher import DispatchSettings
+from imgpipe.ingest.outbox import MAX_ATTEMPTS
+from imgpipe.ingest.processor_tls import ProcessorTls
 from imgpipe.ingest.retry_policy import RetryPolicy
 from imgpipe.ingest.watch import WatchSettings
-from imgpipe.ingest.webhooks import WebhookSettings
+from imgpipe.ingest.webhooks import WebhookSettings, signing_key
+
+# Room for the fields of a Submit around its CSV, in its largest message.
+SUBMIT_OVERHEAD = 64 * 1024
 
 GRPC_ADDR = "0.0.0.0:50051"
 HTTP_ADDR = "0.0.0.0:8080"
@@ -30,12 +36,17 @@ class Settings:
     common: CommonSettings
     database_url: str
     processor_target: str
+    processor_tls: ProcessorTls
     dispatch: DispatchSettings
     watch: WatchSettings
     csv_limits: CsvLimits
     owner: str
     auth_tokens: tuple[str, ...]
     webhooks: WebhookSettings
+    # Attempts at a result CSV or a webhook delivery before the outbox gives it up.
+    outbox_max_attempts: int
+    # Bytes of Submit bodies one replica holds at once (gRPC and HTTP together).
+    submit_bytes_in_flight: int
     # Where webhooks may be sent: the same rules as image sources.
     address_policy: AddressPolicy
     # Per token (per replica); 0 turns the limit off.
@@ -44,7 +55,14 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
-        common = CommonSettings.from_env(env, grpc_addr=GRPC_ADDR, http_addr=HTTP_ADDR)
+        max_csv_bytes = env_int(env, "IMGPIPE_MAX_CSV_BYTES", CsvLimits.max_bytes, minimum=1)
+        common = CommonSettings.from_env(
+            env,
+            grpc_addr=GRPC_ADDR,
+            http_addr=HTTP_ADDR,
+            # The largest CSV and the other fields of its Submit.
+            max_message_bytes=max_csv_bytes + SUBMIT_OVERHEAD,
+        )
         D, R, W = DispatchSettings, RetryPolicy, WebhookSettings
         lease = env_float(env, "IMGPIPE_LEASE_SECONDS", D.lease_seconds, minimum=1.0)
         dispatch = DispatchSettings(
@@ -66,6 +84,7 @@ class Settings:
             common=common,
             database_url=env_str(env, "DATABASE_URL"),
             processor_target=env_str(env, "IMGPIPE_PROCESSOR_TARGET", DEFAULT_PROCESSOR_TARGET),
+            processor_tls=ProcessorTls.from_env(env),
             dispatch=dispatch,
             watch=WatchSettings(
                 poll_interval=env_float(
@@ -73,7 +92,7 @@ class Settings:
                 )
             ),
             csv_limits=CsvLimits(
-                max_bytes=env_int(env, "IMGPIPE_MAX_CSV_BYTES", CsvLimits.max_bytes, minimum=1),
+                max_bytes=max_csv_bytes,
                 max_rows=env_int(env, "IMGPIPE_MAX_CSV_ROWS", CsvLimits.max_rows, minimum=1),
                 max_urls_per_row=env_int(
                     env, "IMGPIPE_MAX_URLS_PER_ROW", CsvLimits.max_urls_per_row, minimum=1
@@ -81,14 +100,23 @@ class Settings:
                 max_url_length=env_int(
                     env, "IMGPIPE_MAX_URL_LENGTH", CsvLimits.max_url_length, minimum=16
                 ),
+                max_images=env_int(
+                    env, "IMGPIPE_MAX_IMAGES_PER_REQUEST", CsvLimits.max_images, minimum=1
+                ),
             ),
             submit_rate_per_minute=env_float(
                 env, "IMGPIPE_SUBMIT_RATE_PER_MINUTE", cls.submit_rate_per_minute
             ),
             submit_burst=env_int(env, "IMGPIPE_SUBMIT_BURST", cls.submit_burst, minimum=1),
+            submit_bytes_in_flight=env_int(
+                env,
+                "IMGPIPE_SUBMIT_BYTES_IN_FLIGHT",
+                4 * common.grpc.max_message_bytes,
+                minimum=common.grpc.max_message_bytes,
+            ),
             owner=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
             webhooks=WebhookSettings(
-                secret=env.get("IMGPIPE_WEBHOOK_SECRET", ""),
+                secret=webhook_secret(env),
                 timeout_seconds=env_float(
                     env, "IMGPIPE_WEBHOOK_TIMEOUT", W.timeout_seconds, minimum=0.1
                 ),
@@ -101,9 +129,27 @@ class Settings:
                 retry_period_seconds=env_float(
                     env, "IMGPIPE_WEBHOOK_RETRY_PERIOD_SECONDS", W.retry_period_seconds
                 ),
+                concurrency=env_int(env, "IMGPIPE_WEBHOOK_CONCURRENCY", W.concurrency, minimum=1),
+                per_endpoint=env_int(
+                    env, "IMGPIPE_WEBHOOK_PER_ENDPOINT", W.per_endpoint, minimum=1
+                ),
+            ),
+            outbox_max_attempts=env_int(
+                env, "IMGPIPE_OUTBOX_MAX_ATTEMPTS", MAX_ATTEMPTS, minimum=1
             ),
             address_policy=AddressPolicy.from_env(env),
             auth_tokens=tuple(
                 t.strip() for t in env.get("IMGPIPE_AUTH_TOKENS", "").split(",") if t.strip()
             ),
         )
+
+
+def webhook_secret(env: Mapping[str, str]) -> str:
+    """IMGPIPE_WEBHOOK_SECRET; a `whsec_` one must carry a key in base64, checked here, at
+    start, rather than by a delivery that would fail forever."""
+    secret = env.get("IMGPIPE_WEBHOOK_SECRET", "")
+    try:
+        signing_key(secret)
+    except ValueError as exc:
+        raise SettingsError(f"IMGPIPE_WEBHOOK_SECRET: {exc}") from None
+    return secret

@@ -74,6 +74,7 @@ class OutboxItem:
     attempts: int
     delivery_id: uuid.UUID
     created_at: datetime
+    last_error: str
 
 
 def _progress(row: Any, total: int) -> Progress:
@@ -191,23 +192,28 @@ class Store:
             product_count=row["product_count"],
             progress=_progress(row, row["image_count"]),
             sequence=row["last_sequence"],
-            result_csv_url=row["result_csv_url"],
+            result_csv_key=row["result_csv_url"],
             created_at=row["created_at"],
             updated_at=row["updated_at"],
             completed_at=row["completed_at"],
             webhook=_webhook(row),
+            result_csv_error=row["result_csv_error"],
         )
 
     @_translated
-    async def images(self, request_id: uuid.UUID) -> list[ImageStatus]:
-        rows = await self._pool.fetch(Q("request_images"), request_id)
+    async def images(
+        self, request_id: uuid.UUID, start: tuple[int, int], limit: int
+    ) -> list[ImageStatus]:
+        """At most limit images in input order from (product position, index) start on."""
+        rows = await self._pool.fetch(Q("request_images_page"), request_id, *start, limit)
         return [
             ImageStatus(
+                position=r["product_position"],
                 serial_number=r["serial_number"],
                 product_name=r["product_name"],
                 index=r["idx"],
                 input_url=r["input_url"],
-                output_url=r["output_url"],
+                output_key=r["output_url"],
                 state=ImageState(r["state"]),
                 error=r["error"],
                 input_bytes=r["input_bytes"],
@@ -233,10 +239,10 @@ class Store:
                     serial_number=r["serial_number"],
                     index=r["idx"],
                     state=ImageState(r["image_state"]),
-                    output_url=r["output_url"],
+                    output_key=r["output_url"],
                     error=r["error"],
                 ),
-                result_csv_url=r["result_csv_url"],
+                result_csv_key=r["result_csv_url"],
             )
             for r in rows
         ]
@@ -289,7 +295,7 @@ class Store:
             [lease.attempt for lease in leases],
             [lease.owner for lease in leases],
             [o.state.value for o in outcomes],
-            [o.output_url for o in outcomes],
+            [o.output_key for o in outcomes],
             [o.error for o in outcomes],
             [o.input_bytes for o in outcomes],
             [o.output_bytes for o in outcomes],
@@ -314,12 +320,22 @@ class Store:
         if row is None:
             return None
         return OutboxItem(
-            row["id"], row["request_id"], row["attempts"], row["delivery_id"], row["created_at"]
+            row["id"],
+            row["request_id"],
+            row["attempts"],
+            row["delivery_id"],
+            row["created_at"],
+            row["last_error"],
         )
 
     @_translated
     async def retry_outbox(self, item: OutboxItem, delay: float, error: str) -> None:
         await self._pool.execute(Q("retry_outbox"), item.id, delay, error)
+
+    @_translated
+    async def release_outbox(self, item: OutboxItem, delay: float) -> None:
+        """Puts the item back, due in delay seconds, without counting the attempt."""
+        await self._pool.execute(Q("release_outbox"), item.id, delay)
 
     @_translated
     async def end_outbox(self, item: OutboxItem, state: str, error: str = "") -> None:
@@ -333,8 +349,15 @@ class Store:
         return row
 
     @_translated
-    async def finish_request(self, item: OutboxItem, result_csv_url: str) -> None:
-        await self._pool.execute(Q("finish_request"), item.request_id, item.id, result_csv_url)
+    async def finish_request(
+        self, item: OutboxItem, result_csv_key: str, *, gave_up: str = ""
+    ) -> None:
+        """The result CSV is stored at result_csv_key; or, with gave_up (the last error), it
+        could not be: the request becomes terminal either way."""
+        state = "FAILED" if gave_up else "DELIVERED"
+        await self._pool.execute(
+            Q("finish_request"), item.request_id, item.id, result_csv_key, state, gave_up
+        )
 
 
 def lease_of(claim: Claim) -> Lease:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 from google.protobuf import timestamp_pb2
@@ -9,10 +10,10 @@ from google.protobuf import timestamp_pb2
 from imgpipe.ingest.model import (
     Event,
     ImageState,
-    ImageStatus,
     Progress,
     RequestState,
     RequestStatus,
+    StatusPage,
     Submission,
     WebhookStatus,
 )
@@ -52,9 +53,12 @@ def submit_response(submission: Submission) -> ingest_pb2.SubmitResponse:
     )
 
 
-def status_response(
-    status: RequestStatus, images: list[ImageStatus]
-) -> ingest_pb2.GetStatusResponse:
+# An object key to the URL a caller can fetch it from, made when read ("" stays "").
+UrlOf = Callable[[str], str]
+
+
+def status_response(page: StatusPage, url_of: UrlOf) -> ingest_pb2.GetStatusResponse:
+    status, images = page.status, page.images
     products: list[requests_pb2.Product] = []
     for image in images:
         if not products or products[-1].serial_number != image.serial_number:
@@ -66,7 +70,7 @@ def status_response(
         products[-1].images.append(
             requests_pb2.Image(
                 input_url=image.input_url,
-                output_url=image.output_url,
+                output_url=url_of(image.output_key),
                 state=image_state(image.state),
                 error=image.error,
                 input_bytes=image.input_bytes,
@@ -79,7 +83,9 @@ def status_response(
         state=request_state(status.state),
         progress=progress(status.progress),
         products=products,
-        result_csv_url=status.result_csv_url if status.state.terminal else "",
+        result_csv_url=url_of(status.result_csv_key) if status.state.terminal else "",
+        result_csv_error=status.result_csv_error,
+        next_page_token=page.next_page_token,
         create_time=timestamp(status.created_at),
         update_time=timestamp(status.updated_at),
         complete_time=timestamp(status.completed_at),
@@ -104,14 +110,14 @@ def webhook(value: WebhookStatus | None) -> ingest_pb2.WebhookDelivery | None:
 
 
 def watch_response(
-    request_id: str, event: Event, is_snapshot: bool
+    request_id: str, event: Event, is_snapshot: bool, url_of: UrlOf
 ) -> ingest_pb2.WatchStatusResponse:
     message = ingest_pb2.WatchStatusResponse(
         request_id=request_id,
         sequence=event.sequence,
         state=request_state(event.state),
         progress=progress(event.progress),
-        result_csv_url=event.result_csv_url if event.state.terminal else "",
+        result_csv_url=url_of(event.result_csv_key) if event.state.terminal else "",
         snapshot=is_snapshot,
     )
     if event.image is not None:
@@ -120,7 +126,7 @@ def watch_response(
                 serial_number=event.image.serial_number,
                 index=event.image.index,
                 state=image_state(event.image.state),
-                output_url=event.image.output_url,
+                output_url=url_of(event.image.output_key),
                 error=event.image.error,
             )
         )

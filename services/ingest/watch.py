@@ -82,7 +82,7 @@ def snapshot(status: RequestStatus) -> Event:
         state=status.state,
         progress=status.progress,
         image=None,
-        result_csv_url=status.result_csv_url,
+        result_csv_key=status.result_csv_key,
     )
 
 

@@ -13,11 +13,15 @@ the retry period ends; any other answer but 2xx ends it (redirects are not follo
 from __future__ import annotations
 
 import base64
+import binascii
+import contextlib
 import hashlib
 import hmac
 import json
 import logging
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +32,7 @@ from yarl import URL
 from imgpipe.common.address_policy import AddressPolicy
 from imgpipe.common.backoff import Backoff
 from imgpipe.common.errors import PolicyViolation
+from imgpipe.common.public_text import public_text
 from imgpipe.ingest.errors import DatabaseUnavailable, WebhookFailed, WebhookRefused
 from imgpipe.ingest.model import RequestState
 from imgpipe.ingest.store import OutboxItem, Store
@@ -35,6 +40,8 @@ from imgpipe.ingest.store import OutboxItem, Store
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUSES = frozenset({408, 429})
+# Seconds before a delivery to an endpoint that has its share in flight is claimed again.
+ENDPOINT_BUSY_DELAY = 1.0
 MAX_ERROR_LENGTH = 500
 
 
@@ -45,15 +52,35 @@ class WebhookSettings:
     retry_base_seconds: float = 10.0
     retry_cap_seconds: float = 3600.0
     retry_period_seconds: float = 86400.0
+    # Deliveries in flight per replica, and to any one endpoint (scheme, host, port) among
+    # them: a tenant whose endpoint never answers holds only per_endpoint of them.
+    concurrency: int = 32
+    per_endpoint: int = 4
 
     @property
     def backoff(self) -> Backoff:
         return Backoff(first=self.retry_base_seconds, cap=self.retry_cap_seconds, jitter=0.5)
 
 
+def _endpoint(url: str) -> str:
+    """Where a delivery goes, as the per-endpoint limit counts it: scheme, host and port."""
+    try:
+        parsed = URL(url)
+    except ValueError:
+        return url
+    return f"{parsed.scheme}://{parsed.host}:{parsed.port}"
+
+
 def signing_key(secret: str) -> bytes:
+    """The HMAC key of a secret; ValueError when a `whsec_` one holds no base64 key."""
     if secret.startswith("whsec_"):
-        return base64.b64decode(secret.removeprefix("whsec_"))
+        try:
+            key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+        except binascii.Error:
+            raise ValueError("the part after whsec_ is not valid base64") from None
+        if not key:
+            raise ValueError("the part after whsec_ is empty: it must be a base64 key")
+        return key
     return secret.encode()
 
 
@@ -63,7 +90,8 @@ def sign(secret: str, delivery_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
-def payload(row: Any) -> dict[str, Any]:
+def payload(row: Any, url_of: Callable[[str], str]) -> dict[str, Any]:
+    """The delivery's body; its result CSV URL made (signed) now, from the stored key."""
     state = RequestState(row["state"])
     completed_at: datetime | None = row["completed_at"]
     return {
@@ -76,7 +104,7 @@ def payload(row: Any) -> dict[str, Any]:
             "failed_images": row["failed_count"],
             "cancelled_images": row["cancelled_count"],
         },
-        "result_csv_url": row["result_csv_url"],
+        "result_csv_url": url_of(row["result_csv_url"]) if row["result_csv_url"] else "",
         "completed_at": completed_at.astimezone(UTC).isoformat() if completed_at else None,
     }
 
@@ -90,19 +118,39 @@ class WebhookSender:
         session: aiohttp.ClientSession,
         settings: WebhookSettings,
         policy: AddressPolicy,
+        url_of: Callable[[str], str],
     ) -> None:
         """session must connect through policy.connector(), so the address finally
-        connected to is checked too (DNS rebinding)."""
+        connected to is checked too (DNS rebinding). url_of makes a stored object's URL."""
+        self._url_of = url_of
+        self._in_flight: Counter[str] = Counter()  # deliveries by endpoint
         self._policy = policy
         self._store = store
         self._session = session
         self._settings = settings
 
     async def __call__(self, item: OutboxItem) -> None:
-        extra = {"request_id": str(item.request_id), "delivery_id": str(item.delivery_id)}
         try:
             row = await self._store.webhook_payload(item.request_id)
-            await self._post(row["webhook_url"], str(item.delivery_id), payload(row))
+        except DatabaseUnavailable:
+            return  # the lease runs out and the row is claimed again
+        endpoint = _endpoint(row["webhook_url"])
+        if self._in_flight[endpoint] >= self._settings.per_endpoint:
+            # That endpoint has its share in flight: back in the queue, not an attempt.
+            with contextlib.suppress(DatabaseUnavailable):
+                await self._store.release_outbox(item, ENDPOINT_BUSY_DELAY)
+            return
+        self._in_flight[endpoint] += 1
+        try:
+            await self._deliver(item, row)
+        finally:
+            self._in_flight[endpoint] -= 1
+
+    async def _deliver(self, item: OutboxItem, row: Any) -> None:
+        extra = {"request_id": str(item.request_id), "delivery_id": str(item.delivery_id)}
+        try:
+            body = payload(row, self._url_of)
+            await self._post(row["webhook_url"], str(item.delivery_id), body)
         except DatabaseUnavailable:
             return  # the lease runs out and the row is claimed again
         except WebhookRefused as exc:
@@ -119,6 +167,10 @@ class WebhookSender:
             await self._store.retry_outbox(item, delay, error[:MAX_ERROR_LENGTH])
             return
         await self._end(item, "DELIVERED", "", extra)
+
+    async def give_up(self, item: OutboxItem) -> None:
+        error = f"gave up after {item.attempts - 1} attempts: {item.last_error or 'no answer'}"
+        await self._store.end_outbox(item, "FAILED", error[:MAX_ERROR_LENGTH])
 
     async def _end(self, item: OutboxItem, state: str, error: str, extra: dict[str, str]) -> None:
         await self._store.end_outbox(item, state, error[:MAX_ERROR_LENGTH])
@@ -152,10 +204,10 @@ class WebhookSender:
             raise WebhookRefused(str(exc)) from None
         except TimeoutError:
             raise WebhookFailed("timed out") from None
-        except aiohttp.ClientConnectorError as exc:
-            raise WebhookFailed(f"cannot connect: {exc}") from None
+        except aiohttp.ClientConnectorError:
+            raise WebhookFailed("cannot connect") from None
         except aiohttp.ClientError as exc:
-            raise WebhookFailed(f"{type(exc).__name__}: {exc}") from None
+            raise WebhookFailed(public_text(f"{type(exc).__name__}: {exc}")) from None
         if 200 <= status < 300:
             return
         if status >= 500 or status in RETRYABLE_STATUSES:

@@ -85,7 +85,7 @@ class Fetcher:
         except aiohttp.InvalidURL as exc:
             raise UnsupportedUrl(f"{url} is not a valid URL: {exc}") from None
         except (aiohttp.ClientError, OSError) as exc:
-            raise SourceUnavailable(f"{url} failed: {type(exc).__name__}: {exc}") from exc
+            raise SourceUnavailable(f"{url} failed: {_failure(exc)}") from exc
 
     async def _follow(self, source: URL) -> bytes:
         url = source
@@ -110,6 +110,22 @@ class Fetcher:
             if len(body) > limit:
                 raise SourceTooLarge(too_large)
         return bytes(body)
+
+
+def _failure(exc: aiohttp.ClientError | OSError) -> str:
+    """What went wrong, in words: the exceptions' own texts carry reprs and the addresses
+    a name resolved to, which are nobody's business outside."""
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return "TLS handshake failed"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "cannot connect"
+    if isinstance(exc, aiohttp.ServerDisconnectedError | ConnectionResetError):
+        return "the connection was closed"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "the body was cut short or malformed"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"malformed answer (HTTP {exc.status})"
+    return type(exc).__name__
 
 
 def _redirect_target(url: URL, response: aiohttp.ClientResponse) -> URL:

@@ -3,6 +3,9 @@ token that created them."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import grpc
 import pytest
 from google.rpc import error_details_pb2
@@ -95,3 +98,23 @@ async def test_submit_is_rate_limited_per_token_with_retry_info(ingest: RunningI
     assert 0 < retry.retry_delay.ToTimedelta().total_seconds() <= 10
     # Another token has its own allowance.
     await ingest.stub.Submit(ingest_pb2.SubmitRequest(csv=CSV), metadata=bearer("beta-token"))
+
+
+@pytest.mark.parametrize(
+    "token", ["Bearer ét\u00e9".encode(), b"Bearer \xff\xfe", "Bearer 令牌".encode()]
+)
+async def test_a_non_ascii_bearer_token_is_unauthenticated_not_a_crash(
+    ingest: RunningIngest, token: bytes
+) -> None:
+    """Raw bytes in the header, as a hostile client sends them: 401, not a 500."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", ingest.app.http_port)
+    writer.write(
+        b"GET /v1/requests/00000000-0000-0000-0000-000000000000 HTTP/1.1\r\n"
+        b"Host: ingest\r\nConnection: close\r\nAuthorization: " + token + b"\r\n\r\n"
+    )
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401"), head
+    assert json.loads(body)["error"]["code"] == "UNAUTHENTICATED"

@@ -529,15 +529,25 @@ async def test_with_tokens_every_api_route_needs_one(secured: Ingest) -> None:
     async with secured.http.post(f"/v1/requests/{request_id}/cancel", headers=bearer) as response:
         assert response.status == 200
 
-    for path in ("/healthz", "/readyz", "/metrics"):
+    for path in ("/healthz", "/readyz"):
         async with secured.http.get(path) as response:
             assert response.status == 200, path
-    # /objects/ stays open: its keys are unguessable and its links work in a browser.
-    final = await wait_terminal_with_result(secured, request_id, bearer)
-    key = f"{request_id}/result.csv"
-    async with secured.http.get(f"/objects/{key}") as response:
+    async with secured.http.get("/metrics") as response:
+        await error_of(response, 401, "UNAUTHENTICATED")
+    async with secured.http.get("/metrics", headers=bearer) as response:
         assert response.status == 200
-        assert final["state"] == "REQUEST_STATE_CANCELLED"
+    # /objects/ serves the owner only: a result CSV (or any object) of another token's
+    # request is refused on every route, as if it did not exist.
+    final = await wait_terminal_with_result(secured, request_id, bearer)
+    assert final["state"] == "REQUEST_STATE_CANCELLED"
+    key = final["result_csv_url"].split("/objects/", 1)[1]
+    async with secured.http.get(f"/objects/{key}", headers=bearer) as response:
+        assert response.status == 200
+    async with secured.http.get(f"/objects/{key}") as response:
+        await error_of(response, 401, "UNAUTHENTICATED")
+    for path in (f"/objects/{key}", f"/v1/requests/{request_id}/result.csv", "/objects/x/y.jpg"):
+        async with secured.http.get(path, headers=other) as response:
+            await error_of(response, 404, "NOT_FOUND")
 
 
 async def test_health_and_metrics(ingest: Ingest) -> None:

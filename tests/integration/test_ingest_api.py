@@ -168,7 +168,8 @@ async def test_cancel_ends_the_request_and_its_watch(ingest: RunningIngest) -> N
 
     # The result CSV of a cancelled request is still written (every output empty).
     status = await ingest.terminal_status(submitted.request_id, with_result=True)
-    assert status.result_csv_url.endswith(f"{submitted.request_id}/result.csv")
+    # Under the request's prefix, but not at a key an output's URL gives away.
+    assert f"/{submitted.request_id}/result-" in status.result_csv_url
 
 
 @pytest.mark.parametrize(

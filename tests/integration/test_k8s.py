@@ -363,6 +363,12 @@ def test_services_start_with_the_environment_the_overlay_gives_them(overlay: str
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert ports == {"grpc": grpc_port, "http": http_port}, where
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            if settings.common.grpc.tls_cert:
+                # Kubernetes' gRPC probes cannot speak TLS: the HTTP side answers them.
+                assert "grpc" not in container[probe], f"{where}: {probe}"
+                assert container[probe]["httpGet"]["port"] == http_port, f"{where}: {probe}"
+                assert container[probe]["httpGet"]["path"] in {"/readyz", "/healthz"}
+                continue
             assert container[probe]["grpc"]["port"] == grpc_port, f"{where}: {probe}"
             assert container[probe]["grpc"].get("service", "") == "", f"{where}: {probe}"
 
@@ -450,6 +456,44 @@ def test_dev_stores_outputs_in_the_in_cluster_minio() -> None:
             assert service_pods(dev, find(dev, "Service", host[1])) == ["postgres"]
     job = find(dev, "Job", "minio-create-bucket")
     assert "dev/imgpipe" in job["spec"]["template"]["spec"]["containers"][0]["args"][0]
+
+
+def test_prod_uses_mutual_tls_between_ingest_and_the_processors() -> None:
+    """The processors require a client certificate; ingest verifies theirs and presents its
+    own; every file the settings name comes from a mounted Secret (issued by cert-manager,
+    docs/deploy.md)."""
+    prod = rendered("prod")
+    mounted: dict[str, dict[str, str]] = {}
+    for workload, container, service in imgpipe_containers(prod):
+        volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
+        env = container_env(prod, container)
+        secret_paths = {
+            m["mountPath"]: volumes[m["name"]]["secret"]["secretName"]
+            for m in container.get("volumeMounts", [])
+            if "secret" in volumes[m["name"]]
+        }
+        files = {
+            name: value
+            for name, value in env.items()
+            if name.startswith(("IMGPIPE_TLS_", "IMGPIPE_PROCESSOR_TLS_"))
+            and name != "IMGPIPE_PROCESSOR_TLS_SERVER_NAME"
+        }
+        for name, path in files.items():
+            assert path.rsplit("/", 1)[0] in secret_paths, f"{service}: {name}={path}"
+        mounted[service] = files
+    assert set(mounted["processor"]) == {
+        "IMGPIPE_TLS_CERT",
+        "IMGPIPE_TLS_KEY",
+        "IMGPIPE_TLS_CLIENT_CA",
+    }
+    assert set(mounted["ingest"]) == {
+        "IMGPIPE_PROCESSOR_TLS_CA",
+        "IMGPIPE_PROCESSOR_TLS_CERT",
+        "IMGPIPE_PROCESSOR_TLS_KEY",
+    }
+    docs = (ROOT / "docs" / "deploy.md").read_text("utf-8")
+    for secret in ("imgpipe-processor-tls", "imgpipe-ingest-client-tls"):
+        assert f"`{secret}`" in docs
 
 
 def test_documented_secret_keys() -> None:

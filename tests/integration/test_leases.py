@@ -14,6 +14,7 @@ from imgpipe.ingest.csv_format import Product
 from imgpipe.ingest.dispatcher import Dispatcher, DispatchSettings, processor_channel
 from imgpipe.ingest.model import Event, ImageState, Outcome, RequestState
 from imgpipe.ingest.notifications import Notifier
+from imgpipe.ingest.processor_tls import ProcessorTls
 from imgpipe.ingest.retry_policy import RetryPolicy
 from imgpipe.ingest.store import Lease, Store, lease_of
 from imgpipe.ingest.watch import EventReader
@@ -62,7 +63,11 @@ def sweeper(store: Store, database_url: str, max_attempts: int = 5) -> Dispatche
     settings = DispatchSettings(retry=RetryPolicy(base_seconds=0, max_attempts=max_attempts))
     # The channel is never used: sweep() only touches the database.
     return Dispatcher(
-        store, processor_channel("127.0.0.1:9"), Notifier(database_url), "sweeper", settings
+        store,
+        processor_channel("127.0.0.1:9", ProcessorTls()),
+        Notifier(database_url),
+        "sweeper",
+        settings,
     )
 
 
@@ -85,16 +90,16 @@ async def test_a_stale_attempt_is_fenced_off(store: Store, database_url: str) ->
     second = (await store.claim("owner-b", 1, lease_seconds=30))[0]
     assert (second.image_id, second.attempt) == (first.image_id, 2)
 
-    late = Outcome(ImageState.SUCCEEDED, output_url="http://stale/1-0.jpg")
+    late = Outcome(ImageState.SUCCEEDED, output_key="stale/1-0.jpg")
     assert not await store.finish(lease_of(first), late)
-    current = Outcome(ImageState.SUCCEEDED, output_url="http://current/1-0.jpg")
+    current = Outcome(ImageState.SUCCEEDED, output_key="current/1-0.jpg")
     assert await store.finish(lease_of(second), current)
     assert not await store.finish(lease_of(second), current)  # only once
 
     row = await image_row(database_url, first.image_id)
     assert (row["state"], row["output_url"], row["attempts"]) == (
         "SUCCEEDED",
-        "http://current/1-0.jpg",
+        "current/1-0.jpg",
         2,
     )
 
@@ -196,17 +201,17 @@ async def test_one_batch_applies_current_leases_and_skips_stale_ones_row_by_row(
         notified.clear()
         arrived.clear()
 
-        def ok(url: str) -> Outcome:
-            return Outcome(ImageState.SUCCEEDED, output_url=url)
+        def ok(key: str) -> Outcome:
+            return Outcome(ImageState.SUCCEEDED, output_key=key)
 
         batch = [
-            (held[(second, 2, 0)], ok("http://current/second-2-0")),
-            (stale, ok("http://stale/first-1-0")),
+            (held[(second, 2, 0)], ok("current/second-2-0")),
+            (stale, ok("stale/first-1-0")),
             (held[(first, 1, 1)], Outcome(ImageState.FAILED, error="boom")),
-            (current, ok("http://current/first-1-0")),
-            (Lease(held[(first, 2, 0)].image_id, 1, "owner-z"), ok("http://stale/owner")),
-            (Lease(held[(second, 1, 1)].image_id, 2, "owner-a"), ok("http://stale/attempt")),
-            (held[(second, 1, 0)], ok("http://current/second-1-0")),
+            (current, ok("current/first-1-0")),
+            (Lease(held[(first, 2, 0)].image_id, 1, "owner-z"), ok("stale/owner")),
+            (Lease(held[(second, 1, 1)].image_id, 2, "owner-a"), ok("stale/attempt")),
+            (held[(second, 1, 0)], ok("current/second-1-0")),
         ]
         assert await store.finish_many(batch) == [True, False, True, True, False, False, True]
         assert not any(await store.finish_many(batch))  # each applies once
@@ -220,12 +225,12 @@ async def test_one_batch_applies_current_leases_and_skips_stale_ones_row_by_row(
     finally:
         await conn.close()
     assert states == {
-        (first, 1, 0): ("SUCCEEDED", "http://current/first-1-0"),
+        (first, 1, 0): ("SUCCEEDED", "current/first-1-0"),
         (first, 1, 1): ("FAILED", ""),
         (first, 2, 0): ("PROCESSING", ""),
-        (second, 1, 0): ("SUCCEEDED", "http://current/second-1-0"),
+        (second, 1, 0): ("SUCCEEDED", "current/second-1-0"),
         (second, 1, 1): ("PROCESSING", ""),
-        (second, 2, 0): ("SUCCEEDED", "http://current/second-2-0"),
+        (second, 2, 0): ("SUCCEEDED", "current/second-2-0"),
     }
     # One NOTIFY per request for the whole batch, not one per row.
     assert sorted(notified) == sorted([str(first), str(second)])

@@ -211,7 +211,7 @@ async def test_resume_inside_a_coalesced_batch_gives_exactly_the_rest(
             results = [
                 (
                     Lease(r["id"], r["attempts"], r["lease_owner"]),
-                    Outcome(ImageState.SUCCEEDED, output_url=f"http://out/{n}"),
+                    Outcome(ImageState.SUCCEEDED, output_key=f"out/{n}.jpg"),
                 )
                 for n, r in enumerate(held)
             ]

@@ -147,3 +147,71 @@ async def test_a_4xx_answer_ends_the_delivery(
     assert len(receiver.calls) == 1
     assert "HTTP 410" in final.webhook.last_error
     assert json.loads(receiver.calls[0][1])["request_id"] == request_id
+
+
+@dataclass
+class Tarpit:
+    """A webhook endpoint that takes requests and never answers (until released)."""
+
+    port: int
+    open: int = 0
+    most_open: int = 0
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/never"
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.open += 1
+        self.most_open = max(self.most_open, self.open)
+        try:
+            await self.release.wait()
+        finally:
+            self.open -= 1
+        return web.Response(status=200)
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[None]:
+        app = web.Application()
+        app.router.add_post("/never", self.handle)
+        runner = web.AppRunner(app, shutdown_timeout=0.1)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", self.port).start()
+        try:
+            yield
+        finally:
+            self.release.set()
+            await runner.cleanup()
+
+
+async def test_an_endpoint_that_never_answers_delays_nobody_else(
+    start_ingest: IngestFactory, image_server: ImageServer
+) -> None:
+    """Before, deliveries were made one at a time with a timeout each: four to a tarpit,
+    with a 60 s timeout, held everyone else's webhook for four minutes."""
+    ingest = await start_ingest(
+        {
+            "IMGPIPE_ALLOW_PRIVATE_NETWORKS": "true",
+            "IMGPIPE_WEBHOOK_TIMEOUT": "60",
+            "IMGPIPE_WEBHOOK_PER_ENDPOINT": "2",
+            "IMGPIPE_WEBHOOK_CONCURRENCY": "8",
+        },
+        processor=True,
+    )
+    tarpit, receiver = Tarpit(free_port()), Receiver(free_port())
+    async with tarpit.serving(), receiver.serving():
+        held = [await submit(ingest, image_server, tarpit.url) for _ in range(4)]
+        for request_id in held:
+            await ingest.terminal_status(request_id)
+        await eventually(
+            lambda: asyncio.sleep(0, tarpit.open), lambda n: n == 2, what="2 at the tarpit"
+        )
+        request_id = await submit(ingest, image_server, receiver.url)
+        # Delivered while the tarpit still holds its two (of four) deliveries open.
+        await wait_for_webhook_state(ingest, request_id, ingest_pb2.WebhookDelivery.STATE_DELIVERED)
+        assert tarpit.open == 2
+        assert tarpit.most_open == 2  # the per-endpoint limit
+        for waiting in held:
+            status = await ingest.status(waiting)
+            assert status.webhook.state == ingest_pb2.WebhookDelivery.STATE_PENDING

@@ -21,6 +21,7 @@ from imgpipe.ingest.csv_format import (
     CsvLimits,
     Product,
     ResultRow,
+    neutralised,
     parse_products,
     result_csv,
 )
@@ -158,13 +159,45 @@ def test_product_names_are_kept_as_given_but_trimmed(cell: str, name: str) -> No
         "https://example.com:8443/a%20b.jpg?x=1&y=2#frag",
         "http://192.0.2.1/a.jpg",
         "http://[2001:db8::1]:8080/a.jpg",
-        "http://user:pw@example.com/a.jpg",
         "https://例え.jp/画像.jpg",
+        "https://example.com/a@2x.jpg",
         "http://example.com/" + "a" * (2048 - len("http://example.com/")),
     ],
 )
 def test_valid_urls_are_kept_verbatim(url: str) -> None:
     assert parse_products(csv_of(HEADER, f"1,Shoe,{url}"))[0].urls == (url,)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://user:hunter2@example.com/a.jpg",
+        "https://hunter2@example.com/a.jpg",
+        "http://:hunter2@e.com/",
+    ],
+)
+def test_urls_with_credentials_are_refused_without_repeating_them(url: str) -> None:
+    """Credentials would be stored, logged and shown to whoever reads the request."""
+    with pytest.raises(CsvError) as caught:
+        parse_products(csv_of(HEADER, f"1,Shoe,{url}"))
+    (field, description), *_ = caught.value.violations
+    assert field == "csv.row[2].input_image_urls"
+    assert "user info" in description
+    assert "hunter2" not in caught.value.message + description
+
+
+def test_the_image_cap_holds_at_under_and_over() -> None:
+    limits = CsvLimits(max_images=4)
+    at = csv_of(HEADER, f"1,Shoe,{A},{B}", f"2,Hat,{A},{B}")
+    under = csv_of(HEADER, f"1,Shoe,{A},{B}", f"2,Hat,{A}")
+    over = csv_of(HEADER, f"1,Shoe,{A},{B}", f"2,Hat,{A},{B}", f"3,Cap,{A}")
+    assert sum(len(p.urls) for p in parse_products(at, limits)) == 4
+    assert sum(len(p.urls) for p in parse_products(under, limits)) == 3
+    with pytest.raises(CsvError) as caught:
+        parse_products(over, limits)
+    assert caught.value.violations[0][0] == "csv"
+    assert "more than 4 images" in caught.value.message
+    assert "IMGPIPE_MAX_IMAGES_PER_REQUEST" in caught.value.message
 
 
 def test_limits_are_inclusive() -> None:
@@ -532,7 +565,23 @@ def test_result_csv_neutralises_formulas(name: str) -> None:
     assert row[1] == "'" + name
 
 
-@pytest.mark.parametrize("name", ["a=b", " =x", "'=x", "Shoe"])
+@pytest.mark.parametrize(
+    ("name", "written"),
+    [
+        ("Shoe;=1+1", "Shoe;'=1+1"),
+        ("a; @SUM(A1)", "a; '@SUM(A1)"),
+        ("x\t-2", "x\t'-2"),
+        ("=a;+b", "'=a;'+b"),
+        ("a,=cmd|'/c calc'!A0", "a,'=cmd|'/c calc'!A0"),
+    ],
+)
+def test_result_csv_neutralises_formulas_after_separators(name: str, written: str) -> None:
+    """A spreadsheet that splits cells on `;` (many locales) or tabs starts a cell there."""
+    (_, row) = csv.reader(io.StringIO(result_csv([ResultRow(1, name, [A], [""])]).decode()))
+    assert row[1] == written
+
+
+@pytest.mark.parametrize("name", ["a=b", " =x", "'=x", "Shoe", "a;b", "5 - 3"])
 def test_result_csv_keeps_harmless_names(name: str) -> None:
     (_, row) = csv.reader(io.StringIO(result_csv([ResultRow(1, name, [A], [""])]).decode()))
     assert row[1] == name
@@ -662,6 +711,5 @@ def test_result_csv_round_trips_through_the_csv_module(wanted: list[Product]) ->
     assert read[0] == list(RESULT_HEADER)
     for product, (serial, name, inputs, outputs) in zip(wanted, read[1:], strict=True):
         assert int(serial) == product.serial_number
-        formula = product.product_name.startswith(("=", "+", "-", "@", "\t", "\r"))
-        assert name == ("'" if formula else "") + product.product_name
+        assert name == neutralised(product.product_name)
         assert inputs.split(",") == outputs.split(",") == list(product.urls)

@@ -28,18 +28,23 @@ SELECT r.id, r.state, r.quality, r.product_count, r.image_count, r.succeeded_cou
        r.updated_at, r.completed_at, r.webhook_url,
        w.state AS webhook_state, w.delivery_id AS webhook_delivery_id,
        w.attempts AS webhook_attempts, w.last_error AS webhook_last_error,
-       w.available_at AS webhook_next_attempt_at, w.done_at AS webhook_done_at
+       w.available_at AS webhook_next_attempt_at, w.done_at AS webhook_done_at,
+       CASE WHEN c.state = 'FAILED' THEN c.last_error ELSE '' END AS result_csv_error
 FROM requests r
 LEFT JOIN outbox w ON w.request_id = r.id AND w.kind = 'webhook'
+LEFT JOIN outbox c ON c.request_id = r.id AND c.kind = 'result_csv'
 WHERE r.id = $1 AND ($2::text IS NULL OR r.owner = $2);
 
--- name: request_images
-SELECT p.serial_number, p.product_name, i.idx, i.input_url, i.output_url, i.state,
-       i.error, i.input_bytes, i.output_bytes, i.attempts
-FROM products p
-JOIN images i ON i.request_id = p.request_id AND i.serial_number = p.serial_number
-WHERE p.request_id = $1
-ORDER BY p.position, i.idx;
+-- name: request_images_page
+-- At most $4 images of request $1 in input order, from product position $2, index $3 on.
+-- output_url holds the output's object key.
+SELECT i.product_position, p.serial_number, p.product_name, i.idx, i.input_url,
+       i.output_url, i.state, i.error, i.input_bytes, i.output_bytes, i.attempts
+FROM images i
+JOIN products p ON p.request_id = i.request_id AND p.position = i.product_position
+WHERE i.request_id = $1 AND (i.product_position, i.idx) >= ($2, $3)
+ORDER BY i.product_position, i.idx
+LIMIT $4;
 
 -- name: events_after
 SELECT sequence, request_state, succeeded_count, failed_count, cancelled_count,
@@ -249,7 +254,7 @@ WHERE o.id = (
     LIMIT 1
     FOR UPDATE SKIP LOCKED
 )
-RETURNING o.id, o.request_id, o.attempts, o.delivery_id, o.created_at;
+RETURNING o.id, o.request_id, o.attempts, o.delivery_id, o.created_at, o.last_error;
 
 -- name: end_outbox
 -- A webhook delivery ended: $2 is DELIVERED or FAILED.
@@ -262,6 +267,13 @@ SELECT id, state, image_count, succeeded_count, failed_count, cancelled_count,
        result_csv_url, created_at, completed_at, webhook_url
 FROM requests WHERE id = $1;
 
+-- name: release_outbox
+-- The item was claimed but not tried (its endpoint is busy): back, the attempt not counted.
+UPDATE outbox
+SET attempts = attempts - 1, available_at = now() + make_interval(secs => $2),
+    lease_expires_at = NULL
+WHERE id = $1;
+
 -- name: retry_outbox
 UPDATE outbox
 SET available_at = now() + make_interval(secs => $2), lease_expires_at = NULL,
@@ -269,10 +281,11 @@ SET available_at = now() + make_interval(secs => $2), lease_expires_at = NULL,
 WHERE id = $1;
 
 -- name: finish_request
--- The result CSV is stored: make the request terminal (unless it already is, e.g.
--- cancelled), with its URL, in one event; queue the webhook when there is one.
+-- The result CSV is stored at key $3 (outbox state $4 DELIVERED), or could not be ($3 '',
+-- $4 FAILED, $5 the last error): make the request terminal (unless it already is, e.g.
+-- cancelled) in one event; queue the webhook when there is one.
 WITH done AS (
-    UPDATE outbox SET done_at = now(), lease_expires_at = NULL, state = 'DELIVERED'
+    UPDATE outbox SET done_at = now(), lease_expires_at = NULL, state = $4, last_error = $5
     WHERE id = $2 AND done_at IS NULL
     RETURNING request_id
 ), req AS (

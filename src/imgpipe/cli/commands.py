@@ -131,15 +131,17 @@ def result(client: Client, args: argparse.Namespace, connection: Connection) -> 
 
 
 def _result_url(result_csv_url: str, request_id: str, http_url: str) -> str:
-    """The result's own URL when it can be read from here, else ingest's HTTP side."""
+    """Ingest's HTTP side when its address is known (it makes the CSV with output URLs
+    signed now); else the stored result's own URL when it can be read from here (its
+    output URLs are unsigned: public ones, or s3://BUCKET/KEY with presigned storage)."""
+    if http_url:
+        return f"{http_url}/v1/requests/{request_id}/result.csv"
     parts = urlsplit(result_csv_url)
     readable = parts.scheme in ("http", "https") or (
         parts.scheme == "file" and Path(url2pathname(parts.path)).is_file()
     )
     if readable:
         return result_csv_url
-    if http_url:
-        return f"{http_url}/v1/requests/{request_id}/result.csv"
     raise CliError(
         f"the result CSV is at {result_csv_url}, which cannot be read from here; "
         "give ingest's HTTP address with --http-url to download it through ingest"

@@ -86,15 +86,26 @@ class GetStatusRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    page_size: _builtins.int
+    """Most images in the answer: 0 means 1,000; at most 10,000. Products come in input order;
+    a product whose images go past the page goes on, with the same serial_number, on the
+    next page.
+    """
+    page_token: _builtins.str
+    """next_page_token of the previous answer; empty for the first page."""
     def __init__(
         self,
         *,
         request_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -115,12 +126,22 @@ class GetStatusResponse(_message.Message):
     SEQUENCE_FIELD_NUMBER: _builtins.int
     OPTIONS_FIELD_NUMBER: _builtins.int
     WEBHOOK_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    RESULT_CSV_ERROR_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     state: _requests_pb2.RequestState.ValueType
     result_csv_url: _builtins.str
     """Set once the request is terminal."""
     sequence: _builtins.int
     """The sequence of the newest event this status includes."""
+    next_page_token: _builtins.str
+    """Set when more images follow: pass it as page_token to read them. Empty on the last
+    page. Output and result-CSV URLs are signed when read, so each page's are fresh.
+    """
+    result_csv_error: _builtins.str
+    """Set when the result CSV could not be stored after the outbox's last attempt (the
+    request is terminal all the same; its images' outputs are listed here).
+    """
     @_builtins.property
     def progress(self) -> _requests_pb2.Progress: ...
     @_builtins.property
@@ -151,10 +172,12 @@ class GetStatusResponse(_message.Message):
         sequence: _builtins.int = ...,
         options: _requests_pb2.CompressionOptions | None = ...,
         webhook: Global___WebhookDelivery | None = ...,
+        next_page_token: _builtins.str = ...,
+        result_csv_error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "create_time", b"create_time", "options", b"options", "progress", b"progress", "update_time", b"update_time", "webhook", b"webhook"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "create_time", b"create_time", "options", b"options", "products", b"products", "progress", b"progress", "request_id", b"request_id", "result_csv_url", b"result_csv_url", "sequence", b"sequence", "state", b"state", "update_time", b"update_time", "webhook", b"webhook"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "create_time", b"create_time", "next_page_token", b"next_page_token", "options", b"options", "products", b"products", "progress", b"progress", "request_id", b"request_id", "result_csv_error", b"result_csv_error", "result_csv_url", b"result_csv_url", "sequence", b"sequence", "state", b"state", "update_time", b"update_time", "webhook", b"webhook"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
