@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tomllib
 import zipfile
 from pathlib import Path
@@ -29,8 +30,11 @@ def package_dirs() -> dict[str, str]:
 
 
 def expected_files() -> set[str]:
-    """imgpipe/... paths of every shipped file under the mapped folders."""
-    files = set()
+    """imgpipe/... paths of every shipped file under the mapped folders, and the C
+    extensions built for this Python."""
+    extensions = pyproject()["tool"]["setuptools"]["ext-modules"]
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    files = {extension["name"].replace(".", "/") + suffix for extension in extensions}
     for package, folder in package_dirs().items():
         prefix = package.replace(".", "/")
         for path in (ROOT / folder).rglob("*"):
@@ -45,7 +49,9 @@ def build_wheel(tmp_path: Path) -> Path:
     shutil.copy(ROOT / "pyproject.toml", source)
     shutil.copy(ROOT / "README.md", source)
     for top in {folder.split("/")[0] for folder in package_dirs().values()}:
-        shutil.copytree(ROOT / top, source / top, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            ROOT / top, source / top, ignore=shutil.ignore_patterns("__pycache__", "*.so")
+        )
     out = tmp_path / "dist"
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), "."],
