@@ -11,7 +11,7 @@ import io
 import math
 
 import pytest
-from PIL import Image, ImageCms
+from PIL import Image, ImageCms, JpegImagePlugin
 
 from devstack.bench.photos import pillow_q50, psnr
 from devstack.sample_images import encode, photo_like
@@ -45,6 +45,8 @@ def test_a_source_coarser_than_the_target_keeps_its_own_tables() -> None:
     requantised = requantize(source, 50)
     assert requantised is not None
     with Image.open(io.BytesIO(source)) as before, Image.open(io.BytesIO(requantised)) as after:
+        assert isinstance(before, JpegImagePlugin.JpegImageFile)
+        assert isinstance(after, JpegImagePlugin.JpegImageFile)
         assert list(after.quantization[0]) == list(before.quantization[0])
     assert psnr(source, requantised) == math.inf  # the same coefficients
     assert len(requantised) <= len(source)
