@@ -9,8 +9,7 @@ import io
 import os
 import random
 import signal
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from PIL import Image
@@ -19,6 +18,7 @@ from devstack.sample_images import encode, sample
 from imgpipe.processor.codec_pool import CodecPool, CodecWorker
 from imgpipe.processor.errors import NotAnImage, OverCpuBudget
 from imgpipe.processor.settings import DecodeSettings
+from support.eventually import eventually
 from support.hostile_payloads import scan_bomb
 
 LIMITS = DecodeSettings(max_pixels=100_000_000)
@@ -44,11 +44,13 @@ async def pool() -> AsyncIterator[CodecPool]:
         await codec.close()
 
 
-async def until(condition: object, what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"waited {WAIT} s for {what}"
-        await asyncio.sleep(0.005)
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Polls often: a worker's decoding state can be short."""
+
+    async def check() -> bool:
+        return condition()
+
+    await eventually(check, what=what, within=WAIT, every=0.005)
 
 
 def alive(pid: int) -> bool:

@@ -23,9 +23,10 @@ async def eventually(
     what: str,
     within: float = TIMEOUT,
     ignoring: tuple[type[BaseException], ...] = (),
+    every: float = INTERVAL,
 ) -> T:
-    """The first result of `await probe()` for which `until` holds. Exceptions of the
-    `ignoring` types count as a miss (a server restarting, say)."""
+    """The first result of `await probe()` for which `until` holds, probing every `every`
+    seconds. Exceptions of the `ignoring` types count as a miss (a server restarting)."""
     end = time.monotonic() + within
     last: object = None
     while True:
@@ -39,7 +40,7 @@ async def eventually(
             last = value
         if time.monotonic() > end:
             raise AssertionError(f"not within {within} s: {what} (last: {last!r})")
-        await asyncio.sleep(INTERVAL)
+        await asyncio.sleep(every)
 
 
 def eventually_blocking(
