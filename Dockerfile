@@ -28,11 +28,16 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/imgpipe
 WORKDIR /src
+# The runtime dependencies exactly as locked (versions and hashes, `make lock`), then
+# imgpipe itself without resolving anything again.
+COPY requirements.lock ./
+RUN /opt/imgpipe/bin/pip install --require-hashes --no-deps -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY src ./src
 COPY services ./services
 COPY shared ./shared
-RUN /opt/imgpipe/bin/pip install . \
+RUN /opt/imgpipe/bin/pip install --no-deps . \
+    && /opt/imgpipe/bin/pip check \
     && /opt/imgpipe/bin/pip uninstall --yes pip setuptools wheel
 
 # ---- runtime: the virtualenv on a clean base, no pip, no build tools, not root ------------

@@ -198,7 +198,8 @@ def test_the_build_context_is_exactly_what_the_build_stage_copies() -> None:
         sources.update(s.rstrip("/") for s in srcs if not s.startswith("--"))
     project = pyproject()
     packages = {d.split("/")[0] for d in project["tool"]["setuptools"]["package-dir"].values()}
-    assert sources == {"pyproject.toml", project["project"]["readme"], *packages}
+    expected = {"pyproject.toml", "requirements.lock", project["project"]["readme"], *packages}
+    assert sources == expected
     for source in sources:
         assert (ROOT / source).exists(), source
     lines = [line.strip() for line in (ROOT / ".dockerignore").read_text("utf-8").splitlines()]
@@ -207,7 +208,10 @@ def test_the_build_context_is_exactly_what_the_build_stage_copies() -> None:
     assert {p.removeprefix("!").rstrip("/") for p in patterns if p.startswith("!")} == sources
 
 
-def test_pip_install_builds_the_project_into_a_virtualenv() -> None:
+def test_pip_install_builds_the_project_into_a_virtualenv_from_the_lock() -> None:
+    """The dependencies come from requirements.lock, hashes checked; imgpipe itself is
+    installed without resolving anything again."""
     runs = " ".join(stages()[0].args("RUN"))
     assert "python -m venv /opt/imgpipe" in runs
-    assert re.search(r"/opt/imgpipe/bin/pip install \.(\s|$)", runs)
+    assert "/opt/imgpipe/bin/pip install --require-hashes --no-deps -r requirements.lock" in runs
+    assert re.search(r"/opt/imgpipe/bin/pip install --no-deps \.(\s|$)", runs)
