@@ -278,7 +278,10 @@ class Dispatcher:
             await asyncio.sleep(self._settings.sweep_interval)
             try:
                 await self.sweep()
-                metrics.QUEUE_DEPTH.set(await self._store.queue_depth())
+                stats = await self._store.queue_stats()
+                metrics.QUEUE_DEPTH.set(stats.queued)
+                metrics.OLDEST_QUEUED_SECONDS.set(stats.oldest_queued_seconds)
+                metrics.WEBHOOK_BACKLOG.set(stats.webhook_backlog)
             except DatabaseUnavailable as exc:
                 log.warning("sweep failed", extra={"error": str(exc)})
             except Exception:
