@@ -17,6 +17,7 @@ from concurrent.futures import Executor
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from imgpipe.common import tracing
 from imgpipe.common.auth import CALLER, TokenAuth
 from imgpipe.common.errors import InvalidArgument
 from imgpipe.common.http_errors import json_errors_middleware
@@ -85,6 +86,7 @@ def build_http_app(
     app = web.Application(
         client_max_size=max_csv_bytes + MULTIPART_OVERHEAD,
         middlewares=[
+            *tracing.http_middlewares(),
             json_errors_middleware(too_large=(CsvTooLarge, BodyTooLarge)),
             _auth_middleware(auth),
         ],
