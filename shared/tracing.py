@@ -30,6 +30,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 log = logging.getLogger(__name__)
 
 TRACER = trace.get_tracer("imgpipe")
+# On the Submit span and on every span that starts a trace about a request's work.
+REQUEST_ID_ATTRIBUTE = "imgpipe.request_id"
 ENDPOINTS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 PROTOCOLS = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
 HTTP_PROTOBUF = "http/protobuf"

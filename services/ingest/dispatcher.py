@@ -249,7 +249,7 @@ class Dispatcher:
         claim statement, timed), the ProcessImage call, and the hand-over of its outcome to
         the recorder."""
         attributes: dict[str, str | int] = {
-            "imgpipe.request_id": str(claim.request_id),
+            tracing.REQUEST_ID_ATTRIBUTE: str(claim.request_id),
             "imgpipe.serial_number": claim.serial_number,
             "imgpipe.index": claim.index,
             "imgpipe.attempt": claim.attempt,

@@ -113,7 +113,7 @@ class OutboxWorker:
                 self._kind.replace("_", " "),
                 context=Context(),  # a trace of its own per item
                 attributes={
-                    "imgpipe.request_id": str(item.request_id),
+                    tracing.REQUEST_ID_ATTRIBUTE: str(item.request_id),
                     "imgpipe.outbox.attempt": item.attempts,
                 },
             ):

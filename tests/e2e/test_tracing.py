@@ -84,6 +84,7 @@ def test_one_image_is_one_trace_across_ingest_and_the_processor(
     submit = one(spans, name=SUBMIT, kind="SERVER")
     assert (submit.service, submit.trace_id) == ("imgpipe-ingest", CALLER_TRACE)
     assert submit.parent_span_id == CALLER_SPAN
+    assert submit.attributes["imgpipe.request_id"] == submitted.request_id
 
     # One trace for the attempt, across both processes, with the right parents.
     root = one(spans, name="image attempt")
@@ -105,7 +106,8 @@ def test_one_image_is_one_trace_across_ingest_and_the_processor(
     # The source fetch (aiohttp client instrumentation) too.
     fetch = one(trace, name="fetch")
     assert [s for s in trace if s.parent_span_id == fetch.span_id and s.kind == "CLIENT"]
-    one(spans, name="result csv", service="imgpipe-ingest")
+    result = one(spans, name="result csv", service="imgpipe-ingest")
+    assert result.attributes["imgpipe.request_id"] == request_id
     (tmp_path / "trace.txt").write_text(render(trace, root))
 
     # JSON log lines written inside a span carry its ids.
