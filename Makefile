@@ -13,7 +13,8 @@ all: lint policy test
 # package (the lenient mode's import hook is invisible to type checkers). A module added
 # or removed needs a reinstall, hence the package folders among the prerequisites.
 $(STAMP): pyproject.toml devstack/pyproject.toml src/imgpipe src/imgpipe/v1 services/ingest \
-    services/ingest/migrations services/processor shared devstack devstack/bench
+    services/ingest/migrations services/ingest/web services/processor shared devstack \
+    devstack/bench
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet --config-settings editable_mode=strict -e '.[dev]' -e ./devstack

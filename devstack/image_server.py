@@ -23,6 +23,7 @@ CONTENT_TYPES = {
     ".tif": "image/tiff",
     ".tiff": "image/tiff",
 }
+HOLD_LIMIT = 60.0  # seconds a held answer waits at most, so no thread outlives a test
 
 
 @dataclass
@@ -33,6 +34,8 @@ class Route:
     failures: list[int] = field(default_factory=list)
     # Seconds to wait before answering, like a slow origin.
     delay: float = 0.0
+    # When set, answers wait until it is (see ImageServer.hold).
+    gate: threading.Event | None = None
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -60,6 +63,8 @@ class ImageServer:
                     status = route.failures.pop(0) if route and route.failures else None
                 if route is not None and route.delay:
                     time.sleep(route.delay)
+                if route is not None and route.gate is not None:
+                    route.gate.wait(HOLD_LIMIT)
                 if route is None:
                     self._send(404, b"not found", "text/plain")
                 elif status is not None:
@@ -95,6 +100,13 @@ class ImageServer:
         with self._lock:
             self.routes[path] = Route(body, ctype, delay=delay)
         return self.url(path)
+
+    def hold(self, path: str) -> threading.Event:
+        """Answers for path wait until the returned event is set (at most HOLD_LIMIT s)."""
+        gate = threading.Event()
+        with self._lock:
+            self.routes[path].gate = gate
+        return gate
 
     def fail_first(self, path: str, *statuses: int) -> None:
         with self._lock:

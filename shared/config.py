@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from imgpipe.common.errors import SettingsError
+from imgpipe.common.tracing import TracingSettings
 
 
 def env_str(env: Mapping[str, str], name: str, default: str | None = None) -> str:
@@ -157,6 +158,7 @@ class CommonSettings:
     log_level: str = "INFO"
     # On SIGTERM: the time to finish the work in hand.
     grace_seconds: float = 20.0
+    tracing: TracingSettings = field(default_factory=TracingSettings)
 
     @classmethod
     def from_env(
@@ -181,6 +183,7 @@ class CommonSettings:
                 max_connection_age_seconds=max_connection_age_seconds,
                 max_message_bytes=max_message_bytes,
             ),
+            tracing=TracingSettings.from_env(env),
         )
 
 

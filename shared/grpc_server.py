@@ -11,6 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
+from imgpipe.common import tracing
 from imgpipe.common.config import GrpcServerSettings
 from imgpipe.common.grpc_errors import ErrorMappingInterceptor
 from imgpipe.common.grpc_observe import ObservingInterceptor
@@ -80,10 +81,16 @@ class GrpcServer:
         settings: GrpcServerSettings,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),  # type: ignore[type-arg]
     ) -> None:
-        # Outermost first: the RPC log and metrics see the final code; the error mapping
-        # maps what the inner ones (auth) raise too.
+        # Outermost first: the RPC's span (when tracing) holds everything; the RPC log and
+        # metrics see the final code; the error mapping maps what the inner ones (auth)
+        # raise too.
         self.server = grpc.aio.server(
-            interceptors=[ObservingInterceptor(), ErrorMappingInterceptor(), *interceptors],
+            interceptors=[
+                *tracing.server_interceptors(),
+                ObservingInterceptor(),
+                ErrorMappingInterceptor(),
+                *interceptors,
+            ],
             options=server_options(settings),
         )
         self.health = health_aio.HealthServicer()

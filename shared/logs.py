@@ -1,4 +1,5 @@
-"""One JSON log formatter for the project: one object per line on stderr."""
+"""One JSON log formatter for the project: one object per line on stderr, with the
+`trace_id` and `span_id` of the current span when there is one (shared/tracing.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import time
 from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
+
+from opentelemetry import trace
 
 # Attributes every LogRecord has; anything else came in through `extra=` and is logged.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
@@ -41,6 +44,10 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
             **_FIELDS.get(),
         }
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            entry["trace_id"] = trace.format_trace_id(span.trace_id)
+            entry["span_id"] = trace.format_span_id(span.span_id)
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value

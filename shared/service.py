@@ -28,6 +28,7 @@ import grpc
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from imgpipe.common import tracing
 from imgpipe.common.config import CommonSettings, split_host_port
 from imgpipe.common.grpc_server import GrpcServer, GrpcService
 
@@ -224,5 +225,12 @@ async def _serve(app: App) -> int:
 
 def run(app: App) -> None:
     """Runs app until SIGTERM or SIGINT; exits 0 after a clean stop, 1 when it could not
-    start (whatever had started is stopped first)."""
-    sys.exit(asyncio.run(_serve(app)))
+    start (whatever had started is stopped first). Traces (when the OTEL_* settings ask
+    for them) are on for the whole run and flushed at its end."""
+    service = app.service
+    tracing.start_tracing(service.settings.tracing, f"imgpipe-{service.name}")
+    try:
+        code = asyncio.run(_serve(app))
+    finally:
+        tracing.stop_tracing()
+    sys.exit(code)

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from opentelemetry.context import Context
 
+from imgpipe.common import tracing
 from imgpipe.common.backoff import Backoff
 from imgpipe.common.waiting import wait_event
 from imgpipe.ingest import metrics
@@ -51,16 +53,17 @@ class DispatchSettings:
 
 def processor_channel(target: str, tls: ProcessorTls) -> grpc.aio.Channel:
     """One channel to every processor, balanced per call with round_robin; over TLS when
-    tls says so."""
+    tls says so; traced when tracing is on."""
     options = [
         ("grpc.service_config", '{"loadBalancingConfig": [{"round_robin": {}}]}'),
         ("grpc.max_receive_message_length", 16 * 1024 * 1024),
         *tls.channel_options(),
     ]
+    interceptors = tracing.client_interceptors()
     credentials = tls.credentials()
     if credentials is None:
-        return grpc.aio.insecure_channel(target, options=options)
-    return grpc.aio.secure_channel(target, credentials, options=options)
+        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+    return grpc.aio.secure_channel(target, credentials, options=options, interceptors=interceptors)
 
 
 class Recorder:
@@ -198,6 +201,7 @@ class Dispatcher:
                 continue
             self._notifier.work.clear()
             want = min(free, settings.claim_batch)
+            claim_started = time.time_ns()
             try:
                 claims = await self._store.claim(self._owner, want, settings.lease_seconds)
             except DatabaseUnavailable as exc:
@@ -210,8 +214,9 @@ class Dispatcher:
                 await asyncio.sleep(settings.poll_interval)
                 continue
             metrics.ATTEMPTS.inc(len(claims))
+            claimed = (claim_started, time.time_ns())
             for claim in claims:
-                task = asyncio.create_task(self._process(claim))
+                task = asyncio.create_task(self._process(claim, claimed))
                 self._in_flight[task] = claim
                 task.add_done_callback(self._done)
             if len(claims) < want and self._claiming:
@@ -239,7 +244,29 @@ class Dispatcher:
             metrics.OUTCOMES.labels("busy").inc()
             await asyncio.sleep(wait)
 
-    async def _process(self, claim: Claim) -> None:
+    async def _process(self, claim: Claim, claimed: tuple[int, int]) -> None:
+        """One attempt at one image, as one trace (when tracing): its claim (the batch's
+        claim statement, timed), the ProcessImage call, and the hand-over of its outcome to
+        the recorder."""
+        attributes: dict[str, str | int] = {
+            tracing.REQUEST_ID_ATTRIBUTE: str(claim.request_id),
+            "imgpipe.serial_number": claim.serial_number,
+            "imgpipe.index": claim.index,
+            "imgpipe.attempt": claim.attempt,
+        }
+        with tracing.TRACER.start_as_current_span(
+            "image attempt", context=Context(), attributes=attributes, start_time=claimed[0]
+        ):
+            tracing.TRACER.start_span("claim", start_time=claimed[0]).end(end_time=claimed[1])
+            outcome = await self._attempt(claim)
+            # The recorder writes outcomes many to a statement, later: this span marks the
+            # hand-over, not the write.
+            with tracing.TRACER.start_as_current_span(
+                "record outcome", attributes={"imgpipe.image_state": outcome.state.value}
+            ):
+                self._recorder.add(claim, outcome)
+
+    async def _attempt(self, claim: Claim) -> Outcome:
         request = processor_pb2.ProcessImageRequest(
             source_url=claim.input_url,
             output_key=claim.output_key,
@@ -263,7 +290,7 @@ class Dispatcher:
                 input_bytes=response.input_bytes,
                 output_bytes=response.output_bytes,
             )
-        self._recorder.add(claim, outcome)
+        return outcome
 
     def _no_processor_reachable(self, exc: grpc.aio.AioRpcError) -> bool:
         """UNAVAILABLE because the channel has no processor to call (all down), not
@@ -278,7 +305,10 @@ class Dispatcher:
             await asyncio.sleep(self._settings.sweep_interval)
             try:
                 await self.sweep()
-                metrics.QUEUE_DEPTH.set(await self._store.queue_depth())
+                stats = await self._store.queue_stats()
+                metrics.QUEUE_DEPTH.set(stats.queued)
+                metrics.OLDEST_QUEUED_SECONDS.set(stats.oldest_queued_seconds)
+                metrics.WEBHOOK_BACKLOG.set(stats.webhook_backlog)
             except DatabaseUnavailable as exc:
                 log.warning("sweep failed", extra={"error": str(exc)})
             except Exception:

@@ -1,10 +1,12 @@
-"""Ingest's HTTP side (aiohttp): the API of http_routes (/v1/...), its OpenAPI document and
-the objects of file:// storage; the service runner adds health, readiness and metrics.
+"""Ingest's HTTP side (aiohttp): the API of http_routes (/v1/..., and the compatibility
+aliases /upload and /status), its OpenAPI document, the web page (web_page) and the objects
+of file:// storage; the service runner adds health, readiness and metrics.
 
 Errors are JSON (imgpipe.common.http_errors). When tokens are configured, every route but
-health needs `Authorization: Bearer TOKEN` (/metrics too); the caller's principal goes in
-imgpipe.common.auth.CALLER, as on gRPC. /objects/ then serves an object only to the token
-whose request stored it (the key starts with the request id), result CSVs included.
+health and the web page's files (they hold no data) needs `Authorization: Bearer TOKEN`
+(/metrics too); the caller's principal goes in imgpipe.common.auth.CALLER, as on gRPC.
+/objects/ then serves an object only to the token whose request stored it (the key starts
+with the request id), result CSVs included.
 """
 
 from __future__ import annotations
@@ -15,18 +17,21 @@ from concurrent.futures import Executor
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from imgpipe.common import tracing
 from imgpipe.common.auth import CALLER, TokenAuth
 from imgpipe.common.errors import InvalidArgument
 from imgpipe.common.http_errors import json_errors_middleware
 from imgpipe.common.service import OPS_PATHS
 from imgpipe.common.storage import FileStorage, Storage
+from imgpipe.ingest import web_page
 from imgpipe.ingest.errors import BodyTooLarge, CsvTooLarge
 from imgpipe.ingest.http_routes import MULTIPART_OVERHEAD, RequestRoutes
 from imgpipe.ingest.openapi import document
 from imgpipe.ingest.request_service import RequestService
 
-# Open even with tokens: probes carry none. /metrics is not among them (it needs a token).
-OPEN_PATHS = OPS_PATHS - {"/metrics"}
+# Open even with tokens: probes carry none, and the page's files hold no data. /metrics is
+# not among them (it needs a token).
+OPEN_PATHS = (OPS_PATHS - {"/metrics"}) | web_page.PATHS
 SSE_KEEPALIVE = 15.0  # seconds
 
 
@@ -81,11 +86,13 @@ def build_http_app(
     app = web.Application(
         client_max_size=max_csv_bytes + MULTIPART_OVERHEAD,
         middlewares=[
+            *tracing.http_middlewares(),
             json_errors_middleware(too_large=(CsvTooLarge, BodyTooLarge)),
             _auth_middleware(auth),
         ],
     )
     app.router.add_get("/v1/openapi.json", openapi_json)
+    web_page.add_page_routes(app, auth=auth.enabled)
     RequestRoutes(requests, max_csv_bytes=max_csv_bytes, keepalive=keepalive).add_to(app)
     if serves_objects:
         app.router.add_get("/objects/{key:.+}", get_object)

@@ -68,6 +68,10 @@ class RequestRoutes:
         # No HEAD: it would hold a stream open with nothing to send.
         app.router.add_get("/v1/requests/{request_id}/events", self.events, allow_head=False)
         app.router.add_get("/v1/requests/{request_id}/result.csv", self.result_csv)
+        # The routes of the Express services this one replaces, as aliases of the above.
+        app.router.add_post("/upload", self.submit)
+        app.router.add_get("/status", self.status_by_query)
+        app.router.add_get("/status/{request_id}", self.status)
         app.on_shutdown.append(self._on_shutdown)
 
     async def _on_shutdown(self, _app: web.Application) -> None:
@@ -113,7 +117,15 @@ class RequestRoutes:
         )
 
     async def status(self, request: web.Request) -> web.Response:
-        request_id = request.match_info["request_id"]
+        return await self._status_of(request, request.match_info["request_id"])
+
+    async def status_by_query(self, request: web.Request) -> web.Response:
+        request_id = request.query.get("request_id", "")
+        if not request_id:
+            raise _bad("request_id", "missing: give it as the query parameter `request_id`")
+        return await self._status_of(request, request_id)
+
+    async def _status_of(self, request: web.Request, request_id: str) -> web.Response:
         page = await self._requests.status(
             request_id,
             page_size=_whole_number("page_size", request.query.get("page_size", "")),

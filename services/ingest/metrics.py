@@ -12,6 +12,13 @@ OUTCOMES = Counter(
 )
 IN_FLIGHT = Gauge("imgpipe_ingest_in_flight", "Processor calls in flight from this replica.")
 QUEUE_DEPTH = Gauge("imgpipe_ingest_queue_depth", "Images queued (all replicas), sampled.")
+OLDEST_QUEUED_SECONDS = Gauge(
+    "imgpipe_ingest_oldest_queued_seconds",
+    "Age of the oldest active request that still has queued images (0 when none), sampled.",
+)
+WEBHOOK_BACKLOG = Gauge(
+    "imgpipe_ingest_webhook_backlog", "Webhook deliveries not yet done (all replicas), sampled."
+)
 LEASE_EXPIRIES = Counter(
     "imgpipe_ingest_lease_expiries", "Leases that expired and were returned by the sweeper."
 )

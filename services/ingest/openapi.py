@@ -198,10 +198,10 @@ EXAMPLE_CSV = (
 )
 
 
-def _submit() -> Schema:
+def _submit(operation_id: str, summary: str) -> Schema:
     return {
-        "operationId": "submit",
-        "summary": "Submit a CSV of products and image URLs (IngestService.Submit).",
+        "operationId": operation_id,
+        "summary": summary,
         "description": "Either a multipart form with the CSV in `file`, or the CSV as the "
         "body (`text/csv`, e.g. `curl --data-binary @products.csv -H 'Content-Type: "
         "text/csv'`) with the options as query parameters. All or nothing: a bad CSV stores "
@@ -255,36 +255,78 @@ def _submit() -> Schema:
     }
 
 
+def _get_status(operation_id: str, summary: str, parameter: Schema) -> Schema:
+    return {
+        "operationId": operation_id,
+        "summary": summary,
+        "parameters": [
+            parameter,
+            {
+                "name": "page_size",
+                "in": "query",
+                "required": False,
+                "description": "Most images in the answer (0 or none: 1,000).",
+                "schema": {"type": "integer", "minimum": 0, "maximum": 10_000},
+            },
+            {
+                "name": "page_token",
+                "in": "query",
+                "required": False,
+                "description": "next_page_token of the previous answer.",
+                "schema": {"type": "string"},
+            },
+        ],
+        "responses": {
+            "200": _json("The request's status.", _ref("GetStatusResponse")),
+            **_errors(400, 401, 404, 503),
+        },
+    }
+
+
+def _page_file(operation_id: str, summary: str, content_type: str) -> Schema:
+    return {
+        "operationId": operation_id,
+        "summary": summary,
+        "security": OPEN,
+        "responses": {"200": _text(summary, content_type)},
+    }
+
+
+COMPAT = "Compatibility route of the Express services imgpipe replaces: an alias of "
+
+
 def _paths(objects: bool) -> dict[str, Schema]:
     paths: dict[str, Schema] = {
-        "/v1/requests": {"post": _submit()},
+        "/v1/requests": {
+            "post": _submit(
+                "submit", "Submit a CSV of products and image URLs (IngestService.Submit)."
+            )
+        },
         "/v1/requests/{request_id}": {
-            "get": {
-                "operationId": "getStatus",
-                "summary": "A request's state, progress, products and images, a page at a "
-                "time (IngestService.GetStatus).",
-                "parameters": [
-                    REQUEST_ID,
-                    {
-                        "name": "page_size",
-                        "in": "query",
-                        "required": False,
-                        "description": "Most images in the answer (0 or none: 1,000).",
-                        "schema": {"type": "integer", "minimum": 0, "maximum": 10_000},
-                    },
-                    {
-                        "name": "page_token",
-                        "in": "query",
-                        "required": False,
-                        "description": "next_page_token of the previous answer.",
-                        "schema": {"type": "string"},
-                    },
-                ],
-                "responses": {
-                    "200": _json("The request's status.", _ref("GetStatusResponse")),
-                    **_errors(400, 401, 404, 503),
-                },
-            }
+            "get": _get_status(
+                "getStatus",
+                "A request's state, progress, products and images, a page at a time "
+                "(IngestService.GetStatus).",
+                REQUEST_ID,
+            )
+        },
+        "/upload": {"post": _submit("upload", COMPAT + "POST /v1/requests.")},
+        "/status": {
+            "get": _get_status(
+                "getStatusByQuery",
+                COMPAT + "GET /v1/requests/{request_id}.",
+                {**REQUEST_ID, "in": "query"},
+            )
+        },
+        "/status/{request_id}": {
+            "get": _get_status(
+                "getStatusByPath", COMPAT + "GET /v1/requests/{request_id}.", REQUEST_ID
+            )
+        },
+        "/": {"get": _page_file("page", "The web page: upload a CSV, watch it.", "text/html")},
+        "/ui/page.css": {"get": _page_file("pageStyle", "The page's style sheet.", "text/css")},
+        "/ui/page.js": {
+            "get": _page_file("pageScript", "The page's script (a module).", "text/javascript")
         },
         "/v1/requests/{request_id}/cancel": {
             "post": {

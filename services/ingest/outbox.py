@@ -14,6 +14,9 @@ import tempfile
 from concurrent.futures import Executor
 from typing import BinaryIO, Protocol, cast
 
+from opentelemetry.context import Context
+
+from imgpipe.common import tracing
 from imgpipe.common.backoff import Backoff
 from imgpipe.common.errors import StorageError
 from imgpipe.common.public_text import public_text
@@ -106,17 +109,28 @@ class OutboxWorker:
 
     async def _one(self, item: OutboxItem) -> None:
         try:
-            if item.attempts > self._max_attempts:
-                await self._handle.give_up(item)
-                log.warning(
-                    "outbox item given up",
-                    extra={"kind": self._kind, "request_id": str(item.request_id)},
-                )
-            else:
-                await self._handle(item)
+            with tracing.TRACER.start_as_current_span(
+                self._kind.replace("_", " "),
+                context=Context(),  # a trace of its own per item
+                attributes={
+                    tracing.REQUEST_ID_ATTRIBUTE: str(item.request_id),
+                    "imgpipe.outbox.attempt": item.attempts,
+                },
+            ):
+                await self._one_traced(item)
         except Exception:
             # The row's lease runs out and it is tried again.
             log.exception("outbox item failed", extra={"kind": self._kind})
+
+    async def _one_traced(self, item: OutboxItem) -> None:
+        if item.attempts > self._max_attempts:
+            await self._handle.give_up(item)
+            log.warning(
+                "outbox item given up",
+                extra={"kind": self._kind, "request_id": str(item.request_id)},
+            )
+        else:
+            await self._handle(item)
 
 
 class ResultCsvWriter:

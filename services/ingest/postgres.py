@@ -19,13 +19,16 @@ Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 MIGRATION_LOCK_KEY = 0x1D9_0001
 
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+# The comment lines under a name document the query in the file; the statement sent starts
+# with its verb (what traces name a statement's span by).
+_LEADING_COMMENTS = re.compile(r"\A(?:\s*--[^\n]*\n)+")
 
 
 def _parse_named(text: str) -> dict[str, str]:
     parts = _NAME.split(text)
     queries: dict[str, str] = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
-        queries[name] = body.strip().rstrip(";")
+        queries[name] = _LEADING_COMMENTS.sub("", body.strip()).strip().rstrip(";")
     return queries
 
 

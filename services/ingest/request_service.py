@@ -13,11 +13,13 @@ import hashlib
 import uuid
 from collections.abc import AsyncIterator
 
+from opentelemetry import trace
 from yarl import URL
 
 from imgpipe.common.address_policy import AddressPolicy
 from imgpipe.common.errors import PolicyViolation
 from imgpipe.common.storage import Storage
+from imgpipe.common.tracing import REQUEST_ID_ATTRIBUTE
 from imgpipe.ingest import metrics
 from imgpipe.ingest.admission import ByteBudget
 from imgpipe.ingest.csv_format import CsvLimits, parse_products
@@ -150,7 +152,7 @@ class RequestService:
         key = check_idempotency_key(idempotency_key)
         products = await asyncio.to_thread(parse_products, csv, self._csv_limits)
         metrics.REQUESTS_SUBMITTED.inc()
-        return await self._store.submit(
+        submission = await self._store.submit(
             products,
             quality=quality,
             webhook_url=webhook_url,
@@ -158,6 +160,9 @@ class RequestService:
             csv_sha256=hashlib.sha256(csv).digest(),
             owner=caller,
         )
+        # The Submit span (when tracing) names the request, as its images' traces do.
+        trace.get_current_span().set_attribute(REQUEST_ID_ATTRIBUTE, str(submission.request_id))
+        return submission
 
     async def status(
         self, request_id: str, *, page_size: int = 0, page_token: str = "", caller: str

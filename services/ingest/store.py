@@ -68,6 +68,13 @@ class Lease:
 
 
 @dataclass(frozen=True)
+class QueueStats:
+    queued: int
+    oldest_queued_seconds: float
+    webhook_backlog: int
+
+
+@dataclass(frozen=True)
 class OutboxItem:
     id: int
     request_id: uuid.UUID
@@ -311,8 +318,9 @@ class Store:
         return [Lease(r["id"], r["attempts"], r["lease_owner"]) for r in rows]
 
     @_translated
-    async def queue_depth(self) -> int:
-        return int(await self._pool.fetchval(Q("queue_depth")))
+    async def queue_stats(self) -> QueueStats:
+        [row] = await self._pool.fetch(Q("queue_stats"))  # aggregates: always one row
+        return QueueStats(row["queued"], row["oldest_queued_seconds"], row["webhook_backlog"])
 
     @_translated
     async def claim_outbox(self, kind: str, lease_seconds: float) -> OutboxItem | None:

@@ -15,6 +15,7 @@ is admitted against the process's codec memory budget for as long as the decode 
 from __future__ import annotations
 
 import io
+import time
 import traceback
 import warnings
 from dataclasses import dataclass
@@ -49,6 +50,10 @@ class Compressed:
     height: int
     # The format the source was decoded as: JPEG, PNG, WEBP, GIF, BMP, TIFF (or MPO).
     source_format: str
+    # The stages it went through, (name, start, end) by time.time_ns(): "requantize", or
+    # "decode" then "encode"; for the traces of the process that asked, as compress may run
+    # in another process (codec_pool).
+    stages: tuple[tuple[str, int, int], ...] = ()
 
 
 def limit_pillow(max_pixels: int) -> None:
@@ -69,6 +74,7 @@ def compress(
     the estimate is only checked against limits.memory_bytes."""
     if not 0 <= quality <= MAX_QUALITY:
         raise ValueError(f"quality must be 0-{MAX_QUALITY}, not {quality}")
+    decode_started = time.time_ns()
     detected, source = _open(data, limits)
     image: Image.Image | None = None
     try:
@@ -79,7 +85,10 @@ def compress(
             if detected == "JPEG" and not rotated:
                 jpeg = requantize(data, quality or DEFAULT_QUALITY, icc)
                 if jpeg is not None:
-                    return Compressed(jpeg, source.width, source.height, source_format)
+                    stage = ("requantize", decode_started, time.time_ns())
+                    return Compressed(
+                        jpeg, source.width, source.height, source_format, stages=(stage,)
+                    )
             try:
                 # In place: an upright image is not copied (a full frame saved per image).
                 ImageOps.exif_transpose(source, in_place=True)
@@ -97,6 +106,7 @@ def compress(
             # in info.
             image.info.clear()
             out = io.BytesIO()
+            encode_started = time.time_ns()
             image.save(
                 out,
                 format="JPEG",
@@ -107,7 +117,16 @@ def compress(
     finally:
         if image is not source:
             source.close()
-    return Compressed(out.getvalue(), image.width, image.height, source_format)
+    return Compressed(
+        out.getvalue(),
+        image.width,
+        image.height,
+        source_format,
+        stages=(
+            ("decode", decode_started, encode_started),
+            ("encode", encode_started, time.time_ns()),
+        ),
+    )
 
 
 def check_header(data: bytes, limits: DecodeSettings) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from imgpipe.common.errors import InvalidArgument, ServiceError, StorageError, Unavailable
 from imgpipe.common.storage import Storage
+from imgpipe.common.tracing import TRACER
 from imgpipe.processor import metrics
 from imgpipe.processor.codec_pool import CodecPool
 from imgpipe.processor.compress import MAX_QUALITY, check_header
@@ -120,16 +121,20 @@ class Pipeline:
 
     async def _run(self, source_url: str, output_key: str, quality: int) -> Result:
         loop = asyncio.get_running_loop()
-        with metrics.FETCH_SECONDS.time():
+        with metrics.FETCH_SECONDS.time(), TRACER.start_as_current_span("fetch"):
             data = await self._fetcher.fetch(source_url)
         metrics.INPUT_BYTES.inc(len(data))
         with metrics.COMPRESS_SECONDS.time():
             check_header(data, self._decode)
             compressed = await self._codec.compress(data, quality)
+        # The codec runs in a worker process; its stages become spans here, as it timed them.
+        for stage, start, end in compressed.stages:
+            TRACER.start_span(stage, start_time=start).end(end_time=end)
         try:
-            output_url = await loop.run_in_executor(
-                self._storage_executor, self._store, output_key, compressed.jpeg
-            )
+            with TRACER.start_as_current_span("store", attributes={"imgpipe.key": output_key}):
+                output_url = await loop.run_in_executor(
+                    self._storage_executor, self._store, output_key, compressed.jpeg
+                )
         except StorageError as exc:
             raise StorageUnavailable(f"storing {output_key} failed: {exc}") from exc
         metrics.OUTPUT_BYTES.inc(len(compressed.jpeg))

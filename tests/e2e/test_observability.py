@@ -1,5 +1,6 @@
-"""What operators see: Prometheus families on /metrics whose values move with a batch, and
-JSON log lines that carry the request id."""
+"""What operators see: Prometheus families on /metrics whose values move with a batch, every
+series the Grafana dashboard and the alert rules select (deploy/observability), and JSON log
+lines that carry the request id."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from devstack.image_server import ImageServer
 from devstack.stack import Stack
 from support.batch import FAULT_ENV, serve_batch, submit, wait_terminal
 from support.csv_files import batch_csv
+from support.promql_files import expressions, selectors
 
 INGEST_FAMILIES = {
     "grpc_server_handled",
@@ -24,6 +26,8 @@ INGEST_FAMILIES = {
     "imgpipe_ingest_lease_expiries",
     "imgpipe_ingest_fenced_results",
     "imgpipe_ingest_watchers",
+    "imgpipe_ingest_oldest_queued_seconds",
+    "imgpipe_ingest_webhook_backlog",
 }
 PROCESSOR_FAMILIES = {
     "grpc_server_handled",
@@ -35,15 +39,23 @@ PROCESSOR_FAMILIES = {
 }
 
 
-def scrape(base_url: str) -> dict[str, float]:
-    """Every sample as 'name{labels}' -> value."""
+def scrape_series(base_url: str) -> list[tuple[str, dict[str, str], float]]:
+    """Every sample: name, labels, value."""
     with urllib.request.urlopen(f"{base_url}/metrics", timeout=10) as response:
         text = response.read().decode()
+    return [
+        (sample.name, sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    ]
+
+
+def scrape(base_url: str) -> dict[str, float]:
+    """Every sample as 'name{labels}' -> value."""
     samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}"] = sample.value
+    for name, labels, value in scrape_series(base_url):
+        joined = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        samples[f"{name}{{{joined}}}"] = value
     return samples
 
 
@@ -93,3 +105,23 @@ def test_metrics_move_with_a_batch_and_logs_carry_the_request_id(
     assert any(
         line.get("request_id") == request_id for line in lines if "result CSV" in line["msg"]
     )
+
+
+def test_every_series_the_dashboard_and_alerts_select_is_served_after_a_batch(
+    database_url: str, image_server: ImageServer, tmp_path: Path
+) -> None:
+    storage = {"IMGPIPE_STORAGE_URL": f"file://{tmp_path}/objects"}
+    urls = [*serve_batch(image_server, 3, 0), image_server.url("/gone.jpg")]  # one fails
+    with Stack(
+        database_url, storage, processors=1, log_dir=tmp_path / "logs", extra_env=FAULT_ENV
+    ) as stack:
+        wait_terminal(stack.ingest_target, submit(stack.ingest_target, batch_csv(urls)))
+        served = scrape_series(stack.ingest_http)
+        served += scrape_series(stack.services["processor-1"].http_url)
+    missing = [
+        f"{where}: {selector.name} {selector.matchers}"
+        for where, expr in expressions().items()
+        for selector in selectors(expr)
+        if not any(n == selector.name and selector.matches(labels) for n, labels, _ in served)
+    ]
+    assert not missing, "selected by the dashboard or the rules, not served:\n" + "\n".join(missing)

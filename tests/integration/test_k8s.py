@@ -23,8 +23,10 @@ from typing import Any
 
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
+import yaml
 
 from imgpipe.common.config import split_host_port
+from support.promql_files import RULES
 from support.tools import kustomize
 
 Object = dict[str, Any]
@@ -59,6 +61,11 @@ PRIVATE_V4 = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", 
 PRIVATE_V6 = ("fc00::/7", "fe80::/10")
 GRPC_PORTS = {"ingest": 50051, "processor": 50052}
 HTTP_PORTS = {"ingest": 8080, "processor": 8081}
+
+
+# Custom resources (the Prometheus Operator's PrometheusRule in prod) are not in Kubernetes'
+# own schemas; tests/unit/test_observability_files.py checks the rule and its PromQL.
+CUSTOM_RESOURCE_GROUPS = ("monitoring.coreos.com/",)
 
 
 # ---- rendering ------------------------------------------------------------------------
@@ -268,6 +275,8 @@ def test_every_object_validates_against_the_kubernetes_schemas(build: str, versi
     objects = rendered(build)
     assert objects
     for obj in objects:
+        if obj["apiVersion"].startswith(CUSTOM_RESOURCE_GROUPS):
+            continue
         try:
             kubernetes_validate.validate(obj, version, strict=True)
         except kubernetes_validate.ValidationError as exc:
@@ -794,3 +803,9 @@ def test_every_checkov_skip_in_the_manifests_gives_its_reason(build: str) -> Non
                 check, _, reason = value.partition("=")
                 assert re.fullmatch(r"CKV_K8S_\d+", check), f"{key}: {value}"
                 assert len(reason.split()) >= 5, f"{obj['metadata']['name']}: {value}"
+
+
+def test_the_prod_overlay_applies_the_alert_rules_in_its_namespace() -> None:
+    [rule] = [o for o in rendered("prod") if o["kind"] == "PrometheusRule"]
+    assert rule["metadata"]["namespace"] == "imgpipe"
+    assert rule["spec"] == yaml.safe_load(RULES.read_text())["spec"]

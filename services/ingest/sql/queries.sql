@@ -204,8 +204,17 @@ WHERE state = 'PROCESSING' AND lease_expires_at < now()
 ORDER BY lease_expires_at
 LIMIT $1;
 
--- name: queue_depth
-SELECT count(*) FROM images WHERE state = 'QUEUED';
+-- name: queue_stats
+-- Sampled for the metrics: images queued; seconds since the oldest active request that
+-- still has queued images was submitted (0 when none); webhook deliveries not yet done.
+SELECT
+    (SELECT count(*) FROM images WHERE state = 'QUEUED') AS queued,
+    (SELECT coalesce(extract(epoch FROM now() - min(r.created_at)), 0)
+     FROM requests r
+     WHERE r.state IN ('QUEUED', 'PROCESSING')
+       AND EXISTS (SELECT 1 FROM images i WHERE i.request_id = r.id AND i.state = 'QUEUED')
+    )::float8 AS oldest_queued_seconds,
+    (SELECT count(*) FROM outbox WHERE done_at IS NULL AND kind = 'webhook') AS webhook_backlog;
 
 -- name: cancel_request
 WITH locked AS (
