@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import statistics
+import sys
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -238,12 +240,18 @@ def _received(results: list[Any], created: dict[int, float], all_ready: float) -
     last = max(created)
     complete = 0
     lags: list[float] = []
+    errors: Counter[str] = Counter()
     for _, streams in results:
         for snap, received, terminal, error in streams:
             sequences = [s for s, _ in received]
             if not error and terminal and sequences == list(range(snap + 1, last + 1)):
                 complete += 1
+            elif error:
+                errors[error.splitlines()[0][:120]] += 1
             lags += [t - created[s] for s, t in received if created.get(s, 0) >= all_ready]
+    if errors:
+        failed = dict(errors.most_common(5))
+        print(f"[bench] watch streams that failed, by error: {failed}", file=sys.stderr)
     if not lags:
         raise BenchError("no event was committed after every watcher had connected")
     lags.sort()

@@ -115,7 +115,6 @@ WITH active AS (
                         cancelled_count)
     SELECT id, last_sequence, state, succeeded_count, failed_count, cancelled_count
     FROM bumped WHERE starts
-
 )
 SELECT cl.id, cl.request_id, cl.serial_number, cl.idx, cl.input_url, cl.attempts, b.quality
 FROM claimed cl JOIN bumped b ON b.id = cl.request_id
