@@ -17,7 +17,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 # What an installed package is made of; anything else in the folders is not shipped.
-SHIPPED = {".py", ".pyi", ".sql", ".typed"}
+SHIPPED = {".py", ".pyi", ".sql", ".typed", ".html", ".css", ".js"}
 
 
 def pyproject() -> dict[str, Any]:
@@ -86,3 +86,4 @@ def test_the_expected_files_include_the_package_data() -> None:
     assert "imgpipe/v1/ingest_pb2.pyi" in files
     assert "imgpipe/ingest/sql/queries.sql" in files
     assert "imgpipe/ingest/migrations/0001_initial.sql" in files
+    assert "imgpipe/ingest/web/index.html" in files
