@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -154,8 +155,18 @@ def test_submit_watch_completes_with_a_live_bar_then_status_and_result(
     assert [row[2].split(",") for row in table[1:]] == [urls[0:2], urls[2:5], urls[5:6]]
     products_json = document["products"]
     assert isinstance(products_json, list)
+    # The stored CSV names each object unsigned (s3://BUCKET/KEY); GetStatus signs it when
+    # read (http://ENDPOINT/BUCKET/KEY?X-Amz-...): the same objects.
     for row, product in zip(table[1:], products_json, strict=True):
-        assert row[3].split(",") == [image["output_url"] for image in product["images"]]
+        stored = [object_path(url) for url in row[3].split(",")]
+        assert stored == [object_path(image["output_url"]) for image in product["images"]]
+        assert all(url.startswith("s3://") for url in row[3].split(","))
+
+
+def object_path(url: str) -> str:
+    """BUCKET/KEY of an s3:// URL or of a path-style presigned one."""
+    parts = urlsplit(url)
+    return parts.netloc + parts.path if parts.scheme == "s3" else parts.path.lstrip("/")
 
 
 def test_a_partially_failed_request_exits_1_and_lists_its_failures(
