@@ -126,8 +126,8 @@ class IngestApp:
         self.dispatcher = Dispatcher(
             self.store, channel, self.notifier, settings.owner, settings.dispatch
         )
-        dispatching = service.background("dispatcher", self.dispatcher.run())
-        service.on_stop("dispatcher-drain", lambda: self._drain(dispatching))
+        service.background("dispatcher", self.dispatcher.run())
+        service.on_stop("dispatcher-drain", self._drain)
         result_csv = ResultCsvWriter(self.store, self.storage, self.executor)
         attempts = settings.outbox_max_attempts
         service.background(
@@ -161,10 +161,10 @@ class IngestApp:
     def ready(self) -> bool:
         return self.service.ready
 
-    async def _drain(self, dispatching: asyncio.Task[None]) -> None:
-        """Calls in flight get what is left of the grace period; the rest is handed back."""
+    async def _drain(self) -> None:
+        """Calls in flight get what is left of the grace period; the rest is handed back.
+        The dispatcher's task (recorder and sweeper) is cancelled next, by its own part."""
         await self.dispatcher.drain(self.service.time_left())
-        await asyncio.wait([dispatching], timeout=self.service.time_left())
 
     async def _watch_database(self) -> None:
         """Health follows the database: NOT_SERVING while it cannot be reached."""

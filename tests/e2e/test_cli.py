@@ -17,7 +17,6 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -25,6 +24,7 @@ from devstack.image_server import ImageServer
 from devstack.postgres import PostgresServer
 from devstack.sample_images import sample
 from devstack.stack import Stack
+from support.batch import object_path
 from support.csv_files import RESULT_HEADER, products_csv
 from support.eventually import eventually
 from support.ingest_harness import IngestFactory
@@ -161,12 +161,6 @@ def test_submit_watch_completes_with_a_live_bar_then_status_and_result(
         stored = [object_path(url) for url in row[3].split(",")]
         assert stored == [object_path(image["output_url"]) for image in product["images"]]
         assert all(url.startswith("s3://") for url in row[3].split(","))
-
-
-def object_path(url: str) -> str:
-    """BUCKET/KEY of an s3:// URL or of a path-style presigned one."""
-    parts = urlsplit(url)
-    return parts.netloc + parts.path if parts.scheme == "s3" else parts.path.lstrip("/")
 
 
 def test_a_partially_failed_request_exits_1_and_lists_its_failures(

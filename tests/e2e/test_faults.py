@@ -20,7 +20,9 @@ from devstack.stack import Stack
 from imgpipe.v1 import ingest_pb2, requests_pb2
 from support.batch import (
     FAULT_ENV,
+    RESULT_CSV_MASK,
     done_count,
+    masked_result_csv,
     query,
     serve_batch,
     status,
@@ -63,11 +65,15 @@ def s3_keys(env: dict[str, str], request_id: str) -> set[str]:
     pages = s3.get_paginator("list_objects_v2").paginate(
         Bucket=bucket, Prefix=f"{prefix}/{request_id}/"
     )
-    return {o["Key"].removeprefix(f"{prefix}/") for page in pages for o in page.get("Contents", [])}
+    return {
+        masked_result_csv(o["Key"].removeprefix(f"{prefix}/"))
+        for page in pages
+        for o in page.get("Contents", [])
+    }
 
 
 def expected_keys(request_id: str, count: int, per_row: int = 4) -> set[str]:
-    keys = {f"{request_id}/result.csv"}
+    keys = {f"{request_id}{RESULT_CSV_MASK}"}
     for n in range(count):
         keys.add(f"{request_id}/{n // per_row + 1}-{n % per_row}.jpg")
     return keys

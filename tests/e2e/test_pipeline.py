@@ -20,6 +20,7 @@ from devstack.postgres import PostgresServer
 from devstack.sample_images import sample
 from devstack.stack import Stack
 from imgpipe.v1 import ingest_pb2, ingest_pb2_grpc, requests_pb2
+from support.batch import RESULT_CSV_MASK, masked_result_csv, object_path
 from support.csv_files import RESULT_HEADER
 
 CLI = str(Path(sys.executable).parent / "imgpipe")
@@ -132,7 +133,7 @@ def check_outputs(
         aws_secret_access_key="testing",
         region_name="us-east-1",
     )
-    expected_keys = {f"{prefix}/{request_id}/result.csv"}
+    expected_keys = {f"{prefix}/{request_id}{RESULT_CSV_MASK}"}
     for product, row in zip(status.products, rows, strict=True):
         assert [i.input_url for i in product.images] == row
         for index, image in enumerate(product.images):
@@ -155,7 +156,7 @@ def check_outputs(
             if fmt == "JPEG":
                 assert len(body) < len(source)
     listed = s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/{request_id}/")
-    assert {o["Key"] for o in listed["Contents"]} == expected_keys
+    assert {masked_result_csv(o["Key"]) for o in listed["Contents"]} == expected_keys
 
 
 def check_result_csv(
@@ -174,4 +175,5 @@ def check_result_csv(
         assert line[0] == str(product.serial_number)
         assert line[1] == product.product_name
         assert line[2].split(",") == row
-        assert line[3].split(",") == [i.output_url for i in product.images]
+        stored = [object_path(url) for url in line[3].split(",")]
+        assert stored == [object_path(i.output_url) for i in product.images]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import re
+from urllib.parse import urlsplit
 
 import asyncpg
 import grpc
@@ -99,3 +101,22 @@ def terminal_events_per_image(dsn: str, request_id: str) -> dict[tuple[int, int]
         request_id,
     )
     return {(r["serial_number"], r["idx"]): r["n"] for r in rows}
+
+
+# The stored result CSV's key ends in a random part (model.result_csv_key): unguessable.
+_RESULT_CSV_KEY = re.compile(r"/result-[0-9a-f]{32}\.csv$")
+RESULT_CSV_MASK = "/result-*.csv"
+
+
+def masked_result_csv(key: str) -> str:
+    """The key with the result CSV's random part replaced by `*`; other keys unchanged."""
+    return _RESULT_CSV_KEY.sub(RESULT_CSV_MASK, key)
+
+
+def object_path(url: str) -> str:
+    """BUCKET/KEY of an unsigned s3:// URL (the stored result CSV's) or of a path-style
+    presigned one (GetStatus signs when read): equal when both name the same object."""
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    return parts.netloc + parts.path if parts.scheme == "s3" else parts.path.lstrip("/")
