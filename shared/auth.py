@@ -1,4 +1,5 @@
-"""Bearer tokens (IMGPIPE_AUTH_TOKENS): one check for gRPC metadata and HTTP headers alike."""
+"""Bearer tokens (IMGPIPE_AUTH_TOKENS, IMGPIPE_AUTH_TOKENS_FILE): one check for gRPC metadata
+and HTTP headers alike."""
 
 from __future__ import annotations
 
@@ -27,31 +28,37 @@ def principal_of(token: str) -> str:
 
 
 class TokenAuth:
-    """Accepts `Bearer TOKEN` for any configured token; open (anonymous) when none are."""
+    """Accepts `Bearer TOKEN` for any configured token; open (anonymous) when none are.
 
-    def __init__(self, tokens: Iterable[str]) -> None:
-        self._tokens = [t.encode() for t in tokens if t]
+    Tokens are known by their SHA-256 only, each with the principal it authenticates."""
+
+    def __init__(self, credentials: Iterable[tuple[bytes, str]]) -> None:
+        self._credentials = list(credentials)
 
     @property
     def enabled(self) -> bool:
-        return bool(self._tokens)
+        return bool(self._credentials)
 
     def authenticate(self, authorization: str | None) -> str:
         """The caller's principal; raises Unauthenticated unless a configured token is given.
 
-        Every configured token is compared, in constant time, whatever matches first."""
-        if not self._tokens:
+        The hash of the presented token is compared with every configured one, in constant
+        time, whatever matches first."""
+        if not self._credentials:
             return ANONYMOUS
         scheme, _, presented = (authorization or "").partition(" ")
         # Tokens are ASCII; anything else (a header of raw bytes too) cannot match one.
-        candidate = presented.strip().encode() if presented.isascii() else b""
-        matched: bytes | None = None
-        for token in self._tokens:
-            if hmac.compare_digest(token, candidate):
-                matched = token
-        if scheme.lower() != "bearer" or not candidate or matched is None:
+        stripped = presented.strip()
+        if scheme.lower() != "bearer" or not stripped or not stripped.isascii():
             raise Unauthenticated("a valid `authorization: Bearer TOKEN` is required")
-        return principal_of(matched.decode())
+        candidate = hashlib.sha256(stripped.encode()).digest()
+        matched: str | None = None
+        for digest, principal in self._credentials:
+            if hmac.compare_digest(digest, candidate):
+                matched = principal
+        if matched is None:
+            raise Unauthenticated("a valid `authorization: Bearer TOKEN` is required")
+        return matched
 
 
 class AuthInterceptor(WrappingInterceptor):

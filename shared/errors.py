@@ -53,6 +53,10 @@ class ResourceExhausted(ServiceError):
 class Unavailable(ServiceError):
     """Temporarily unavailable; try again."""
 
+    def __init__(self, message: str | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
 
 class Unauthenticated(ServiceError):
     """A valid bearer token is required."""

@@ -62,7 +62,7 @@ def to_status(exc: ServiceError) -> grpc.Status:
             )
         )
         status.details.append(detail)
-    if isinstance(exc, ResourceExhausted) and exc.retry_after is not None:
+    if isinstance(exc, ResourceExhausted | Unavailable) and exc.retry_after is not None:
         delay = duration_pb2.Duration()
         delay.FromTimedelta(timedelta(seconds=exc.retry_after))
         retry = any_pb2.Any()

@@ -15,6 +15,8 @@ from typing import BinaryIO, Protocol
 from urllib.parse import quote, urlsplit
 
 from minio import Minio
+from minio.commonconfig import CopySource
+from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 
 from imgpipe.common.config import S3Settings
@@ -43,6 +45,13 @@ class Storage(Protocol):
     def plain_url(self, key: str) -> str:
         """A URL of the object without a signature, that never expires: under the public
         base URL when there is one, else s3://BUCKET/NAME or file:///PATH."""
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Deletes every object whose key starts with `prefix/`; returns how many."""
+
+    def copy(self, source_key: str, key: str) -> None:
+        """Copies the object at source_key to key, inside the store (S3 CopyObject);
+        raises KeyError when there is none at source_key."""
 
 
 def _check_key(key: str) -> str:
@@ -122,6 +131,38 @@ class S3Storage:
             return f"{self._public_base_url}/{quote(name)}"
         return f"s3://{self._bucket}/{quote(name)}"
 
+    def copy(self, source_key: str, key: str) -> None:
+        try:
+            self._client.copy_object(
+                self._bucket, self._name(key), CopySource(self._bucket, self._name(source_key))
+            )
+        except S3Error as exc:
+            if exc.code == "NoSuchKey":
+                raise KeyError(source_key) from exc
+            raise StorageError(f"copy {source_key} to {key}: {exc.code}") from exc
+        except ValueError:
+            raise
+        except Exception as exc:
+            raise StorageError(f"copy {source_key} to {key}: {exc}") from exc
+
+    def delete_prefix(self, prefix: str) -> int:
+        folder = self._name(prefix) + "/"
+        try:
+            names = [
+                o.object_name
+                for o in self._client.list_objects(self._bucket, prefix=folder, recursive=True)
+                if o.object_name
+            ]
+            # remove_objects is lazy: the errors it yields are the objects it could not delete.
+            errors = list(
+                self._client.remove_objects(self._bucket, [DeleteObject(n) for n in names])
+            )
+        except Exception as exc:
+            raise StorageError(f"delete {prefix}/: {exc}") from exc
+        if errors:
+            raise StorageError(f"delete {prefix}/: {errors[0].code} ({len(errors)} objects)")
+        return len(names)
+
 
 class FileStorage:
     """A local directory; ingest's HTTP side serves it at /objects/ for `make run`."""
@@ -166,6 +207,20 @@ class FileStorage:
         if self._public_base_url:
             return f"{self._public_base_url}/{quote(key)}"
         return self._path(key).resolve().as_uri()
+
+    def copy(self, source_key: str, key: str) -> None:
+        self.put(key, self.get(source_key), "")
+
+    def delete_prefix(self, prefix: str) -> int:
+        folder = self._path(prefix)
+        try:
+            count = sum(1 for p in folder.rglob("*") if p.is_file())
+            shutil.rmtree(folder)
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            raise StorageError(f"delete {prefix}/: {exc}") from exc
+        return count
 
 
 def open_storage(url: str, s3: S3Settings, public_base_url: str | None = None) -> Storage:

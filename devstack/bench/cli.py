@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 
-from devstack.bench import machine, offline, photos, pipeline, procstat, profiling
+from devstack.bench import machine, offline, photos, pipeline, politeness, procstat, profiling
 from devstack.bench.codec import ARENA_ENV
 from devstack.bench.config import DEFAULT, QUICK, Config
 from devstack.bench.corpus import Source, generate
@@ -40,6 +40,7 @@ TITLES = {
     "watchers": "6. watchers",
     "memory": "7. memory",
     "output": "8. output at quality 50",
+    "politeness": "9. polite fetching and work not done twice",
 }
 
 
@@ -156,6 +157,7 @@ class Runner:
             watchers_section(config, corpus, run, watchers, "replicas")
         self.guarded("scaling", lambda sec: pipeline.scaling_section(config, h, corpus, sec))
         self.guarded("submit", lambda sec: submit_section(config, h, sec))
+        self.guarded("politeness", lambda sec: politeness.run_sections(config, h, corpus, sec))
 
     def _dispatch(
         self, h: Harness, corpus: dict[str, list[Source]], run: Running, section: Section

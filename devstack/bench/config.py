@@ -56,6 +56,11 @@ class Config:
     # Section 7: processor peak RSS after a batch of the largest images.
     memory_kind: str = "large"
     memory_images: int = 24
+    # Section 9: one request over three hosts, one allowing this many requests a second;
+    # the same CSV submitted twice.
+    throttle_images: int = 10_000
+    throttle_per_second: float = 50.0
+    resubmit_images: int = 1_000
 
     def kind(self, name: str) -> Kind:
         for kind in self.kinds:
@@ -117,4 +122,7 @@ QUICK = Config(
     watch_images=6,
     watch_runs=1,
     memory_images=6,
+    throttle_images=30,
+    throttle_per_second=5.0,
+    resubmit_images=10,
 )

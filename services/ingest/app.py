@@ -28,9 +28,11 @@ from imgpipe.ingest.notifications import Notifier
 from imgpipe.ingest.outbox import RESULT_CSV, WEBHOOK, OutboxWorker, ResultCsvWriter
 from imgpipe.ingest.rate_limit import RateLimiter
 from imgpipe.ingest.request_service import RequestService
+from imgpipe.ingest.retention import ObjectPurger, RetentionSweeper
 from imgpipe.ingest.servicer import SERVICE, IngestServicer, add_ingest_service
 from imgpipe.ingest.settings import Settings
 from imgpipe.ingest.store import CONNECTION_ERRORS, Store
+from imgpipe.ingest.webhook_secrets import WebhookSecrets
 from imgpipe.ingest.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
@@ -63,7 +65,7 @@ class IngestApp:
             settings.common.storage_url, settings.common.s3, settings.common.public_base_url
         )
         self.notifier = Notifier(settings.database_url)
-        self.auth = TokenAuth(settings.auth_tokens)
+        self.auth = TokenAuth(settings.tenants.credentials())
 
     @property
     def http_port(self) -> int:
@@ -79,6 +81,7 @@ class IngestApp:
         async with self.pool.acquire() as conn:
             await postgres.migrate(conn)
         self.store = Store(self.pool)
+        self.webhook_secrets = WebhookSecrets(self.store, settings.webhooks.secret)
         channel = processor_channel(settings.processor_target, settings.processor_tls)
         service.on_stop("processor-channel", lambda: channel.close(None))
         webhook_session = aiohttp.ClientSession(
@@ -88,15 +91,20 @@ class IngestApp:
         service.on_stop("webhook-session", webhook_session.close)
         service.background("notifier", self.notifier.run())
 
+        purger = ObjectPurger(self.storage, self.executor)
         self.requests = RequestService(
             self.store,
             self.notifier,
             settings.csv_limits,
             settings.watch,
-            RateLimiter(settings.submit_rate_per_minute, settings.submit_burst),
+            RateLimiter(self.store),
+            settings.tenants,
+            self.webhook_secrets,
             settings.address_policy,
             ByteBudget(settings.submit_bytes_in_flight),
             self.storage,
+            purger,
+            settings.retention.final_purge_after,
         )
         self.grpc = await service.serve_grpc(
             [
@@ -124,7 +132,12 @@ class IngestApp:
         )
 
         self.dispatcher = Dispatcher(
-            self.store, channel, self.notifier, settings.owner, settings.dispatch
+            self.store,
+            channel,
+            self.notifier,
+            settings.owner,
+            settings.dispatch,
+            settings.tenants.shares(settings.dispatch.host_max_in_flight),
         )
         service.background("dispatcher", self.dispatcher.run())
         service.on_stop("dispatcher-drain", self._drain)
@@ -142,6 +155,7 @@ class IngestApp:
             settings.webhooks,
             settings.address_policy,
             self.storage.url_for,
+            self.webhook_secrets,
         )
         service.background(
             "webhooks",
@@ -154,6 +168,8 @@ class IngestApp:
                 concurrency=settings.webhooks.concurrency,
             ).run(),
         )
+        self.retention = RetentionSweeper(self.store, purger, settings.retention)
+        service.background("retention", self.retention.run())
         service.background("database-watch", self._watch_database())
         await service.start_serving()
 

@@ -26,7 +26,9 @@ from imgpipe.ingest.model import Claim, ImageState, Outcome
 from imgpipe.ingest.notifications import Notifier
 from imgpipe.ingest.processor_tls import ProcessorTls
 from imgpipe.ingest.retry_policy import BUSY, RetryPolicy
+from imgpipe.ingest.sources import memory_of, throttled_for
 from imgpipe.ingest.store import Store, lease_of
+from imgpipe.ingest.tenants import Shares
 from imgpipe.v1 import processor_pb2, processor_pb2_grpc, requests_pb2
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,8 @@ class DispatchSettings:
     claim_batch: int = 16
     lease_seconds: float = 60.0
     call_timeout: float = 45.0
+    # Images of one source host in flight at once, fleet-wide; 0: no cap.
+    host_max_in_flight: int = 16
     poll_interval: float = 1.0
     sweep_interval: float = 2.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -135,7 +139,10 @@ class Dispatcher:
         notifier: Notifier,
         owner: str,
         settings: DispatchSettings,
+        shares: Shares,
     ) -> None:
+        """shares: the tenants' weights and caps on images in flight, and the host cap."""
+        self._shares = shares
         self._store = store
         self._channel = channel
         self._stub = processor_pb2_grpc.ProcessorServiceStub(channel)
@@ -203,7 +210,9 @@ class Dispatcher:
             want = min(free, settings.claim_batch)
             claim_started = time.time_ns()
             try:
-                claims = await self._store.claim(self._owner, want, settings.lease_seconds)
+                claims = await self._store.claim(
+                    self._owner, want, settings.lease_seconds, self._shares
+                )
             except DatabaseUnavailable as exc:
                 log.warning("claim failed; retrying", extra={"error": str(exc)})
                 await asyncio.sleep(settings.poll_interval)
@@ -214,13 +223,28 @@ class Dispatcher:
                 await asyncio.sleep(settings.poll_interval)
                 continue
             metrics.ATTEMPTS.inc(len(claims))
+            previous = await self._previous_outputs(claims)
             claimed = (claim_started, time.time_ns())
             for claim in claims:
-                task = asyncio.create_task(self._process(claim, claimed))
+                task = asyncio.create_task(
+                    self._process(claim, claimed, previous.get(claim.image_id))
+                )
                 self._in_flight[task] = claim
                 task.add_done_callback(self._done)
             if len(claims) < want and self._claiming:
                 await wait_event(self._notifier.work, settings.poll_interval)
+
+    async def _previous_outputs(
+        self, claims: list[Claim]
+    ) -> dict[int, processor_pb2.PreviousOutput]:
+        """What is remembered of the claimed images' sources; nothing if the database
+        cannot say (the images are then simply processed in full)."""
+        if not claims:
+            return {}
+        try:
+            return await self._store.previous_outputs([c.image_id for c in claims])
+        except DatabaseUnavailable:
+            return {}
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._in_flight.pop(task, None)
@@ -244,7 +268,12 @@ class Dispatcher:
             metrics.OUTCOMES.labels("busy").inc()
             await asyncio.sleep(wait)
 
-    async def _process(self, claim: Claim, claimed: tuple[int, int]) -> None:
+    async def _process(
+        self,
+        claim: Claim,
+        claimed: tuple[int, int],
+        previous: processor_pb2.PreviousOutput | None,
+    ) -> None:
         """One attempt at one image, as one trace (when tracing): its claim (the batch's
         claim statement, timed), the ProcessImage call, and the hand-over of its outcome to
         the recorder."""
@@ -258,7 +287,7 @@ class Dispatcher:
             "image attempt", context=Context(), attributes=attributes, start_time=claimed[0]
         ):
             tracing.TRACER.start_span("claim", start_time=claimed[0]).end(end_time=claimed[1])
-            outcome = await self._attempt(claim)
+            outcome = await self._attempt(claim, previous)
             # The recorder writes outcomes many to a statement, later: this span marks the
             # hand-over, not the write.
             with tracing.TRACER.start_as_current_span(
@@ -266,24 +295,39 @@ class Dispatcher:
             ):
                 self._recorder.add(claim, outcome)
 
-    async def _attempt(self, claim: Claim) -> Outcome:
+    async def _attempt(
+        self, claim: Claim, previous: processor_pb2.PreviousOutput | None
+    ) -> Outcome:
         request = processor_pb2.ProcessImageRequest(
             source_url=claim.input_url,
             output_key=claim.output_key,
             options=requests_pb2.CompressionOptions(quality=claim.quality),
+            previous=previous,
         )
         try:
             response = await self._call(request)
         except grpc.aio.AioRpcError as exc:
+            throttled = throttled_for(exc)
             outcome = self._settings.retry.after_error(
                 exc.code(),
                 exc.details() or "",
                 claim.attempt,
                 reached=not self._no_processor_reachable(exc),
+                throttled_for=throttled,
             )
-            if outcome.refund_attempt:
+            if throttled is not None:
+                metrics.HOST_THROTTLES.inc()
+                with contextlib.suppress(DatabaseUnavailable):
+                    await self._store.throttle_host(claim.image_id, throttled)
+            elif outcome.refund_attempt:
                 self._busy_until = time.monotonic() + outcome.retry_after
         else:
+            memory = memory_of(response)
+            if memory is not None:
+                with contextlib.suppress(DatabaseUnavailable):
+                    await self._store.remember_source(claim.image_id, memory)
+            if response.reused:
+                metrics.SOURCES_REUSED.inc()
             outcome = Outcome(
                 ImageState.SUCCEEDED,
                 output_key=response.output_key,

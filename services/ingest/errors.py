@@ -28,6 +28,10 @@ class RequestAlreadyTerminal(FailedPrecondition):
     """The request has already finished."""
 
 
+class QueuedQuotaExceeded(ResourceExhausted):
+    """The tenant has too many images queued; try again once some are done."""
+
+
 class IdempotencyKeyReused(AlreadyExists):
     """That idempotency_key was used with a different CSV or options."""
 
@@ -54,6 +58,10 @@ class BodyTooLarge(ResourceExhausted):
 
 class ResultNotReady(FailedPrecondition):
     """The result CSV is written once the request is done."""
+
+
+class StorageUnavailable(Unavailable):
+    """Storage is unavailable; try again."""
 
 
 class ShuttingDown(Unavailable):

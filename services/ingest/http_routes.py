@@ -23,6 +23,7 @@ from imgpipe.ingest.model import Event
 from imgpipe.ingest.request_service import RequestService
 from imgpipe.ingest.sse import ServerEvent, aclose_quietly, stream_events
 from imgpipe.ingest.watch import SharedEncoding
+from imgpipe.ingest.webhook_secrets import DEFAULT_OVERLAP_SECONDS
 
 # Room for the multipart framing and the option fields around the CSV.
 MULTIPART_OVERHEAD = 64 * 1024
@@ -64,10 +65,13 @@ class RequestRoutes:
     def add_to(self, app: web.Application) -> None:
         app.router.add_post("/v1/requests", self.submit)
         app.router.add_get("/v1/requests/{request_id}", self.status)
+        app.router.add_delete("/v1/requests/{request_id}", self.delete)
         app.router.add_post("/v1/requests/{request_id}/cancel", self.cancel)
         # No HEAD: it would hold a stream open with nothing to send.
         app.router.add_get("/v1/requests/{request_id}/events", self.events, allow_head=False)
         app.router.add_get("/v1/requests/{request_id}/result.csv", self.result_csv)
+        app.router.add_get("/v1/webhook-secrets", self.webhook_secrets)
+        app.router.add_post("/v1/webhook-secrets/rotate", self.rotate_webhook_secret)
         # The routes of the Express services this one replaces, as aliases of the above.
         app.router.add_post("/upload", self.submit)
         app.router.add_get("/status", self.status_by_query)
@@ -140,6 +144,19 @@ class RequestRoutes:
         request_id = request.match_info["request_id"]
         status = await self._requests.cancel(request_id, caller=CALLER.get())
         return web.json_response(message_json(to_proto.cancel_response(status)))
+
+    async def delete(self, request: web.Request) -> web.Response:
+        await self._requests.delete(request.match_info["request_id"], caller=CALLER.get())
+        return web.Response(status=204)
+
+    async def webhook_secrets(self, request: web.Request) -> web.Response:
+        secrets = await self._requests.webhook_secrets(caller=CALLER.get())
+        return web.json_response(message_json(to_proto.webhook_secrets_response(secrets)))
+
+    async def rotate_webhook_secret(self, request: web.Request) -> web.Response:
+        overlap = _overlap_seconds(request.query.get("overlap_seconds", ""))
+        secrets = await self._requests.rotate_webhook_secret(overlap, caller=CALLER.get())
+        return web.json_response(message_json(to_proto.rotate_webhook_secret_response(secrets)))
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         request_id = request.match_info["request_id"]
@@ -236,6 +253,16 @@ def _whole_number(field: str, value: str) -> int:
         return int(text)
     except ValueError:
         raise _bad(field, f"{text[:20]!r} is not a whole number") from None
+
+
+def _overlap_seconds(value: str) -> float:
+    text = value.strip()
+    if not text:
+        return DEFAULT_OVERLAP_SECONDS
+    try:
+        return float(text)
+    except ValueError:
+        raise _bad("overlap_seconds", f"{text[:20]!r} is not a number of seconds") from None
 
 
 def _after_sequence(request: web.Request) -> int:

@@ -28,3 +28,21 @@ FENCED_RESULTS = Counter(
 )
 WATCHERS = Gauge("imgpipe_ingest_watchers", "WatchStatus and SSE streams open on this replica.")
 REQUESTS_SUBMITTED = Counter("imgpipe_ingest_requests_submitted", "Requests accepted by Submit.")
+SOURCES_REUSED = Counter(
+    "imgpipe_ingest_sources_reused",
+    "Images whose unchanged source's earlier output was copied instead of encoded again.",
+)
+HOST_THROTTLES = Counter(
+    "imgpipe_ingest_host_throttles",
+    "Attempts a source host answered 429 or 503 to (delayed, not counted as attempts).",
+)
+# Labelled by tenant: the configured tenants' names (a bounded set), "tok_..." for
+# IMGPIPE_AUTH_TOKENS, "" when tokens are off.
+TENANT_IMAGES_SUBMITTED = Counter(
+    "imgpipe_ingest_tenant_images_submitted", "Images accepted by Submit, per tenant.", ["tenant"]
+)
+TENANT_SUBMITS_REFUSED = Counter(
+    "imgpipe_ingest_tenant_submits_refused",
+    "Submits refused for a tenant's rate limit or queued-images quota.",
+    ["tenant", "reason"],
+)

@@ -49,6 +49,15 @@ class WebhookStatus:
 
 
 @dataclass(frozen=True)
+class WebhookSecret:
+    """A secret that signs a principal's webhook deliveries."""
+
+    secret: str
+    created_at: datetime | None  # None: set by IMGPIPE_WEBHOOK_SECRET
+    expires_at: datetime | None  # None: the current one
+
+
+@dataclass(frozen=True)
 class RequestStatus:
     request_id: uuid.UUID
     state: RequestState

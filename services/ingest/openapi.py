@@ -22,6 +22,8 @@ RESPONSES = (
     ingest_pb2.GetStatusResponse,
     ingest_pb2.WatchStatusResponse,
     ingest_pb2.CancelResponse,
+    ingest_pb2.GetWebhookSecretsResponse,
+    ingest_pb2.RotateWebhookSecretResponse,
 )
 _SCALARS: dict[int, Schema] = {
     FieldDescriptor.TYPE_INT32: {"type": "integer", "format": "int32"},
@@ -241,6 +243,7 @@ def _submit(operation_id: str, summary: str) -> Schema:
                         ("WatchStatus", "watchStatus"),
                         ("GetResultCsv", "getResultCsv"),
                         ("Cancel", "cancel"),
+                        ("DeleteRequest", "deleteRequest"),
                     )
                 },
                 "headers": {
@@ -308,7 +311,50 @@ def _paths(objects: bool) -> dict[str, Schema]:
                 "A request's state, progress, products and images, a page at a time "
                 "(IngestService.GetStatus).",
                 REQUEST_ID,
-            )
+            ),
+            "delete": {
+                "operationId": "deleteRequest",
+                "summary": "Delete a request: cancel it if it is running, delete its rows and "
+                "every object it stored (IngestService.DeleteRequest).",
+                "description": "Afterwards the request is 404, and so is deleting it again.",
+                "parameters": [REQUEST_ID],
+                "responses": {
+                    "204": {"description": "Deleted."},
+                    **_errors(400, 401, 404, 503),
+                },
+            },
+        },
+        "/v1/webhook-secrets": {
+            "get": {
+                "operationId": "getWebhookSecrets",
+                "summary": "The caller's webhook signing secrets, the current one first "
+                "(IngestService.GetWebhookSecrets).",
+                "responses": {
+                    "200": _json("The secrets.", _ref("GetWebhookSecretsResponse")),
+                    **_errors(401, 503),
+                },
+            }
+        },
+        "/v1/webhook-secrets/rotate": {
+            "post": {
+                "operationId": "rotateWebhookSecret",
+                "summary": "A new current webhook secret; the replaced one keeps signing for "
+                "the overlap (IngestService.RotateWebhookSecret).",
+                "parameters": [
+                    {
+                        "name": "overlap_seconds",
+                        "in": "query",
+                        "required": False,
+                        "description": "How long the replaced secret keeps signing "
+                        "(default 86400, at most 30 days).",
+                        "schema": {"type": "number", "minimum": 0, "maximum": 2592000},
+                    }
+                ],
+                "responses": {
+                    "200": _json("The secrets.", _ref("RotateWebhookSecretResponse")),
+                    **_errors(400, 401, 409, 503),
+                },
+            }
         },
         "/upload": {"post": _submit("upload", COMPAT + "POST /v1/requests.")},
         "/status": {

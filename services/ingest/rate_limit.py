@@ -1,34 +1,29 @@
-"""A per-caller token bucket on Submit (per ingest replica)."""
+"""The Submit rate limit: a token bucket per principal, kept in PostgreSQL, so it holds
+across every ingest replica (not per process)."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 from imgpipe.ingest.errors import SubmitRateExceeded
+from imgpipe.ingest.store import Store
+from imgpipe.ingest.tenants import TenantLimits
 
 
 class RateLimiter:
-    """`per_minute` calls a minute per caller, in bursts of up to `burst`; 0 turns it off."""
+    """`submit_rate_per_minute` calls a minute per principal, in bursts of up to
+    `submit_burst`; a rate of 0 turns it off."""
 
-    def __init__(
-        self, per_minute: float, burst: int, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self._rate = per_minute / 60.0
-        self._burst = float(burst)
-        self._clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}  # caller -> (tokens, updated)
+    def __init__(self, store: Store) -> None:
+        self._store = store
 
-    def check(self, caller: str) -> None:
-        if self._rate <= 0:
+    async def check(self, principal: str, limits: TenantLimits) -> None:
+        per_second = limits.submit_rate_per_minute / 60.0
+        if per_second <= 0:
             return
-        now = self._clock()
-        tokens, updated = self._buckets.get(caller, (self._burst, now))
-        tokens = min(self._burst, tokens + (now - updated) * self._rate)
-        if tokens < 1:
-            self._buckets[caller] = (tokens, now)
-            wait = (1 - tokens) / self._rate
+        tokens, denied = await self._store.take_submit_token(
+            principal, per_second, limits.submit_burst
+        )
+        if denied:
+            wait = (1 - tokens) / per_second
             raise SubmitRateExceeded(
                 f"too many Submit calls; try again in {wait:.1f} s", retry_after=wait
             )
-        self._buckets[caller] = (tokens - 1, now)

@@ -1,5 +1,6 @@
-"""The ingest API in domain terms: what Submit, GetStatus, WatchStatus, Cancel and reading the
-result CSV do, whichever way they arrive (gRPC or HTTP). Validates input; raises domain errors.
+"""The ingest API in domain terms: what Submit, GetStatus, WatchStatus, Cancel, DeleteRequest
+and reading the result CSV do, whichever way they arrive (gRPC or HTTP). Validates input;
+raises domain errors.
 
 `caller` is the principal of the bearer token (imgpipe.common.auth), "" when tokens are off; a
 request is visible only to the caller that created it (others get NOT_FOUND)."""
@@ -17,19 +18,36 @@ from opentelemetry import trace
 from yarl import URL
 
 from imgpipe.common.address_policy import AddressPolicy
-from imgpipe.common.errors import PolicyViolation
+from imgpipe.common.errors import PolicyViolation, StorageError
 from imgpipe.common.storage import Storage
 from imgpipe.common.tracing import REQUEST_ID_ATTRIBUTE
 from imgpipe.ingest import metrics
 from imgpipe.ingest.admission import ByteBudget
 from imgpipe.ingest.csv_format import CsvLimits, parse_products
-from imgpipe.ingest.errors import InvalidOption, InvalidRequestId, ResultNotReady
-from imgpipe.ingest.model import Event, RequestStatus, StatusPage, Submission
+from imgpipe.ingest.errors import (
+    InvalidOption,
+    InvalidRequestId,
+    QueuedQuotaExceeded,
+    RequestNotFound,
+    ResultNotReady,
+    StorageUnavailable,
+    SubmitRateExceeded,
+)
+from imgpipe.ingest.model import (
+    Event,
+    RequestStatus,
+    StatusPage,
+    Submission,
+    WebhookSecret,
+)
 from imgpipe.ingest.notifications import Notifier
 from imgpipe.ingest.rate_limit import RateLimiter
 from imgpipe.ingest.result_csv import result_csv_lines
+from imgpipe.ingest.retention import ObjectPurger
 from imgpipe.ingest.store import Store
+from imgpipe.ingest.tenants import Tenants
 from imgpipe.ingest.watch import EventReader, WatchSettings, watch
+from imgpipe.ingest.webhook_secrets import WebhookSecrets
 
 DEFAULT_QUALITY = 50
 MAX_QUALITY = 95
@@ -128,14 +146,22 @@ class RequestService:
         csv_limits: CsvLimits,
         watch_settings: WatchSettings,
         rate_limiter: RateLimiter,
+        tenants: Tenants,
+        webhook_secrets: WebhookSecrets,
         address_policy: AddressPolicy,
         submit_budget: ByteBudget,
         storage: Storage,
+        purger: ObjectPurger,
+        final_purge_after: float,
     ) -> None:
+        self._tenants = tenants
+        self._webhook_secrets = webhook_secrets
+        self._purger = purger
+        self._final_purge_after = final_purge_after
+        self._address_policy = address_policy
         self._storage = storage
         # Submit bodies held at once; the transports reserve from it before they read one.
         self.submit_budget = submit_budget
-        self._address_policy = address_policy
         self._reader = EventReader(store)
         self._rate_limiter = rate_limiter
         self._store = store
@@ -146,20 +172,31 @@ class RequestService:
     async def submit(
         self, csv: bytes, *, quality: int, webhook_url: str, idempotency_key: str, caller: str
     ) -> Submission:
-        self._rate_limiter.check(caller)
+        limits = self._tenants.limits(caller)
+        try:
+            await self._rate_limiter.check(caller, limits)
+        except SubmitRateExceeded:
+            metrics.TENANT_SUBMITS_REFUSED.labels(caller, "rate").inc()
+            raise
         quality = check_quality(quality)
         webhook_url = check_webhook_url(webhook_url, self._address_policy)
         key = check_idempotency_key(idempotency_key)
         products = await asyncio.to_thread(parse_products, csv, self._csv_limits)
         metrics.REQUESTS_SUBMITTED.inc()
-        submission = await self._store.submit(
-            products,
-            quality=quality,
-            webhook_url=webhook_url,
-            idempotency_key=key,
-            csv_sha256=hashlib.sha256(csv).digest(),
-            owner=caller,
-        )
+        try:
+            submission = await self._store.submit(
+                products,
+                quality=quality,
+                webhook_url=webhook_url,
+                idempotency_key=key,
+                csv_sha256=hashlib.sha256(csv).digest(),
+                owner=caller,
+                max_queued=limits.max_queued,
+            )
+        except QueuedQuotaExceeded:
+            metrics.TENANT_SUBMITS_REFUSED.labels(caller, "queued_quota").inc()
+            raise
+        metrics.TENANT_IMAGES_SUBMITTED.labels(caller).inc(submission.image_count)
         # The Submit span (when tracing) names the request, as its images' traces do.
         trace.get_current_span().set_attribute(REQUEST_ID_ATTRIBUTE, str(submission.request_id))
         return submission
@@ -215,3 +252,25 @@ class RequestService:
 
     async def cancel(self, request_id: str, *, caller: str) -> RequestStatus:
         return await self._store.cancel(parse_request_id(request_id), caller)
+
+    async def delete(self, request_id: str, *, caller: str) -> None:
+        """Deletes the caller's request: its objects, then its rows (which stops its work:
+        nothing of it is claimed again and results in flight are fenced off), then, after
+        calls in flight have ended, its objects once more. NOT_FOUND when there is none."""
+        rid = parse_request_id(request_id)
+        await self._store.status(rid, caller)
+        try:
+            await self._purger.purge(rid)
+        except StorageError as exc:
+            raise StorageUnavailable(f"storage unavailable: {exc}") from exc
+        if not await self._store.delete(rid, caller, self._final_purge_after):
+            raise RequestNotFound()
+
+    async def webhook_secrets(self, *, caller: str) -> list[WebhookSecret]:
+        """The caller's webhook signing secrets, the current one first."""
+        return await self._webhook_secrets.current(caller)
+
+    async def rotate_webhook_secret(
+        self, overlap_seconds: float, *, caller: str
+    ) -> list[WebhookSecret]:
+        return await self._webhook_secrets.rotate(caller, overlap_seconds)

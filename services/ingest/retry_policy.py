@@ -45,11 +45,26 @@ class RetryPolicy:
         return Backoff(first=self.base_seconds, cap=self.cap_seconds)
 
     def after_error(
-        self, code: grpc.StatusCode, details: str, attempt: int, *, reached: bool = True
+        self,
+        code: grpc.StatusCode,
+        details: str,
+        attempt: int,
+        *,
+        reached: bool = True,
+        throttled_for: float | None = None,
     ) -> Outcome:
-        """reached: the call got to a processor (False when none could be connected to)."""
+        """reached: the call got to a processor (False when none could be connected to).
+        throttled_for: the source host asked to be left alone that long (429/503)."""
         # details may come from the channel itself, naming processors' addresses.
         error = f"{code.name}: {public_text(details)}" if details else code.name
+        if throttled_for is not None:
+            # The host's pace, not the image's fault: delayed, never failed, for that.
+            return Outcome(
+                ImageState.QUEUED,
+                error=f"{error} (source host throttling; not counted as an attempt)",
+                retry_after=throttled_for,
+                refund_attempt=True,
+            )
         if code == BUSY or not reached:
             # Full, or no processor up at all: work is delayed, never failed, for that.
             return Outcome(

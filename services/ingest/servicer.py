@@ -17,6 +17,7 @@ from imgpipe.ingest import to_proto
 from imgpipe.ingest.model import Event
 from imgpipe.ingest.request_service import RequestService
 from imgpipe.ingest.watch import SharedEncoding
+from imgpipe.ingest.webhook_secrets import DEFAULT_OVERLAP_SECONDS
 from imgpipe.v1 import ingest_pb2, ingest_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -71,6 +72,29 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         return to_proto.cancel_response(
             await self._requests.cancel(request.request_id, caller=CALLER.get())
         )
+
+    async def DeleteRequest(
+        self, request: ingest_pb2.DeleteRequestRequest, context: Context
+    ) -> ingest_pb2.DeleteRequestResponse:
+        await self._requests.delete(request.request_id, caller=CALLER.get())
+        return ingest_pb2.DeleteRequestResponse()
+
+    async def GetWebhookSecrets(
+        self, request: ingest_pb2.GetWebhookSecretsRequest, context: Context
+    ) -> ingest_pb2.GetWebhookSecretsResponse:
+        secrets = await self._requests.webhook_secrets(caller=CALLER.get())
+        return to_proto.webhook_secrets_response(secrets)
+
+    async def RotateWebhookSecret(
+        self, request: ingest_pb2.RotateWebhookSecretRequest, context: Context
+    ) -> ingest_pb2.RotateWebhookSecretResponse:
+        overlap = (
+            request.overlap.ToTimedelta().total_seconds()
+            if request.HasField("overlap")
+            else DEFAULT_OVERLAP_SECONDS
+        )
+        secrets = await self._requests.rotate_webhook_secret(overlap, caller=CALLER.get())
+        return to_proto.rotate_webhook_secret_response(secrets)
 
 
 def _serialised_event(url_of: to_proto.UrlOf, request_id: str, event: Event) -> bytes:

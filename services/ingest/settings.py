@@ -15,7 +15,9 @@ from imgpipe.ingest.csv_format import CsvLimits
 from imgpipe.ingest.dispatcher import DispatchSettings
 from imgpipe.ingest.outbox import MAX_ATTEMPTS
 from imgpipe.ingest.processor_tls import ProcessorTls
+from imgpipe.ingest.retention import DAY, RetentionSettings
 from imgpipe.ingest.retry_policy import RetryPolicy
+from imgpipe.ingest.tenants import TenantLimits, Tenants, load_tenants
 from imgpipe.ingest.watch import WatchSettings
 from imgpipe.ingest.webhooks import WebhookSettings, signing_key
 
@@ -41,7 +43,8 @@ class Settings:
     watch: WatchSettings
     csv_limits: CsvLimits
     owner: str
-    auth_tokens: tuple[str, ...]
+    # Principals (by token) and their limits; none: open.
+    tenants: Tenants
     webhooks: WebhookSettings
     # Attempts at a result CSV or a webhook delivery before the outbox gives it up.
     outbox_max_attempts: int
@@ -49,9 +52,7 @@ class Settings:
     submit_bytes_in_flight: int
     # Where webhooks may be sent: the same rules as image sources.
     address_policy: AddressPolicy
-    # Per token (per replica); 0 turns the limit off.
-    submit_rate_per_minute: float = 120.0
-    submit_burst: int = 30
+    retention: RetentionSettings
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -64,6 +65,7 @@ class Settings:
             max_message_bytes=max_csv_bytes + SUBMIT_OVERHEAD,
         )
         D, R, W = DispatchSettings, RetryPolicy, WebhookSettings
+        RS, T = RetentionSettings, TenantLimits
         lease = env_float(env, "IMGPIPE_LEASE_SECONDS", D.lease_seconds, minimum=1.0)
         dispatch = DispatchSettings(
             max_in_flight=env_int(env, "IMGPIPE_MAX_IN_FLIGHT", D.max_in_flight, minimum=1),
@@ -74,6 +76,7 @@ class Settings:
             ),
             poll_interval=env_float(env, "IMGPIPE_POLL_INTERVAL", D.poll_interval, minimum=0.01),
             sweep_interval=env_float(env, "IMGPIPE_SWEEP_INTERVAL", D.sweep_interval, minimum=0.01),
+            host_max_in_flight=env_int(env, "IMGPIPE_HOST_MAX_IN_FLIGHT", D.host_max_in_flight),
             retry=RetryPolicy(
                 base_seconds=env_float(env, "IMGPIPE_RETRY_BASE_SECONDS", R.base_seconds),
                 cap_seconds=env_float(env, "IMGPIPE_RETRY_CAP_SECONDS", R.cap_seconds),
@@ -104,10 +107,6 @@ class Settings:
                     env, "IMGPIPE_MAX_IMAGES_PER_REQUEST", CsvLimits.max_images, minimum=1
                 ),
             ),
-            submit_rate_per_minute=env_float(
-                env, "IMGPIPE_SUBMIT_RATE_PER_MINUTE", cls.submit_rate_per_minute
-            ),
-            submit_burst=env_int(env, "IMGPIPE_SUBMIT_BURST", cls.submit_burst, minimum=1),
             submit_bytes_in_flight=env_int(
                 env,
                 "IMGPIPE_SUBMIT_BYTES_IN_FLIGHT",
@@ -138,8 +137,28 @@ class Settings:
                 env, "IMGPIPE_OUTBOX_MAX_ATTEMPTS", MAX_ATTEMPTS, minimum=1
             ),
             address_policy=AddressPolicy.from_env(env),
-            auth_tokens=tuple(
-                t.strip() for t in env.get("IMGPIPE_AUTH_TOKENS", "").split(",") if t.strip()
+            retention=RetentionSettings(
+                retention_seconds=env_float(
+                    env, "IMGPIPE_RETENTION_DAYS", RS.retention_seconds / DAY
+                )
+                * DAY,
+                batch=env_int(env, "IMGPIPE_RETENTION_BATCH", RS.batch, minimum=1),
+                interval_seconds=env_float(
+                    env, "IMGPIPE_RETENTION_INTERVAL", RS.interval_seconds, minimum=0.01
+                ),
+                final_purge_after=2 * lease,
+            ),
+            tenants=load_tenants(
+                (t.strip() for t in env.get("IMGPIPE_AUTH_TOKENS", "").split(",") if t.strip()),
+                env.get("IMGPIPE_AUTH_TOKENS_FILE", "").strip() or None,
+                TenantLimits(
+                    max_in_flight=env_int(env, "IMGPIPE_TENANT_MAX_IN_FLIGHT", T.max_in_flight),
+                    max_queued=env_int(env, "IMGPIPE_TENANT_MAX_QUEUED", T.max_queued),
+                    submit_rate_per_minute=env_float(
+                        env, "IMGPIPE_SUBMIT_RATE_PER_MINUTE", T.submit_rate_per_minute
+                    ),
+                    submit_burst=env_int(env, "IMGPIPE_SUBMIT_BURST", T.submit_burst, minimum=1),
+                ),
             ),
         )
 

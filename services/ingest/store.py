@@ -16,6 +16,7 @@ from imgpipe.ingest.csv_format import Product
 from imgpipe.ingest.errors import (
     DatabaseUnavailable,
     IdempotencyKeyReused,
+    QueuedQuotaExceeded,
     RequestAlreadyTerminal,
     RequestNotFound,
 )
@@ -30,11 +31,16 @@ from imgpipe.ingest.model import (
     RequestState,
     RequestStatus,
     Submission,
+    WebhookSecret,
     WebhookStatus,
 )
 from imgpipe.ingest.postgres import Connection, Q
+from imgpipe.ingest.tenants import EQUAL_SHARES, Shares
+from imgpipe.v1.processor_pb2 import PreviousOutput
 
 P = ParamSpec("P")
+# What a tenant over its queued quota is told to wait: time for a share of its work to end.
+QUOTA_RETRY_SECONDS = 60.0
 T = TypeVar("T")
 
 # Raised when the database cannot be reached or went away mid-statement.
@@ -122,12 +128,16 @@ class Store:
         idempotency_key: str | None,
         csv_sha256: bytes,
         owner: str = "",
+        max_queued: int = 0,
     ) -> Submission:
         """Stores a request with all its products and images, or the owner's one with the
-        same idempotency key; one round trip per table."""
+        same idempotency key; one round trip per table. With max_queued, refuses a request
+        that would leave the owner with more unfinished images (QueuedQuotaExceeded)."""
         request_id = uuid.uuid4()
         image_count = sum(len(p.urls) for p in products)
         async with self._pool.acquire() as conn, conn.transaction():
+            if max_queued:
+                await conn.execute(Q("lock_submits"), owner)
             inserted = await conn.fetchval(
                 Q("insert_request"),
                 request_id,
@@ -143,6 +153,15 @@ class Store:
                 return await self._existing(
                     conn, owner, idempotency_key, csv_sha256, quality, webhook_url
                 )
+            if max_queued:
+                # This request's images included; over the quota, the transaction is undone.
+                queued = await conn.fetchval(Q("queued_images"), owner)
+                if queued > max_queued:
+                    raise QueuedQuotaExceeded(
+                        f"this request's {image_count} images would leave {queued} of this "
+                        f"tenant's images unfinished; the quota is {max_queued}",
+                        retry_after=QUOTA_RETRY_SECONDS,
+                    )
             await conn.copy_records_to_table(
                 "products",
                 columns=["request_id", "position", "serial_number", "product_name"],
@@ -268,8 +287,115 @@ class Store:
             return self._status(await conn.fetchrow(Q("request_status"), request_id, owner))
 
     @_translated
-    async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[Claim]:
-        rows = await self._pool.fetch(Q("claim_images"), owner, limit, lease_seconds)
+    async def previous_outputs(self, image_ids: list[int]) -> dict[int, PreviousOutput]:
+        """What is remembered of the sources of these images, by image id."""
+        rows = await self._pool.fetch(Q("previous_outputs"), image_ids)
+        return {r["id"]: PreviousOutput(**{k: v for k, v in r.items() if k != "id"}) for r in rows}
+
+    @_translated
+    async def remember_source(self, image_id: int, memory: PreviousOutput) -> None:
+        await self._pool.execute(
+            Q("remember_source"),
+            image_id,
+            memory.etag,
+            memory.last_modified,
+            memory.content_sha256,
+            memory.output_key,
+            memory.input_bytes,
+            memory.output_bytes,
+            memory.width,
+            memory.height,
+        )
+
+    @_translated
+    async def throttle_host(self, image_id: int, seconds: float) -> None:
+        await self._pool.execute(Q("throttle_host"), image_id, seconds)
+
+    @_translated
+    async def forget_old(self, retention: float, limit: int) -> int:
+        """Remembered sources unused for retention seconds (up to limit), and backoffs of
+        hosts that have run out; returns how many sources were forgotten."""
+        async with self._pool.acquire() as conn:
+            await conn.execute(Q("forget_host_backoffs"))
+            status = await conn.execute(Q("forget_old_sources"), retention, limit)
+        return int(status.split()[-1])
+
+    @_translated
+    async def take_submit_token(
+        self, principal: str, per_second: float, burst: int
+    ) -> tuple[float, bool]:
+        """(tokens left, denied) after taking one from principal's bucket."""
+        row = await self._pool.fetchrow(Q("take_submit_token"), principal, per_second, burst)
+        assert row is not None  # an upsert always returns its row
+        return float(row["tokens"]), bool(row["denied"])
+
+    @_translated
+    async def webhook_secrets(self, principal: str) -> list[WebhookSecret]:
+        """The principal's secrets that sign, the current one first; none before the first
+        add_webhook_secret."""
+        rows = await self._pool.fetch(Q("webhook_secrets"), principal)
+        return [WebhookSecret(r["secret"], r["created_at"], r["expires_at"]) for r in rows]
+
+    @_translated
+    async def add_webhook_secret(self, principal: str, secret: str, overlap: float) -> None:
+        """Makes secret the current one; the one it replaces signs for overlap seconds."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(Q("retire_webhook_secret"), principal, overlap)
+            await conn.execute(Q("add_webhook_secret"), principal, secret)
+
+    @_translated
+    async def delete(self, request_id: uuid.UUID, owner: str, final_purge_after: float) -> bool:
+        """Deletes the request's rows; False when owner has no such request."""
+        deleted = await self._pool.fetchval(
+            Q("delete_request"), request_id, owner, final_purge_after
+        )
+        return bool(deleted)
+
+    @_translated
+    async def delete_expired(self, retention: float, limit: int, final_purge_after: float) -> int:
+        """Deletes up to limit requests that ended more than retention seconds ago."""
+        return int(
+            await self._pool.fetchval(
+                Q("delete_expired_requests"), retention, limit, final_purge_after
+            )
+        )
+
+    @_translated
+    async def claim_purge(self, lease_seconds: float) -> uuid.UUID | None:
+        purged: uuid.UUID | None = await self._pool.fetchval(Q("claim_purge"), lease_seconds)
+        return purged
+
+    @_translated
+    async def purge_done(self, request_id: uuid.UUID) -> None:
+        await self._pool.execute(Q("purge_done"), request_id)
+
+    @_translated
+    async def purge_failed(self, request_id: uuid.UUID, delay: float, error: str) -> None:
+        await self._pool.execute(Q("purge_failed"), request_id, delay, error)
+
+    @_translated
+    async def claim(
+        self, owner: str, limit: int, lease_seconds: float, shares: Shares = EQUAL_SHARES
+    ) -> list[Claim]:
+        """Up to limit images leased to owner, shared as claim_images says. With caps, claims
+        take turns across the fleet, so each sees the ones before it."""
+        args = (
+            owner,
+            limit,
+            lease_seconds,
+            list(shares.owners),
+            list(shares.weights),
+            list(shares.caps),
+            shares.default_weight,
+            shares.default_cap,
+            shares.host_cap,
+        )
+        if shares.capped:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(Q("lock_claims"))
+                rows = await conn.fetch(Q("claim_images"), *args)
+        else:
+            rows = await self._pool.fetch(Q("claim_images"), *args)
         return [
             Claim(
                 image_id=r["id"],

@@ -15,6 +15,7 @@ from imgpipe.ingest.model import (
     RequestStatus,
     StatusPage,
     Submission,
+    WebhookSecret,
     WebhookStatus,
 )
 from imgpipe.v1 import ingest_pb2, requests_pb2
@@ -139,3 +140,26 @@ def cancel_response(status: RequestStatus) -> ingest_pb2.CancelResponse:
         state=request_state(status.state),
         progress=progress(status.progress),
     )
+
+
+def _secrets(secrets: list[WebhookSecret]) -> list[ingest_pb2.WebhookSecret]:
+    return [
+        ingest_pb2.WebhookSecret(
+            secret=s.secret,
+            create_time=timestamp(s.created_at),
+            expire_time=timestamp(s.expires_at),
+        )
+        for s in secrets
+    ]
+
+
+def webhook_secrets_response(
+    secrets: list[WebhookSecret],
+) -> ingest_pb2.GetWebhookSecretsResponse:
+    return ingest_pb2.GetWebhookSecretsResponse(secrets=_secrets(secrets))
+
+
+def rotate_webhook_secret_response(
+    secrets: list[WebhookSecret],
+) -> ingest_pb2.RotateWebhookSecretResponse:
+    return ingest_pb2.RotateWebhookSecretResponse(secrets=_secrets(secrets))

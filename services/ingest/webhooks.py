@@ -3,8 +3,10 @@
 At least once, with the same delivery id on every attempt; signed in the manner of the
 Standard Webhooks specification (`webhook-id`, `webhook-timestamp`, `webhook-signature:
 v1,BASE64(HMAC-SHA256(key, "{id}.{timestamp}.{body}"))`), so receivers can verify with the
-existing libraries. A secret written `whsec_BASE64` is used as those libraries expect (the
-key is the decoded bytes); any other secret is used as its UTF-8 bytes.
+existing libraries. Each request's owner has its own secrets (webhook_secrets); during a
+rotation's overlap the header carries one signature by each, space-separated, as the
+specification allows. A secret written `whsec_BASE64` is used as those libraries expect
+(the key is the decoded bytes); any other secret is used as its UTF-8 bytes.
 
 Retried on timeouts, connection errors, 408, 429 and 5xx with exponential backoff until
 the retry period ends; any other answer but 2xx ends it (redirects are not followed).
@@ -36,6 +38,7 @@ from imgpipe.common.public_text import public_text
 from imgpipe.ingest.errors import DatabaseUnavailable, WebhookFailed, WebhookRefused
 from imgpipe.ingest.model import RequestState
 from imgpipe.ingest.store import OutboxItem, Store
+from imgpipe.ingest.webhook_secrets import WebhookSecrets
 
 log = logging.getLogger(__name__)
 
@@ -119,12 +122,14 @@ class WebhookSender:
         settings: WebhookSettings,
         policy: AddressPolicy,
         url_of: Callable[[str], str],
+        secrets: WebhookSecrets,
     ) -> None:
         """session must connect through policy.connector(), so the address finally
         connected to is checked too (DNS rebinding). url_of makes a stored object's URL."""
         self._url_of = url_of
         self._in_flight: Counter[str] = Counter()  # deliveries by endpoint
         self._policy = policy
+        self._secrets = secrets
         self._store = store
         self._session = session
         self._settings = settings
@@ -150,7 +155,8 @@ class WebhookSender:
         extra = {"request_id": str(item.request_id), "delivery_id": str(item.delivery_id)}
         try:
             body = payload(row, self._url_of)
-            await self._post(row["webhook_url"], str(item.delivery_id), body)
+            keys = [s.secret for s in await self._secrets.current(row["owner"])]
+            await self._post(row["webhook_url"], str(item.delivery_id), body, keys)
         except DatabaseUnavailable:
             return  # the lease runs out and the row is claimed again
         except WebhookRefused as exc:
@@ -176,7 +182,9 @@ class WebhookSender:
         await self._store.end_outbox(item, state, error[:MAX_ERROR_LENGTH])
         log.info("webhook delivery ended", extra={**extra, "state": state, "error": error})
 
-    async def _post(self, url: str, delivery_id: str, body_json: dict[str, Any]) -> None:
+    async def _post(
+        self, url: str, delivery_id: str, body_json: dict[str, Any], keys: list[str]
+    ) -> None:
         try:
             self._policy.check_url(URL(url))
         except (PolicyViolation, ValueError) as exc:
@@ -188,9 +196,8 @@ class WebhookSender:
             "user-agent": "imgpipe-webhooks/1",
             "webhook-id": delivery_id,
             "webhook-timestamp": str(timestamp),
+            "webhook-signature": " ".join(sign(k, delivery_id, timestamp, body) for k in keys),
         }
-        if self._settings.secret:
-            headers["webhook-signature"] = sign(self._settings.secret, delivery_id, timestamp, body)
         try:
             async with self._session.post(
                 url,

@@ -72,7 +72,11 @@ class DecoderCrashed(FailedPrecondition):
 
 
 class SourceUnavailable(Unavailable):
-    """The source could not be fetched right now (timeout, connection error, 5xx, 408, 429)."""
+    """The source could not be fetched right now (timeout, connection error, 5xx, 408)."""
+
+
+class SourceThrottled(Unavailable):
+    """The source host asked to be called less (429 or 503); its Retry-After is the wait."""
 
 
 class StorageUnavailable(Unavailable):

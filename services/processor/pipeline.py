@@ -1,5 +1,9 @@
 """One image end to end: validate, fetch, compress (codec workers), store (storage executor).
 
+With the previous output of the same source and options (ingest remembers it), the fetch is
+conditional, and an unchanged source (304, or the same bytes) is not encoded again: the
+previous output is copied to the new key inside storage.
+
 The pipeline admits at most max_in_flight calls at once and refuses the next one at once
 (ProcessorFull), so callers spread work over replicas instead of queueing here.
 """
@@ -7,6 +11,7 @@ The pipeline admits at most max_in_flight calls at once and refuses the next one
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
 import time
@@ -20,7 +25,7 @@ from imgpipe.processor import metrics
 from imgpipe.processor.codec_pool import CodecPool
 from imgpipe.processor.compress import MAX_QUALITY, check_header
 from imgpipe.processor.errors import ProcessorFull, StorageUnavailable
-from imgpipe.processor.fetch import Fetcher
+from imgpipe.processor.fetch import Fetched, Fetcher, Validators
 from imgpipe.processor.settings import DecodeSettings
 
 log = logging.getLogger(__name__)
@@ -41,25 +46,49 @@ class Result:
     width: int
     height: int
     source_format: str
+    validators: Validators
+    content_sha256: bytes
+    reused: bool = False
 
 
-def validate(output_key: str, quality: int) -> None:
+@dataclass(frozen=True)
+class Previous:
+    """An earlier output of the same source with the same options."""
+
+    validators: Validators
+    content_sha256: bytes
+    output_key: str
+    input_bytes: int
+    output_bytes: int
+    width: int
+    height: int
+
+
+def validate(output_key: str, quality: int, previous_key: str | None = None) -> None:
     """Raises InvalidArgument, with one field violation per problem."""
     violations = []
-    if len(output_key) > MAX_KEY_LENGTH or not KEY_PATTERN.fullmatch(output_key):
-        violations.append(
-            (
-                "output_key",
-                f"{output_key!r} is not a relative object key like {{request_id}}/{{serial}}-"
-                "{index}.jpg (letters, digits, '.', '_', '-'; no empty, '.' or '..' segment)",
+    keys = [("output_key", output_key)]
+    if previous_key is not None:
+        keys.append(("previous.output_key", previous_key))
+    for field, key in keys:
+        if len(key) > MAX_KEY_LENGTH or not KEY_PATTERN.fullmatch(key):
+            violations.append(
+                (
+                    field,
+                    f"{key!r} is not a relative object key like {{request_id}}/{{serial}}-"
+                    "{index}.jpg (letters, digits, '.', '_', '-'; no empty, '.' or '..' segment)",
+                )
             )
-        )
     if not 0 <= quality <= MAX_QUALITY:
         violations.append(
             ("options.quality", f"must be 1-{MAX_QUALITY} (0 means 50), not {quality}")
         )
     if violations:
         raise InvalidArgument("; ".join(f"{f}: {d}" for f, d in violations), violations)
+
+
+def _sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
 
 
 class Pipeline:
@@ -81,13 +110,16 @@ class Pipeline:
         self._max_in_flight = max_in_flight
         self._in_flight = 0
 
-    async def process(self, source_url: str, output_key: str, quality: int) -> Result:
+    async def process(
+        self, source_url: str, output_key: str, quality: int, previous: Previous | None = None
+    ) -> Result:
         """Fetches source_url, compresses it at quality (0 means 50) and stores it at
-        output_key; raises a ServiceError saying whether retrying can help."""
+        output_key, or copies previous's output there when the source is unchanged; raises
+        a ServiceError saying whether retrying can help."""
         fields = {"source_url": source_url, "output_key": output_key}
         started = time.monotonic()
         try:
-            validate(output_key, quality)
+            validate(output_key, quality, previous.output_key if previous else None)
             if self._in_flight >= self._max_in_flight:
                 raise ProcessorFull(
                     f"this processor already handles {self._max_in_flight} images, its limit"
@@ -95,7 +127,7 @@ class Pipeline:
             self._in_flight += 1
             metrics.IN_FLIGHT.inc()
             try:
-                result = await self._run(source_url, output_key, quality)
+                result = await self._run(source_url, output_key, quality, previous)
             finally:
                 self._in_flight -= 1
                 metrics.IN_FLIGHT.dec()
@@ -107,7 +139,7 @@ class Pipeline:
         except Exception:
             metrics.IMAGES.labels("internal").inc()
             raise
-        metrics.IMAGES.labels("succeeded").inc()
+        metrics.IMAGES.labels("reused" if result.reused else "succeeded").inc()
         log.info(
             "image processed",
             extra={
@@ -119,10 +151,27 @@ class Pipeline:
         )
         return result
 
-    async def _run(self, source_url: str, output_key: str, quality: int) -> Result:
+    async def _run(
+        self, source_url: str, output_key: str, quality: int, previous: Previous | None
+    ) -> Result:
         loop = asyncio.get_running_loop()
         with metrics.FETCH_SECONDS.time(), TRACER.start_as_current_span("fetch"):
-            data = await self._fetcher.fetch(source_url)
+            fetched = await self._fetcher.fetch(
+                source_url, previous.validators if previous else Validators()
+            )
+        digest = b""
+        if fetched.body is not None:
+            digest = await asyncio.to_thread(_sha256, fetched.body)
+        if previous is not None and (fetched.body is None or digest == previous.content_sha256):
+            reused = await self._reuse(previous, fetched, output_key)
+            if reused is not None:
+                return reused
+        if fetched.body is None:  # unchanged, but its earlier output is gone: fetch it all
+            with metrics.FETCH_SECONDS.time(), TRACER.start_as_current_span("fetch"):
+                fetched = await self._fetcher.fetch(source_url)
+            assert fetched.body is not None  # an unconditional fetch has a body
+            digest = await asyncio.to_thread(_sha256, fetched.body)
+        data = fetched.body
         metrics.INPUT_BYTES.inc(len(data))
         with metrics.COMPRESS_SECONDS.time():
             check_header(data, self._decode)
@@ -146,7 +195,43 @@ class Pipeline:
             width=compressed.width,
             height=compressed.height,
             source_format=compressed.source_format,
+            validators=fetched.validators,
+            content_sha256=digest,
         )
+
+    async def _reuse(self, previous: Previous, fetched: Fetched, output_key: str) -> Result | None:
+        """previous's output copied to output_key; None when it is no longer stored."""
+        loop = asyncio.get_running_loop()
+        try:
+            output_url = await loop.run_in_executor(
+                self._storage_executor, self._copy, previous.output_key, output_key
+            )
+        except KeyError:
+            return None
+        except StorageError as exc:
+            raise StorageUnavailable(f"copying to {output_key} failed: {exc}") from exc
+        known = fetched.validators
+        return Result(
+            output_key=output_key,
+            output_url=output_url,
+            input_bytes=previous.input_bytes,
+            output_bytes=previous.output_bytes,
+            width=previous.width,
+            height=previous.height,
+            source_format="",
+            # A 304 need not repeat the validators; the earlier ones still hold then.
+            validators=Validators(
+                known.etag or previous.validators.etag,
+                known.last_modified or previous.validators.last_modified,
+            ),
+            content_sha256=previous.content_sha256,
+            reused=True,
+        )
+
+    def _copy(self, source_key: str, key: str) -> str:
+        """Blocking: runs in the storage executor."""
+        self._storage.copy(source_key, key)
+        return self._storage.url_for(key)
 
     def _store(self, key: str, jpeg: bytes) -> str:
         """Blocking: runs in the storage executor."""

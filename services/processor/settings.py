@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib.metadata import version
 
 from imgpipe.common.address_policy import AddressPolicy
-from imgpipe.common.config import CommonSettings, env_float, env_int
+from imgpipe.common.config import CommonSettings, env_float, env_int, env_str
 
 MIB = 1024 * 1024
+# What source hosts see; operators add a contact: `imgpipe/0.1 (+https://example.com/bot)`.
+DEFAULT_USER_AGENT = f"imgpipe/{version('imgpipe')} (image compression service)"
 DEFAULT_MAX_FRAMES = 1000
 DEFAULT_MAX_JPEG_SCANS = 100
 DEFAULT_CODEC_MEMORY_BYTES = 768 * MIB
@@ -26,6 +29,7 @@ class FetchSettings:
     read_timeout: float = 10.0
     total_timeout: float = 30.0
     max_redirects: int = 5
+    user_agent: str = DEFAULT_USER_AGENT
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> FetchSettings:
@@ -44,6 +48,7 @@ class FetchSettings:
                 env, "IMGPIPE_FETCH_TOTAL_TIMEOUT", cls.total_timeout, minimum=0.01
             ),
             max_redirects=env_int(env, "IMGPIPE_MAX_REDIRECTS", cls.max_redirects),
+            user_agent=env_str(env, "IMGPIPE_USER_AGENT", cls.user_agent),
         )
 
 

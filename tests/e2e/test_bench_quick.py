@@ -119,6 +119,19 @@ EXPECTED = [
     ],
     *[f"memory.{v}.processor_{m}" for v in ("as_is", "malloc") for m in ("hwm", "rss")],
     *[f"output.{k}.{f}" for k in KINDS for f in ("bytes_ratio", "psnr", "ssim")],
+    *[
+        f"politeness.{f}"
+        for f in (
+            "throttle.free_images_per_s",
+            "throttle.throttled_images_per_s",
+            "throttle.attempts_per_image",
+            "resubmit.first_s",
+            "resubmit.second_s",
+            "resubmit.wall_ratio",
+            "resubmit.cpu_ratio",
+            "resubmit.processor_cpu_ratio",
+        )
+    ],
 ]
 # Figures that must be above zero whatever the machine: rates, ratios, sizes, quality.
 MUST_BE_POSITIVE = (

@@ -339,9 +339,9 @@ async def test_409_for_cancelling_twice_and_for_a_result_not_ready(ingest: Inges
 async def test_unknown_routes_and_methods_are_json_errors(ingest: Ingest) -> None:
     async with ingest.http.get("/v1/nothing-here") as response:
         await error_of(response, 404, "NOT_FOUND")
-    async with ingest.http.delete(f"/v1/requests/{UNKNOWN_ID}") as response:
+    async with ingest.http.put(f"/v1/requests/{UNKNOWN_ID}") as response:
         await error_of(response, 405, "UNIMPLEMENTED")
-        assert response.headers["Allow"] == "GET,HEAD"
+        assert response.headers["Allow"] == "DELETE,GET,HEAD"
     async with ingest.http.head(f"/v1/requests/{UNKNOWN_ID}/events") as response:
         assert response.status == 405
 

@@ -17,6 +17,7 @@ from imgpipe.ingest.notifications import Notifier
 from imgpipe.ingest.processor_tls import ProcessorTls
 from imgpipe.ingest.retry_policy import RetryPolicy
 from imgpipe.ingest.store import Lease, Store, lease_of
+from imgpipe.ingest.tenants import EQUAL_SHARES
 from imgpipe.ingest.watch import EventReader
 
 PRODUCTS = [
@@ -68,6 +69,7 @@ def sweeper(store: Store, database_url: str, max_attempts: int = 5) -> Dispatche
         Notifier(database_url),
         "sweeper",
         settings,
+        EQUAL_SHARES,
     )
 
 

@@ -164,7 +164,7 @@ def _response(status: int, body: bytes, headers: dict[str, str] | None = None) -
 
 async def fetch_one(fetcher: Fetcher, url: str) -> dict[str, Any]:
     try:
-        body = await fetcher.fetch(url)
+        body = (await fetcher.fetch(url)).body or b""
     except ServiceError as exc:
         return {"error": type(exc).__name__, "code": grpc_code(exc).name, "message": exc.message}
     except Exception as exc:

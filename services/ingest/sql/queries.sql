@@ -14,6 +14,11 @@ INSERT INTO events (request_id, sequence, request_state, succeeded_count, failed
                     cancelled_count)
 VALUES ($1, 1, 'QUEUED', 0, 0, 0);
 
+-- name: lock_claims
+-- Claims one at a time across the fleet (until the transaction ends), so the per-tenant
+-- and per-host caps see every claim made before.
+SELECT pg_advisory_xact_lock(hashtextextended('imgpipe-claim', 0));
+
 -- name: notify_work
 SELECT pg_notify('imgpipe_work', '');
 
@@ -55,36 +60,89 @@ ORDER BY sequence
 LIMIT $3;
 
 -- name: claim_images
--- Claims up to $2 queued images for owner $1 with a lease of $3 seconds, taking them
--- round-robin across active requests, least recently served first (never served before
--- all), so a large request cannot starve a small one even when one slot frees at a time.
+-- Claims up to $2 queued images for dispatcher $1 with a lease of $3 seconds, sharing the
+-- fleet fairly: tenants (request owners) take turns first, a tenant of weight w taking w
+-- images a turn, the least recently served first; then a tenant's active requests take
+-- turns, least recently served first (never served before all), so neither a tenant with
+-- many requests nor a large request starves the others, even when one slot frees at a
+-- time. Limits, fleet-wide: a tenant's images PROCESSING at most its max_in_flight, a source
+-- host's at most $9, and nothing of a host backing off. $4, $5, $6: configured tenants, their
+-- weights and caps; $7, $8: weight and cap of any other owner (cap 0: none; $9 0: none).
 -- A claim is no event of its own (GetStatus shows the image PROCESSING; watchers hear of
 -- it when it ends): only a request that starts appends one.
 WITH active AS (
-    SELECT id, row_number() OVER (ORDER BY last_claimed_at NULLS FIRST, created_at) AS rank
-    FROM requests
-    WHERE state IN ('QUEUED', 'PROCESSING')
-    ORDER BY last_claimed_at NULLS FIRST, created_at
+    SELECT id, owner, rank, last_claimed_at, created_at FROM (
+        SELECT id, owner, last_claimed_at, created_at,
+               row_number() OVER (ORDER BY last_claimed_at NULLS FIRST, created_at) AS rank,
+               row_number() OVER (PARTITION BY owner
+                                  ORDER BY last_claimed_at NULLS FIRST, created_at) AS place
+        FROM requests
+        WHERE state IN ('QUEUED', 'PROCESSING')
+    ) r
+    WHERE place <= 32
+    ORDER BY rank
     LIMIT 256
+), tenants AS (
+    -- The tenant served least recently (by its most recent claim) comes first.
+    SELECT a.owner, coalesce(max(t.weight), $7) AS weight, coalesce(max(t.cap), $8) AS cap,
+           row_number() OVER (ORDER BY max(a.last_claimed_at) NULLS FIRST,
+                                       min(a.created_at)) AS tenant_rank
+    FROM active a
+    LEFT JOIN unnest($4::text[], $5::int[], $6::int[]) AS t(owner, weight, cap)
+        ON t.owner = a.owner
+    GROUP BY a.owner
+), tenant_busy AS (
+    SELECT r.owner, count(*) AS n
+    FROM images i JOIN requests r ON r.id = i.request_id
+    WHERE i.state = 'PROCESSING' AND r.owner IN (SELECT owner FROM tenants WHERE cap > 0)
+    GROUP BY r.owner
 ), candidates AS (
-    SELECT c.id, c.request_id, c.product_position, c.idx, a.rank
+    SELECT c.id, c.request_id, c.product_position, c.idx, c.host, a.rank, a.owner
     FROM active a
     CROSS JOIN LATERAL (
-        SELECT i.id, i.request_id, i.product_position, i.idx
+        SELECT i.id, i.request_id, i.product_position, i.idx, i.host
         FROM images i
         WHERE i.request_id = a.id AND i.state = 'QUEUED' AND i.available_at <= now()
+          AND NOT EXISTS (SELECT 1 FROM host_backoffs b
+                          WHERE b.host = i.host AND b.until > now())
+          AND ($9 = 0 OR (SELECT count(*) FROM images p
+                          WHERE p.host = i.host AND p.state = 'PROCESSING') < $9)
         ORDER BY i.product_position, i.idx
         LIMIT $2
         FOR UPDATE SKIP LOCKED
     ) c
-), picked AS (
-    SELECT id FROM (
-        SELECT id, rank,
+), host_busy AS (
+    SELECT host, count(*) AS n FROM images
+    WHERE $9 > 0 AND state = 'PROCESSING' AND host IN (SELECT host FROM candidates)
+    GROUP BY host
+), turns AS (
+    -- turn: the image's place in its request; tenant_turn: in its tenant, requests
+    -- taking turns.
+    SELECT t.id, t.owner, t.host,
+           row_number() OVER (PARTITION BY t.owner ORDER BY t.turn, t.rank) AS tenant_turn
+    FROM (
+        SELECT id, owner, host, rank,
                row_number() OVER (PARTITION BY request_id
                                   ORDER BY product_position, idx) AS turn
         FROM candidates
+    ) t
+), within_tenant_caps AS (
+    SELECT x.id, x.host, x.tenant_turn, tn.tenant_rank,
+           ceil(x.tenant_turn::numeric / tn.weight) AS round
+    FROM turns x
+    JOIN tenants tn ON tn.owner = x.owner
+    LEFT JOIN tenant_busy tb ON tb.owner = x.owner
+    WHERE tn.cap = 0 OR x.tenant_turn + coalesce(tb.n, 0) <= tn.cap
+), picked AS (
+    SELECT id FROM (
+        SELECT w.id, w.host, w.round, w.tenant_rank, w.tenant_turn,
+               row_number() OVER (PARTITION BY w.host
+                                  ORDER BY w.round, w.tenant_rank, w.tenant_turn) AS host_turn
+        FROM within_tenant_caps w
     ) ranked
-    ORDER BY turn, rank
+    LEFT JOIN host_busy hb ON hb.host = ranked.host
+    WHERE $9 = 0 OR ranked.host_turn + coalesce(hb.n, 0) <= $9
+    ORDER BY ranked.round, ranked.tenant_rank, ranked.tenant_turn
     LIMIT $2
 ), claimed AS (
     UPDATE images i
@@ -272,7 +330,7 @@ WHERE id = $1;
 
 -- name: webhook_payload
 SELECT id, state, image_count, succeeded_count, failed_count, cancelled_count,
-       result_csv_url, created_at, completed_at, webhook_url
+       result_csv_url, created_at, completed_at, webhook_url, owner
 FROM requests WHERE id = $1;
 
 -- name: release_outbox
@@ -324,3 +382,159 @@ WITH done AS (
     ON CONFLICT (request_id, kind) DO NOTHING
 )
 SELECT state FROM req;
+
+-- name: delete_request
+-- Deletes request $1 of owner $2 with everything that references it (its objects were
+-- purged just before), and queues a final purge $3 seconds from now. Images are locked
+-- before the request, in id order (the lock order); watchers are woken to find it gone.
+WITH locked AS (
+    SELECT i.id FROM images i
+    WHERE i.request_id = $1
+      AND EXISTS (SELECT 1 FROM requests r WHERE r.id = $1 AND r.owner = $2)
+    ORDER BY i.id
+    FOR UPDATE
+), gone AS (
+    DELETE FROM requests r
+    WHERE r.id = $1 AND r.owner = $2 AND (SELECT count(*) FROM locked) >= 0
+    RETURNING r.id
+), purge AS (
+    INSERT INTO object_purges (request_id, available_at, final_at)
+    SELECT id, now() + make_interval(secs => $3), now() + make_interval(secs => $3)
+    FROM gone
+    ON CONFLICT (request_id) DO UPDATE SET final_at = EXCLUDED.final_at
+    RETURNING request_id
+), notified AS (
+    SELECT pg_notify('imgpipe_events', request_id::text) FROM purge
+)
+SELECT count(*) FROM gone WHERE (SELECT count(*) FROM notified) >= 0;
+
+-- name: delete_expired_requests
+-- The retention sweep: deletes up to $2 requests that ended more than $1 seconds ago (and
+-- whose outbox work is done), queuing purges of their objects with a final pass $3 seconds
+-- from now. SKIP LOCKED: replicas sweeping at once take different requests.
+WITH doomed AS (
+    SELECT r.id FROM requests r
+    WHERE r.state NOT IN ('QUEUED', 'PROCESSING')
+      AND r.completed_at < now() - make_interval(secs => $1)
+      AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.request_id = r.id AND o.done_at IS NULL)
+    ORDER BY r.completed_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM requests r USING doomed d WHERE r.id = d.id RETURNING r.id
+), purge AS (
+    INSERT INTO object_purges (request_id, final_at)
+    SELECT id, now() + make_interval(secs => $3) FROM gone
+    ON CONFLICT (request_id) DO NOTHING
+)
+SELECT count(*) FROM gone;
+
+-- name: claim_purge
+-- Takes one due purge for $1 seconds; a crash lets the lease run out.
+UPDATE object_purges p
+SET attempts = p.attempts + 1, lease_expires_at = now() + make_interval(secs => $1)
+WHERE p.request_id = (
+    SELECT request_id FROM object_purges
+    WHERE available_at <= now() AND (lease_expires_at IS NULL OR lease_expires_at < now())
+    ORDER BY available_at
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING p.request_id;
+
+-- name: purge_done
+-- One pass over request $1's objects is done: the final one removes the row, an earlier one
+-- waits for final_at.
+WITH finished AS (
+    DELETE FROM object_purges WHERE request_id = $1 AND final_at <= now() RETURNING request_id
+)
+UPDATE object_purges
+SET available_at = final_at, lease_expires_at = NULL, last_error = ''
+WHERE request_id = $1 AND NOT EXISTS (SELECT 1 FROM finished);
+
+-- name: purge_failed
+UPDATE object_purges
+SET available_at = now() + make_interval(secs => $2), lease_expires_at = NULL, last_error = $3
+WHERE request_id = $1;
+
+-- name: take_submit_token
+-- Takes a token from principal $1's bucket (refilled at $2 a second, up to $3), unless it
+-- has less than one: one statement, so replicas calling at once count each call once.
+INSERT INTO submit_buckets AS b (principal, tokens, updated_at)
+VALUES ($1, $3::float8 - 1, now())
+ON CONFLICT (principal) DO UPDATE
+SET (tokens, denials, updated_at) = (
+    SELECT CASE WHEN r.level >= 1 THEN r.level - 1 ELSE r.level END,
+           CASE WHEN r.level >= 1 THEN 0 ELSE b.denials + 1 END,
+           now()
+    FROM (SELECT least($3::float8,
+                       b.tokens + extract(epoch FROM now() - b.updated_at)::float8 * $2)
+                 AS level) r
+)
+RETURNING tokens, denials > 0 AS denied;
+
+-- name: webhook_secrets
+-- Principal $1's secrets that still sign, newest (the current one) first.
+SELECT secret, created_at, expires_at FROM webhook_secrets
+WHERE principal = $1 AND (expires_at IS NULL OR expires_at > now())
+ORDER BY created_at DESC;
+
+-- name: add_webhook_secret
+-- A new current secret $2 for principal $1, unless one was made at the same moment.
+INSERT INTO webhook_secrets (principal, secret) VALUES ($1, $2)
+ON CONFLICT (principal) WHERE expires_at IS NULL DO NOTHING;
+
+-- name: retire_webhook_secret
+-- The current secret of principal $1 keeps signing for $2 more seconds.
+UPDATE webhook_secrets SET expires_at = now() + make_interval(secs => $2)
+WHERE principal = $1 AND expires_at IS NULL;
+
+-- name: lock_submits
+-- Serialises the Submits of principal $1 (until the transaction ends), so its quota holds.
+SELECT pg_advisory_xact_lock(hashtextextended('imgpipe-submit:' || $1, 0));
+
+-- name: queued_images
+-- Images of principal $1 not finished yet.
+SELECT coalesce(sum(image_count - succeeded_count - failed_count - cancelled_count), 0)::bigint
+FROM requests
+WHERE owner = $1 AND state IN ('QUEUED', 'PROCESSING');
+
+-- name: previous_outputs
+-- For images $1: the remembered output of the same source, owner and quality, if any.
+SELECT i.id, c.etag, c.last_modified, c.content_sha256, c.output_key, c.input_bytes,
+       c.output_bytes, c.width, c.height
+FROM images i
+JOIN requests r ON r.id = i.request_id
+JOIN source_cache c
+  ON c.owner = r.owner AND c.input_url = i.input_url AND c.quality = r.quality
+WHERE i.id = ANY($1::bigint[]);
+
+-- name: remember_source
+-- Image $1's source answered validators $2, $3 and bytes of SHA-256 $4; its output is at
+-- $5 ($6 bytes in, $7 out, $8 x $9).
+INSERT INTO source_cache (owner, input_url, quality, etag, last_modified, content_sha256,
+                          output_key, input_bytes, output_bytes, width, height)
+SELECT r.owner, i.input_url, r.quality, $2, $3, $4, $5, $6, $7, $8, $9
+FROM images i JOIN requests r ON r.id = i.request_id
+WHERE i.id = $1
+ON CONFLICT (owner, input_url, quality) DO UPDATE
+SET etag = EXCLUDED.etag, last_modified = EXCLUDED.last_modified,
+    content_sha256 = EXCLUDED.content_sha256, output_key = EXCLUDED.output_key,
+    input_bytes = EXCLUDED.input_bytes, output_bytes = EXCLUDED.output_bytes,
+    width = EXCLUDED.width, height = EXCLUDED.height, updated_at = now();
+
+-- name: forget_old_sources
+-- The retention sweep: up to $2 remembered sources not used for $1 seconds.
+DELETE FROM source_cache
+WHERE ctid IN (SELECT ctid FROM source_cache
+               WHERE updated_at < now() - make_interval(secs => $1)
+               LIMIT $2);
+
+-- name: throttle_host
+-- The host of image $1 asked to be called less: none of its images is claimed for $2 s.
+INSERT INTO host_backoffs (host, until)
+SELECT host, now() + make_interval(secs => $2) FROM images WHERE id = $1
+ON CONFLICT (host) DO UPDATE SET until = greatest(host_backoffs.until, EXCLUDED.until);
+
+-- name: forget_host_backoffs
+DELETE FROM host_backoffs WHERE until < now();

@@ -22,37 +22,52 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from imgpipe.v1 import requests_pb2 as imgpipe_dot_v1_dot_requests__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17imgpipe/v1/ingest.proto\x12\nimgpipe.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19imgpipe/v1/requests.proto\"{\n\rSubmitRequest\x12\x0b\n\x03\x63sv\x18\x01 \x01(\x0c\x12\x13\n\x0bwebhook_url\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12/\n\x07options\x18\x04 \x01(\x0b\x32\x1e.imgpipe.v1.CompressionOptions\"P\n\x0eSubmitResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rproduct_count\x18\x02 \x01(\x05\x12\x13\n\x0bimage_count\x18\x03 \x01(\x05\"M\n\x10GetStatusRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\xf0\x03\n\x11GetStatusResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.imgpipe.v1.RequestState\x12&\n\x08progress\x18\x03 \x01(\x0b\x32\x14.imgpipe.v1.Progress\x12%\n\x08products\x18\x04 \x03(\x0b\x32\x13.imgpipe.v1.Product\x12\x16\n\x0eresult_csv_url\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rcomplete_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08sequence\x18\t \x01(\x03\x12/\n\x07options\x18\n \x01(\x0b\x32\x1e.imgpipe.v1.CompressionOptions\x12,\n\x07webhook\x18\x0b \x01(\x0b\x32\x1b.imgpipe.v1.WebhookDelivery\x12\x17\n\x0fnext_page_token\x18\x0c \x01(\t\x12\x18\n\x10result_csv_error\x18\r \x01(\t\"\xd0\x02\n\x0fWebhookDelivery\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x30\n\x05state\x18\x02 \x01(\x0e\x32!.imgpipe.v1.WebhookDelivery.State\x12\x13\n\x0b\x64\x65livery_id\x18\x03 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\x05\x12\x12\n\nlast_error\x18\x05 \x01(\t\x12\x35\n\x11next_attempt_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x64\x65livered_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"X\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_PENDING\x10\x01\x12\x13\n\x0fSTATE_DELIVERED\x10\x02\x12\x10\n\x0cSTATE_FAILED\x10\x03\"@\n\x12WatchStatusRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"\xde\x01\n\x13WatchStatusResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.imgpipe.v1.RequestState\x12&\n\x08progress\x18\x03 \x01(\x0b\x32\x14.imgpipe.v1.Progress\x12&\n\x05image\x18\x04 \x01(\x0b\x32\x17.imgpipe.v1.ImageUpdate\x12\x16\n\x0eresult_csv_url\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x10\n\x08snapshot\x18\x07 \x01(\x08\"#\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"u\n\x0e\x43\x61ncelResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.imgpipe.v1.RequestState\x12&\n\x08progress\x18\x03 \x01(\x0b\x32\x14.imgpipe.v1.Progress2\xad\x02\n\rIngestService\x12?\n\x06Submit\x12\x19.imgpipe.v1.SubmitRequest\x1a\x1a.imgpipe.v1.SubmitResponse\x12H\n\tGetStatus\x12\x1c.imgpipe.v1.GetStatusRequest\x1a\x1d.imgpipe.v1.GetStatusResponse\x12P\n\x0bWatchStatus\x12\x1e.imgpipe.v1.WatchStatusRequest\x1a\x1f.imgpipe.v1.WatchStatusResponse0\x01\x12?\n\x06\x43\x61ncel\x12\x19.imgpipe.v1.CancelRequest\x1a\x1a.imgpipe.v1.CancelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17imgpipe/v1/ingest.proto\x12\nimgpipe.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19imgpipe/v1/requests.proto\"{\n\rSubmitRequest\x12\x0b\n\x03\x63sv\x18\x01 \x01(\x0c\x12\x13\n\x0bwebhook_url\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12/\n\x07options\x18\x04 \x01(\x0b\x32\x1e.imgpipe.v1.CompressionOptions\"P\n\x0eSubmitResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rproduct_count\x18\x02 \x01(\x05\x12\x13\n\x0bimage_count\x18\x03 \x01(\x05\"M\n\x10GetStatusRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\xf0\x03\n\x11GetStatusResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.imgpipe.v1.RequestState\x12&\n\x08progress\x18\x03 \x01(\x0b\x32\x14.imgpipe.v1.Progress\x12%\n\x08products\x18\x04 \x03(\x0b\x32\x13.imgpipe.v1.Product\x12\x16\n\x0eresult_csv_url\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rcomplete_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08sequence\x18\t \x01(\x03\x12/\n\x07options\x18\n \x01(\x0b\x32\x1e.imgpipe.v1.CompressionOptions\x12,\n\x07webhook\x18\x0b \x01(\x0b\x32\x1b.imgpipe.v1.WebhookDelivery\x12\x17\n\x0fnext_page_token\x18\x0c \x01(\t\x12\x18\n\x10result_csv_error\x18\r \x01(\t\"\xd0\x02\n\x0fWebhookDelivery\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x30\n\x05state\x18\x02 \x01(\x0e\x32!.imgpipe.v1.WebhookDelivery.State\x12\x13\n\x0b\x64\x65livery_id\x18\x03 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\x05\x12\x12\n\nlast_error\x18\x05 \x01(\t\x12\x35\n\x11next_attempt_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x64\x65livered_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"X\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_PENDING\x10\x01\x12\x13\n\x0fSTATE_DELIVERED\x10\x02\x12\x10\n\x0cSTATE_FAILED\x10\x03\"@\n\x12WatchStatusRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"\xde\x01\n\x13WatchStatusResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.imgpipe.v1.RequestState\x12&\n\x08progress\x18\x03 \x01(\x0b\x32\x14.imgpipe.v1.Progress\x12&\n\x05image\x18\x04 \x01(\x0b\x32\x17.imgpipe.v1.ImageUpdate\x12\x16\n\x0eresult_csv_url\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x10\n\x08snapshot\x18\x07 \x01(\x08\"#\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"u\n\x0e\x43\x61ncelResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.imgpipe.v1.RequestState\x12&\n\x08progress\x18\x03 \x01(\x0b\x32\x14.imgpipe.v1.Progress\"*\n\x14\x44\x65leteRequestRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteRequestResponse\"\x81\x01\n\rWebhookSecret\x12\x0e\n\x06secret\x18\x01 \x01(\t\x12/\n\x0b\x63reate_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1a\n\x18GetWebhookSecretsRequest\"G\n\x19GetWebhookSecretsResponse\x12*\n\x07secrets\x18\x01 \x03(\x0b\x32\x19.imgpipe.v1.WebhookSecret\"H\n\x1aRotateWebhookSecretRequest\x12*\n\x07overlap\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"I\n\x1bRotateWebhookSecretResponse\x12*\n\x07secrets\x18\x01 \x03(\x0b\x32\x19.imgpipe.v1.WebhookSecret2\xcd\x04\n\rIngestService\x12?\n\x06Submit\x12\x19.imgpipe.v1.SubmitRequest\x1a\x1a.imgpipe.v1.SubmitResponse\x12H\n\tGetStatus\x12\x1c.imgpipe.v1.GetStatusRequest\x1a\x1d.imgpipe.v1.GetStatusResponse\x12P\n\x0bWatchStatus\x12\x1e.imgpipe.v1.WatchStatusRequest\x1a\x1f.imgpipe.v1.WatchStatusResponse0\x01\x12?\n\x06\x43\x61ncel\x12\x19.imgpipe.v1.CancelRequest\x1a\x1a.imgpipe.v1.CancelResponse\x12T\n\rDeleteRequest\x12 .imgpipe.v1.DeleteRequestRequest\x1a!.imgpipe.v1.DeleteRequestResponse\x12`\n\x11GetWebhookSecrets\x12$.imgpipe.v1.GetWebhookSecretsRequest\x1a%.imgpipe.v1.GetWebhookSecretsResponse\x12\x66\n\x13RotateWebhookSecret\x12&.imgpipe.v1.RotateWebhookSecretRequest\x1a\'.imgpipe.v1.RotateWebhookSecretResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'imgpipe.v1.ingest_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SUBMITREQUEST']._serialized_start=99
-  _globals['_SUBMITREQUEST']._serialized_end=222
-  _globals['_SUBMITRESPONSE']._serialized_start=224
-  _globals['_SUBMITRESPONSE']._serialized_end=304
-  _globals['_GETSTATUSREQUEST']._serialized_start=306
-  _globals['_GETSTATUSREQUEST']._serialized_end=383
-  _globals['_GETSTATUSRESPONSE']._serialized_start=386
-  _globals['_GETSTATUSRESPONSE']._serialized_end=882
-  _globals['_WEBHOOKDELIVERY']._serialized_start=885
-  _globals['_WEBHOOKDELIVERY']._serialized_end=1221
-  _globals['_WEBHOOKDELIVERY_STATE']._serialized_start=1133
-  _globals['_WEBHOOKDELIVERY_STATE']._serialized_end=1221
-  _globals['_WATCHSTATUSREQUEST']._serialized_start=1223
-  _globals['_WATCHSTATUSREQUEST']._serialized_end=1287
-  _globals['_WATCHSTATUSRESPONSE']._serialized_start=1290
-  _globals['_WATCHSTATUSRESPONSE']._serialized_end=1512
-  _globals['_CANCELREQUEST']._serialized_start=1514
-  _globals['_CANCELREQUEST']._serialized_end=1549
-  _globals['_CANCELRESPONSE']._serialized_start=1551
-  _globals['_CANCELRESPONSE']._serialized_end=1668
-  _globals['_INGESTSERVICE']._serialized_start=1671
-  _globals['_INGESTSERVICE']._serialized_end=1972
+  _globals['_SUBMITREQUEST']._serialized_start=131
+  _globals['_SUBMITREQUEST']._serialized_end=254
+  _globals['_SUBMITRESPONSE']._serialized_start=256
+  _globals['_SUBMITRESPONSE']._serialized_end=336
+  _globals['_GETSTATUSREQUEST']._serialized_start=338
+  _globals['_GETSTATUSREQUEST']._serialized_end=415
+  _globals['_GETSTATUSRESPONSE']._serialized_start=418
+  _globals['_GETSTATUSRESPONSE']._serialized_end=914
+  _globals['_WEBHOOKDELIVERY']._serialized_start=917
+  _globals['_WEBHOOKDELIVERY']._serialized_end=1253
+  _globals['_WEBHOOKDELIVERY_STATE']._serialized_start=1165
+  _globals['_WEBHOOKDELIVERY_STATE']._serialized_end=1253
+  _globals['_WATCHSTATUSREQUEST']._serialized_start=1255
+  _globals['_WATCHSTATUSREQUEST']._serialized_end=1319
+  _globals['_WATCHSTATUSRESPONSE']._serialized_start=1322
+  _globals['_WATCHSTATUSRESPONSE']._serialized_end=1544
+  _globals['_CANCELREQUEST']._serialized_start=1546
+  _globals['_CANCELREQUEST']._serialized_end=1581
+  _globals['_CANCELRESPONSE']._serialized_start=1583
+  _globals['_CANCELRESPONSE']._serialized_end=1700
+  _globals['_DELETEREQUESTREQUEST']._serialized_start=1702
+  _globals['_DELETEREQUESTREQUEST']._serialized_end=1744
+  _globals['_DELETEREQUESTRESPONSE']._serialized_start=1746
+  _globals['_DELETEREQUESTRESPONSE']._serialized_end=1769
+  _globals['_WEBHOOKSECRET']._serialized_start=1772
+  _globals['_WEBHOOKSECRET']._serialized_end=1901
+  _globals['_GETWEBHOOKSECRETSREQUEST']._serialized_start=1903
+  _globals['_GETWEBHOOKSECRETSREQUEST']._serialized_end=1929
+  _globals['_GETWEBHOOKSECRETSRESPONSE']._serialized_start=1931
+  _globals['_GETWEBHOOKSECRETSRESPONSE']._serialized_end=2002
+  _globals['_ROTATEWEBHOOKSECRETREQUEST']._serialized_start=2004
+  _globals['_ROTATEWEBHOOKSECRETREQUEST']._serialized_end=2076
+  _globals['_ROTATEWEBHOOKSECRETRESPONSE']._serialized_start=2078
+  _globals['_ROTATEWEBHOOKSECRETRESPONSE']._serialized_end=2151
+  _globals['_INGESTSERVICE']._serialized_start=2154
+  _globals['_INGESTSERVICE']._serialized_end=2743
 # @@protoc_insertion_point(module_scope)

@@ -56,6 +56,21 @@ class IngestServiceStub:
                 request_serializer=imgpipe_dot_v1_dot_ingest__pb2.CancelRequest.SerializeToString,
                 response_deserializer=imgpipe_dot_v1_dot_ingest__pb2.CancelResponse.FromString,
                 _registered_method=True)
+        self.DeleteRequest = channel.unary_unary(
+                '/imgpipe.v1.IngestService/DeleteRequest',
+                request_serializer=imgpipe_dot_v1_dot_ingest__pb2.DeleteRequestRequest.SerializeToString,
+                response_deserializer=imgpipe_dot_v1_dot_ingest__pb2.DeleteRequestResponse.FromString,
+                _registered_method=True)
+        self.GetWebhookSecrets = channel.unary_unary(
+                '/imgpipe.v1.IngestService/GetWebhookSecrets',
+                request_serializer=imgpipe_dot_v1_dot_ingest__pb2.GetWebhookSecretsRequest.SerializeToString,
+                response_deserializer=imgpipe_dot_v1_dot_ingest__pb2.GetWebhookSecretsResponse.FromString,
+                _registered_method=True)
+        self.RotateWebhookSecret = channel.unary_unary(
+                '/imgpipe.v1.IngestService/RotateWebhookSecret',
+                request_serializer=imgpipe_dot_v1_dot_ingest__pb2.RotateWebhookSecretRequest.SerializeToString,
+                response_deserializer=imgpipe_dot_v1_dot_ingest__pb2.RotateWebhookSecretResponse.FromString,
+                _registered_method=True)
 
 
 class IngestServiceServicer:
@@ -93,6 +108,31 @@ class IngestServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteRequest(self, request, context):
+        """DeleteRequest cancels a request if it is running and deletes its rows and every object
+        it stored (outputs and result CSV); afterwards GetStatus is NOT_FOUND, and so is
+        deleting it again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetWebhookSecrets(self, request, context):
+        """GetWebhookSecrets returns the caller's webhook signing secrets (Standard Webhooks
+        `whsec_...`), the current one first, then any that still sign after a rotation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateWebhookSecret(self, request, context):
+        """RotateWebhookSecret makes a new current secret; the one it replaces keeps signing
+        deliveries (beside the new one) for the overlap.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IngestServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -115,6 +155,21 @@ def add_IngestServiceServicer_to_server(servicer, server):
                     servicer.Cancel,
                     request_deserializer=imgpipe_dot_v1_dot_ingest__pb2.CancelRequest.FromString,
                     response_serializer=imgpipe_dot_v1_dot_ingest__pb2.CancelResponse.SerializeToString,
+            ),
+            'DeleteRequest': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRequest,
+                    request_deserializer=imgpipe_dot_v1_dot_ingest__pb2.DeleteRequestRequest.FromString,
+                    response_serializer=imgpipe_dot_v1_dot_ingest__pb2.DeleteRequestResponse.SerializeToString,
+            ),
+            'GetWebhookSecrets': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWebhookSecrets,
+                    request_deserializer=imgpipe_dot_v1_dot_ingest__pb2.GetWebhookSecretsRequest.FromString,
+                    response_serializer=imgpipe_dot_v1_dot_ingest__pb2.GetWebhookSecretsResponse.SerializeToString,
+            ),
+            'RotateWebhookSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateWebhookSecret,
+                    request_deserializer=imgpipe_dot_v1_dot_ingest__pb2.RotateWebhookSecretRequest.FromString,
+                    response_serializer=imgpipe_dot_v1_dot_ingest__pb2.RotateWebhookSecretResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -227,6 +282,87 @@ class IngestService:
             '/imgpipe.v1.IngestService/Cancel',
             imgpipe_dot_v1_dot_ingest__pb2.CancelRequest.SerializeToString,
             imgpipe_dot_v1_dot_ingest__pb2.CancelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRequest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imgpipe.v1.IngestService/DeleteRequest',
+            imgpipe_dot_v1_dot_ingest__pb2.DeleteRequestRequest.SerializeToString,
+            imgpipe_dot_v1_dot_ingest__pb2.DeleteRequestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWebhookSecrets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imgpipe.v1.IngestService/GetWebhookSecrets',
+            imgpipe_dot_v1_dot_ingest__pb2.GetWebhookSecretsRequest.SerializeToString,
+            imgpipe_dot_v1_dot_ingest__pb2.GetWebhookSecretsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateWebhookSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imgpipe.v1.IngestService/RotateWebhookSecret',
+            imgpipe_dot_v1_dot_ingest__pb2.RotateWebhookSecretRequest.SerializeToString,
+            imgpipe_dot_v1_dot_ingest__pb2.RotateWebhookSecretResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,19 @@ class IngestServiceStub:
     """
     Cancel: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.CancelRequest, _ingest_pb2.CancelResponse]
     """Cancel stops a request: queued images become CANCELLED, results in flight are dropped."""
+    DeleteRequest: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.DeleteRequestRequest, _ingest_pb2.DeleteRequestResponse]
+    """DeleteRequest cancels a request if it is running and deletes its rows and every object
+    it stored (outputs and result CSV); afterwards GetStatus is NOT_FOUND, and so is
+    deleting it again.
+    """
+    GetWebhookSecrets: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.GetWebhookSecretsRequest, _ingest_pb2.GetWebhookSecretsResponse]
+    """GetWebhookSecrets returns the caller's webhook signing secrets (Standard Webhooks
+    `whsec_...`), the current one first, then any that still sign after a rotation.
+    """
+    RotateWebhookSecret: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.RotateWebhookSecretRequest, _ingest_pb2.RotateWebhookSecretResponse]
+    """RotateWebhookSecret makes a new current secret; the one it replaces keeps signing
+    deliveries (beside the new one) for the overlap.
+    """
 
 @_typing.type_check_only
 class IngestServiceAsyncStub(IngestServiceStub):
@@ -67,6 +80,19 @@ class IngestServiceAsyncStub(IngestServiceStub):
     """
     Cancel: _aio.UnaryUnaryMultiCallable[_ingest_pb2.CancelRequest, _ingest_pb2.CancelResponse]  # type: ignore[assignment]
     """Cancel stops a request: queued images become CANCELLED, results in flight are dropped."""
+    DeleteRequest: _aio.UnaryUnaryMultiCallable[_ingest_pb2.DeleteRequestRequest, _ingest_pb2.DeleteRequestResponse]  # type: ignore[assignment]
+    """DeleteRequest cancels a request if it is running and deletes its rows and every object
+    it stored (outputs and result CSV); afterwards GetStatus is NOT_FOUND, and so is
+    deleting it again.
+    """
+    GetWebhookSecrets: _aio.UnaryUnaryMultiCallable[_ingest_pb2.GetWebhookSecretsRequest, _ingest_pb2.GetWebhookSecretsResponse]  # type: ignore[assignment]
+    """GetWebhookSecrets returns the caller's webhook signing secrets (Standard Webhooks
+    `whsec_...`), the current one first, then any that still sign after a rotation.
+    """
+    RotateWebhookSecret: _aio.UnaryUnaryMultiCallable[_ingest_pb2.RotateWebhookSecretRequest, _ingest_pb2.RotateWebhookSecretResponse]  # type: ignore[assignment]
+    """RotateWebhookSecret makes a new current secret; the one it replaces keeps signing
+    deliveries (beside the new one) for the overlap.
+    """
 
 class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
     """IngestService takes CSV files of products and image URLs, and reports how their
@@ -108,5 +134,36 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_ingest_pb2.CancelResponse, _abc.Awaitable[_ingest_pb2.CancelResponse]]:
         """Cancel stops a request: queued images become CANCELLED, results in flight are dropped."""
+
+    @_abc_1.abstractmethod
+    def DeleteRequest(
+        self,
+        request: _ingest_pb2.DeleteRequestRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_pb2.DeleteRequestResponse, _abc.Awaitable[_ingest_pb2.DeleteRequestResponse]]:
+        """DeleteRequest cancels a request if it is running and deletes its rows and every object
+        it stored (outputs and result CSV); afterwards GetStatus is NOT_FOUND, and so is
+        deleting it again.
+        """
+
+    @_abc_1.abstractmethod
+    def GetWebhookSecrets(
+        self,
+        request: _ingest_pb2.GetWebhookSecretsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_pb2.GetWebhookSecretsResponse, _abc.Awaitable[_ingest_pb2.GetWebhookSecretsResponse]]:
+        """GetWebhookSecrets returns the caller's webhook signing secrets (Standard Webhooks
+        `whsec_...`), the current one first, then any that still sign after a rotation.
+        """
+
+    @_abc_1.abstractmethod
+    def RotateWebhookSecret(
+        self,
+        request: _ingest_pb2.RotateWebhookSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_pb2.RotateWebhookSecretResponse, _abc.Awaitable[_ingest_pb2.RotateWebhookSecretResponse]]:
+        """RotateWebhookSecret makes a new current secret; the one it replaces keeps signing
+        deliveries (beside the new one) for the overlap.
+        """
 
 def add_IngestServiceServicer_to_server(servicer: IngestServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

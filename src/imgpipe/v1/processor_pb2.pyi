@@ -24,26 +24,79 @@ class ProcessImageRequest(_message.Message):
     SOURCE_URL_FIELD_NUMBER: _builtins.int
     OUTPUT_KEY_FIELD_NUMBER: _builtins.int
     OPTIONS_FIELD_NUMBER: _builtins.int
+    PREVIOUS_FIELD_NUMBER: _builtins.int
     source_url: _builtins.str
     """An absolute http(s) URL."""
     output_key: _builtins.str
     """Where the output goes, under the storage URL's prefix: {request_id}/{serial}-{index}.jpg"""
     @_builtins.property
     def options(self) -> _requests_pb2.CompressionOptions: ...
+    @_builtins.property
+    def previous(self) -> Global___PreviousOutput:
+        """The output of an earlier fetch of the same source with the same options, if ingest
+        remembers one: the source is fetched conditionally, and when it is unchanged (304, or
+        the same bytes) that output is copied to output_key in storage instead of encoding
+        again.
+        """
+
     def __init__(
         self,
         *,
         source_url: _builtins.str = ...,
         output_key: _builtins.str = ...,
         options: _requests_pb2.CompressionOptions | None = ...,
+        previous: Global___PreviousOutput | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["options", b"options"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["options", b"options", "previous", b"previous"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["options", b"options", "output_key", b"output_key", "source_url", b"source_url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["options", b"options", "output_key", b"output_key", "previous", b"previous", "source_url", b"source_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ProcessImageRequest: _TypeAlias = ProcessImageRequest  # noqa: Y015
+
+@_typing.final
+class PreviousOutput(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ETAG_FIELD_NUMBER: _builtins.int
+    LAST_MODIFIED_FIELD_NUMBER: _builtins.int
+    CONTENT_SHA256_FIELD_NUMBER: _builtins.int
+    OUTPUT_KEY_FIELD_NUMBER: _builtins.int
+    INPUT_BYTES_FIELD_NUMBER: _builtins.int
+    OUTPUT_BYTES_FIELD_NUMBER: _builtins.int
+    WIDTH_FIELD_NUMBER: _builtins.int
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    etag: _builtins.str
+    """The validators the source answered with."""
+    last_modified: _builtins.str
+    content_sha256: _builtins.bytes
+    """SHA-256 of the source bytes."""
+    output_key: _builtins.str
+    """The output made from them, under the storage URL's prefix."""
+    input_bytes: _builtins.int
+    output_bytes: _builtins.int
+    width: _builtins.int
+    height: _builtins.int
+    def __init__(
+        self,
+        *,
+        etag: _builtins.str = ...,
+        last_modified: _builtins.str = ...,
+        content_sha256: _builtins.bytes = ...,
+        output_key: _builtins.str = ...,
+        input_bytes: _builtins.int = ...,
+        output_bytes: _builtins.int = ...,
+        width: _builtins.int = ...,
+        height: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_sha256", b"content_sha256", "etag", b"etag", "height", b"height", "input_bytes", b"input_bytes", "last_modified", b"last_modified", "output_bytes", b"output_bytes", "output_key", b"output_key", "width", b"width"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreviousOutput: _TypeAlias = PreviousOutput  # noqa: Y015
 
 @_typing.final
 class ProcessImageResponse(_message.Message):
@@ -57,6 +110,10 @@ class ProcessImageResponse(_message.Message):
     HEIGHT_FIELD_NUMBER: _builtins.int
     CONTENT_TYPE_FIELD_NUMBER: _builtins.int
     SOURCE_FORMAT_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    LAST_MODIFIED_FIELD_NUMBER: _builtins.int
+    CONTENT_SHA256_FIELD_NUMBER: _builtins.int
+    REUSED_FIELD_NUMBER: _builtins.int
     output_key: _builtins.str
     output_url: _builtins.str
     input_bytes: _builtins.int
@@ -66,7 +123,13 @@ class ProcessImageResponse(_message.Message):
     content_type: _builtins.str
     """The content type of the output, image/jpeg."""
     source_format: _builtins.str
-    """The format the source was decoded as (JPEG, PNG, ...)."""
+    """The format the source was decoded as (JPEG, PNG, ...); empty when reused."""
+    etag: _builtins.str
+    """The source's validators and the SHA-256 of its bytes, for the next conditional fetch."""
+    last_modified: _builtins.str
+    content_sha256: _builtins.bytes
+    reused: _builtins.bool
+    """True when the previous output was copied, not encoded again."""
     def __init__(
         self,
         *,
@@ -78,10 +141,14 @@ class ProcessImageResponse(_message.Message):
         height: _builtins.int = ...,
         content_type: _builtins.str = ...,
         source_format: _builtins.str = ...,
+        etag: _builtins.str = ...,
+        last_modified: _builtins.str = ...,
+        content_sha256: _builtins.bytes = ...,
+        reused: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_type", b"content_type", "height", b"height", "input_bytes", b"input_bytes", "output_bytes", b"output_bytes", "output_key", b"output_key", "output_url", b"output_url", "source_format", b"source_format", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_sha256", b"content_sha256", "content_type", b"content_type", "etag", b"etag", "height", b"height", "input_bytes", b"input_bytes", "last_modified", b"last_modified", "output_bytes", b"output_bytes", "output_key", b"output_key", "output_url", b"output_url", "reused", b"reused", "source_format", b"source_format", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

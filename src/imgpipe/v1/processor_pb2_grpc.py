@@ -51,7 +51,9 @@ class ProcessorServiceServicer:
     def ProcessImage(self, request, context):
         """ProcessImage fails with INVALID_ARGUMENT or FAILED_PRECONDITION when retrying cannot
         help (404, not an image, too large, blocked address), with UNAVAILABLE when it can,
-        and with RESOURCE_EXHAUSTED when the processor is full.
+        and with RESOURCE_EXHAUSTED when the processor is full. UNAVAILABLE with a
+        google.rpc.RetryInfo means the source host asked to be called less (429 or 503, with its
+        Retry-After): ingest delays that host's images without spending their attempts.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -38,7 +38,9 @@ class ProcessorServiceStub:
     ProcessImage: _grpc.UnaryUnaryMultiCallable[_processor_pb2.ProcessImageRequest, _processor_pb2.ProcessImageResponse]
     """ProcessImage fails with INVALID_ARGUMENT or FAILED_PRECONDITION when retrying cannot
     help (404, not an image, too large, blocked address), with UNAVAILABLE when it can,
-    and with RESOURCE_EXHAUSTED when the processor is full.
+    and with RESOURCE_EXHAUSTED when the processor is full. UNAVAILABLE with a
+    google.rpc.RetryInfo means the source host asked to be called less (429 or 503, with its
+    Retry-After): ingest delays that host's images without spending their attempts.
     """
 
 @_typing.type_check_only
@@ -51,7 +53,9 @@ class ProcessorServiceAsyncStub(ProcessorServiceStub):
     ProcessImage: _aio.UnaryUnaryMultiCallable[_processor_pb2.ProcessImageRequest, _processor_pb2.ProcessImageResponse]  # type: ignore[assignment]
     """ProcessImage fails with INVALID_ARGUMENT or FAILED_PRECONDITION when retrying cannot
     help (404, not an image, too large, blocked address), with UNAVAILABLE when it can,
-    and with RESOURCE_EXHAUSTED when the processor is full.
+    and with RESOURCE_EXHAUSTED when the processor is full. UNAVAILABLE with a
+    google.rpc.RetryInfo means the source host asked to be called less (429 or 503, with its
+    Retry-After): ingest delays that host's images without spending their attempts.
     """
 
 class ProcessorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -67,7 +71,9 @@ class ProcessorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_processor_pb2.ProcessImageResponse, _abc.Awaitable[_processor_pb2.ProcessImageResponse]]:
         """ProcessImage fails with INVALID_ARGUMENT or FAILED_PRECONDITION when retrying cannot
         help (404, not an image, too large, blocked address), with UNAVAILABLE when it can,
-        and with RESOURCE_EXHAUSTED when the processor is full.
+        and with RESOURCE_EXHAUSTED when the processor is full. UNAVAILABLE with a
+        google.rpc.RetryInfo means the source host asked to be called less (429 or 503, with its
+        Retry-After): ingest delays that host's images without spending their attempts.
         """
 
 def add_ProcessorServiceServicer_to_server(servicer: ProcessorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
