@@ -641,8 +641,10 @@ async def run_schemathesis(base_url: str, tmp_path: Path) -> None:
         "unsupported_method",
         "--max-examples",
         "15",
+        # Not its "coverage" phase: on this schema it crashes inside schemathesis 4.32 on
+        # CPython 3.11.7 ("SystemError: AST constructor recursion depth mismatch").
         "--phases",
-        "examples,coverage,fuzzing,stateful",
+        "examples,fuzzing,stateful",
         "--workers",
         "2",
         "--request-timeout",
