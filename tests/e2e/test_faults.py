@@ -224,7 +224,8 @@ def test_transient_failures_are_retried_and_permanent_ones_are_not(
     database_url: str, s3_env: dict[str, str], image_server: ImageServer, tmp_path: Path
 ) -> None:
     flaky, good = serve_batch(image_server, 2)
-    image_server.fail_first("/batch/0.jpg", 500, 503)
+    # 500 and 502 spend attempts; a 429 or 503 would be a throttle, retried for free.
+    image_server.fail_first("/batch/0.jpg", 500, 502)
     missing = image_server.url("/missing.jpg")
     csv = batch_csv([flaky, missing, good])
     with stack_for(database_url, s3_env, tmp_path) as stack:
