@@ -230,7 +230,12 @@ class Pipeline:
 
     def _copy(self, source_key: str, key: str) -> str:
         """Blocking: runs in the storage executor."""
-        self._storage.copy(source_key, key)
+        if source_key == key:
+            # A retry of this very image (its earlier attempt stored it, then the result was
+            # lost): the output is in place already. S3 refuses a copy onto itself.
+            self._storage.get(key)  # KeyError when it is gone
+        else:
+            self._storage.copy(source_key, key)
         return self._storage.url_for(key)
 
     def _store(self, key: str, jpeg: bytes) -> str:

@@ -81,7 +81,13 @@ def expected_keys(request_id: str, count: int, per_row: int = 4) -> set[str]:
 
 def assert_complete_exactly_once(dsn: str, target: str, request_id: str, count: int) -> None:
     final = wait_terminal(target, request_id)
-    assert final.state == requests_pb2.REQUEST_STATE_COMPLETED, final.progress
+    failed = [
+        (image.input_url, image.attempts, image.error)
+        for product in final.products
+        for image in product.images
+        if image.state != requests_pb2.IMAGE_STATE_SUCCEEDED
+    ]
+    assert final.state == requests_pb2.REQUEST_STATE_COMPLETED, failed
     assert final.progress.succeeded_images == count
     terminal = terminal_events_per_image(dsn, request_id)
     assert len(terminal) == count
