@@ -17,6 +17,7 @@ from devstack.image_server import ImageServer
 from devstack.ports import free_port
 from devstack.postgres import PostgresServer, postgres
 from imgpipe.common.config import S3Settings
+from imgpipe.common.storage import Storage, open_storage
 from support import pg
 from support.ingest_harness import IngestFactory
 from support.pki import make_pki
@@ -94,3 +95,9 @@ async def start_ingest(database_url: str, tmp_path: Path) -> AsyncIterator[Inges
 def pki(tmp_path: Path) -> dict[str, Path]:
     """A CA and the server and client certificates it signs, as PEM files in tmp_path."""
     return make_pki(tmp_path)
+
+
+@pytest.fixture
+def storage(s3_env: dict[str, str]) -> Storage:
+    """The S3 storage of s3_env, as the services open it."""
+    return open_storage(s3_env["IMGPIPE_STORAGE_URL"], S3Settings.from_env(s3_env))

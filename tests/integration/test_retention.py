@@ -15,8 +15,7 @@ import pytest
 
 from devstack.image_server import ImageServer
 from devstack.sample_images import sample
-from imgpipe.common.config import S3Settings
-from imgpipe.common.storage import Storage, open_storage
+from imgpipe.common.storage import Storage
 from imgpipe.v1 import ingest_pb2
 from support.batch import TERMINAL
 from support.csv_files import batch_csv
@@ -45,11 +44,6 @@ async def ingest(database_url: str, s3_env: dict[str, str]) -> AsyncIterator[Run
         }
         async with running_ingest(env) as running:
             yield running
-
-
-@pytest.fixture
-def storage(s3_env: dict[str, str]) -> Storage:
-    return open_storage(s3_env["IMGPIPE_STORAGE_URL"], S3Settings.from_env(s3_env))
 
 
 def bearer(token: str = "alpha-token") -> tuple[tuple[str, str]]:

@@ -11,8 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from devstack.sample_images import sample
-from imgpipe.common.config import S3Settings
-from imgpipe.common.storage import Storage, open_storage
+from imgpipe.common.storage import Storage
 from imgpipe.v1 import ingest_pb2, requests_pb2
 from support.batch import TERMINAL
 from support.csv_files import batch_csv
@@ -39,11 +38,6 @@ async def ingest(database_url: str, s3_env: dict[str, str]) -> AsyncIterator[Run
         }
         async with running_ingest(env) as running:
             yield running
-
-
-@pytest.fixture
-def storage(s3_env: dict[str, str]) -> Storage:
-    return open_storage(s3_env["IMGPIPE_STORAGE_URL"], S3Settings.from_env(s3_env))
 
 
 async def run(ingest: RunningIngest, csv: bytes) -> ingest_pb2.GetStatusResponse:
