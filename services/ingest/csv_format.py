@@ -158,9 +158,10 @@ def result_csv_line(row: ResultRow) -> bytes:
     """One product's line of the result CSV, so it can be written a line at a time."""
     if len(row.input_urls) != len(row.output_urls):
         raise ValueError(f"product {row.serial_number}: not one output URL per input URL")
+    # URL cells are written verbatim: programs join them with their inputs, and each URL
+    # was checked to start with http(s)://, so no cell starts a formula.
     inputs, outputs = ",".join(row.input_urls), ",".join(row.output_urls)
-    cells = (str(row.serial_number), row.product_name, inputs, outputs)
-    return _csv_line([neutralised(c) for c in cells])
+    return _csv_line([str(row.serial_number), neutralised(row.product_name), inputs, outputs])
 
 
 def _csv_line(cells: Sequence[str]) -> bytes:

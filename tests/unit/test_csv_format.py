@@ -587,6 +587,13 @@ def test_result_csv_keeps_harmless_names(name: str) -> None:
     assert row[1] == name
 
 
+def test_result_csv_writes_urls_verbatim() -> None:
+    """A program matches outputs to inputs by URL, so URLs are not neutralised."""
+    url = "http://a.test/x;@b?q=1;=c"
+    (_, row) = csv.reader(io.StringIO(result_csv([ResultRow(1, "s", [url], [url])]).decode()))
+    assert row[2:] == [url, url]
+
+
 def test_result_csv_needs_an_output_per_input() -> None:
     with pytest.raises(ValueError, match="product 1: not one output URL per input URL"):
         result_csv([ResultRow(1, "Shoe", [A, B], [""])])
