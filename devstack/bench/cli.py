@@ -1,4 +1,4 @@
-"""`python -m devstack.bench [--quick] [--json PATH] [--profile] [--keep]`."""
+"""`python -m devstack.bench [--quick] [--only SECTION ...] [--json PATH] [--profile] [--keep]`."""
 
 from __future__ import annotations
 
@@ -56,6 +56,14 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m devstack.bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes and counts (tests)")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=sorted(TITLES),
+        default=sorted(TITLES),
+        metavar="SECTION",
+        help=f"run only these sections ({', '.join(sorted(TITLES))})",
+    )
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write JSON")
     parser.add_argument(
         "--profile", action="store_true", help="py-spy a processor (e2e) and ingest (dispatch)"
@@ -65,8 +73,16 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 class Runner:
-    def __init__(self, config: Config, workdir: Path, profile: bool, profile_dir: Path) -> None:
+    def __init__(
+        self,
+        config: Config,
+        workdir: Path,
+        profile: bool,
+        profile_dir: Path,
+        only: Sequence[str] = tuple(TITLES),
+    ) -> None:
         self.config = config
+        self.only = frozenset(only)
         self.workdir = workdir
         self.profile = profile
         self.profile_dir = profile_dir
@@ -92,6 +108,8 @@ class Runner:
             section.other_cpu += max(0.0, busy - (procstat.own_seconds(roots) - own))
 
     def guarded(self, key: str, fn: Callable[[Section], None]) -> None:
+        if key not in self.only:
+            return
         with self.section(key) as section:
             fn(section)
 
@@ -114,8 +132,19 @@ class Runner:
         self.guarded("photos", lambda s: photos.photos_section(config.codec_seconds, s))
         self.guarded("output", lambda s: offline.quality_section(config, corpus, s))
         bare: dict[str, tuple[list[float], list[float]]] = {}
-        with self.section("e2e"):
-            bare = offline.bare_pool_rates(config, corpus, cores)
+        if "e2e" in self.only:
+            with self.section("e2e"):
+                bare = offline.bare_pool_rates(config, corpus, cores)
+        if not self.only & {
+            "e2e",
+            "dispatch",
+            "memory",
+            "watchers",
+            "scaling",
+            "submit",
+            "politeness",
+        }:
+            return
         # Always a private cluster: its CPU can be measured, and nothing else runs on it.
         with postgres(None) as database, ImageServer() as images:
             for sources in corpus.values():
@@ -131,30 +160,43 @@ class Runner:
         corpus: dict[str, list[Source]],
         bare: dict[str, tuple[list[float], list[float]]],
     ) -> None:
-        config, s = self.config, self.sections
-        with h.stack("e2e", config.processors) as run:
+        config, s, only = self.config, self.sections, self.only
+        e2e_wanted = "e2e" in only
+        if only & {"e2e", "dispatch"}:
+            with h.stack("e2e", config.processors) as run:
+                if e2e_wanted:
+                    with (
+                        self.section("e2e") as e2e,
+                        self.profiled(run.processor_pids[0], "processor-e2e", "processor-1, e2e"),
+                    ):
+                        pipeline.e2e_section(config, h, corpus, run, bare, e2e, s["memory"])
+                if "dispatch" in only:
+                    with self.section("dispatch") as dispatch:
+                        self._dispatch(h, corpus, run, dispatch)
+        if e2e_wanted:
             with (
+                h.stack("malloc", config.processors, ARENA_ENV) as run,
                 self.section("e2e") as e2e,
-                self.profiled(run.processor_pids[0], "processor-e2e", "processor-1, e2e"),
             ):
-                pipeline.e2e_section(config, h, corpus, run, bare, e2e, s["memory"])
-            with self.section("dispatch") as dispatch:
-                self._dispatch(h, corpus, run, dispatch)
-        with h.stack("malloc", config.processors, ARENA_ENV) as run, self.section("e2e") as e2e:
-            pipeline.malloc_variant(config, h, corpus, run, bare, e2e, s["memory"])
-        with h.stack("matched", config.processors, pipeline.matched_env(config)) as run:
-            with self.section("e2e") as e2e:
-                pipeline.matched_variant(config, h, corpus, run, bare, e2e)
-            with self.section("dispatch") as dispatch:
-                pipeline.dispatch_section(config, h, corpus, run, dispatch, "matched")
-            with self.section("watchers") as watchers:
-                watchers_section(config, corpus, run, watchers)
+                pipeline.malloc_variant(config, h, corpus, run, bare, e2e, s["memory"])
         env = pipeline.matched_env(config)
-        with (
-            h.stack("replicas", config.processors, env, ingests=2) as run,
-            self.section("watchers") as watchers,
-        ):
-            watchers_section(config, corpus, run, watchers, "replicas")
+        if only & {"e2e", "dispatch", "watchers"}:
+            with h.stack("matched", config.processors, env) as run:
+                if e2e_wanted:
+                    with self.section("e2e") as e2e:
+                        pipeline.matched_variant(config, h, corpus, run, bare, e2e)
+                if "dispatch" in only:
+                    with self.section("dispatch") as dispatch:
+                        pipeline.dispatch_section(config, h, corpus, run, dispatch, "matched")
+                if "watchers" in only:
+                    with self.section("watchers") as watchers:
+                        watchers_section(config, corpus, run, watchers)
+        if "watchers" in only:
+            with (
+                h.stack("replicas", config.processors, env, ingests=2) as run,
+                self.section("watchers") as watchers,
+            ):
+                watchers_section(config, corpus, run, watchers, "replicas")
         self.guarded("scaling", lambda sec: pipeline.scaling_section(config, h, corpus, sec))
         self.guarded("submit", lambda sec: submit_section(config, h, sec))
         self.guarded("politeness", lambda sec: politeness.run_sections(config, h, corpus, sec))
@@ -187,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="imgpipe-bench-"))
     out: Path = args.json.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    runner = Runner(config, workdir, args.profile, out.parent)
+    runner = Runner(config, workdir, args.profile, out.parent, args.only)
     started = time.monotonic()
     interrupted = False
     say(machine.line(info))
@@ -199,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     seconds = time.monotonic() - started
-    sections = list(runner.sections.values())
+    sections = [s for s in runner.sections.values() if s.key in runner.only or s.figures]
     failed = [s.key for s in sections if s.error]
     bad = _check(sections)
     print(machine.line(info))

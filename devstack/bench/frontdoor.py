@@ -132,7 +132,10 @@ async def _watch(
         if w.snapshot < 0:
             raise BenchError("the stream ended before its snapshot")
     except (grpc.aio.AioRpcError, BenchError) as exc:
-        w.error = str(exc)
+        if isinstance(exc, grpc.aio.AioRpcError):
+            w.error = f"{exc.code().name}: {exc.details()}"
+        else:
+            w.error = str(exc)
         if w.snapshot < 0:
             ready.put_nowait(None)
 

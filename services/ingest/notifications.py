@@ -79,6 +79,9 @@ class Notifier:
         elif channel == OUTBOX:
             self.outbox[payload].set()
         elif channel == EVENTS:
+            # Images finished somewhere in the fleet: a claim held back by a host's or a
+            # tenant's cap on images in flight may find room now.
+            self.work.set()
             for wake in self._watchers.get(payload, ()):
                 wake.set()
 

@@ -126,3 +126,24 @@ async def test_a_full_processor_is_asked_again_in_memory_not_through_the_queue(
     assert {i.attempts for p in status.products for i in p.images} == {1}
     # Created, started, one outcome per image, terminal: no requeue events.
     assert status.sequence == 1 + 1 + 12 + 1
+
+
+async def test_a_claim_held_back_by_the_host_cap_goes_on_as_soon_as_an_image_finishes(
+    start_ingest: IngestFactory, image_server: ImageServer
+) -> None:
+    """With one image of a host in flight at a time and an hour between polls, the
+    request still finishes: each finished image wakes the claim it made room for."""
+    ingest = await start_ingest(
+        {
+            "IMGPIPE_MAX_IN_FLIGHT": "4",
+            "IMGPIPE_HOST_MAX_IN_FLIGHT": "1",
+            "IMGPIPE_POLL_INTERVAL": "3600",
+        },
+        processor=True,
+    )
+    submitted = await ingest.stub.Submit(
+        ingest_pb2.SubmitRequest(csv=batch_csv(serve(image_server, "capped", 6, 0.0)))
+    )
+    status = await ingest.terminal_status(submitted.request_id)
+    assert status.state == requests_pb2.REQUEST_STATE_COMPLETED
+    assert status.progress.succeeded_images == 6
