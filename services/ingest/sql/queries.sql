@@ -96,17 +96,25 @@ WITH active AS (
     FROM images i JOIN requests r ON r.id = i.request_id
     WHERE i.state = 'PROCESSING' AND r.owner IN (SELECT owner FROM tenants WHERE cap > 0)
     GROUP BY r.owner
+), blocked AS (
+    -- Hosts none of whose images can be claimed now (backing off, or at their cap),
+    -- found once: a test per queued image would cost a count for every row scanned.
+    SELECT coalesce(array_agg(host), '{}') AS hosts FROM (
+        SELECT host FROM host_backoffs WHERE until > now()
+        UNION
+        SELECT host FROM images
+        WHERE $9 > 0 AND state = 'PROCESSING' AND host IS NOT NULL
+        GROUP BY host HAVING count(*) >= $9
+    ) h
 ), candidates AS (
     SELECT c.id, c.request_id, c.product_position, c.idx, c.host, a.rank, a.owner
     FROM active a
+    CROSS JOIN blocked b
     CROSS JOIN LATERAL (
         SELECT i.id, i.request_id, i.product_position, i.idx, i.host
         FROM images i
         WHERE i.request_id = a.id AND i.state = 'QUEUED' AND i.available_at <= now()
-          AND NOT EXISTS (SELECT 1 FROM host_backoffs b
-                          WHERE b.host = i.host AND b.until > now())
-          AND ($9 = 0 OR (SELECT count(*) FROM images p
-                          WHERE p.host = i.host AND p.state = 'PROCESSING') < $9)
+          AND NOT coalesce(i.host = ANY (b.hosts), false)
         ORDER BY i.product_position, i.idx
         LIMIT $2
         FOR UPDATE SKIP LOCKED
@@ -501,13 +509,21 @@ WHERE owner = $1 AND state IN ('QUEUED', 'PROCESSING');
 
 -- name: previous_outputs
 -- For images $1: the remembered output of the same source, owner and quality, if any.
-SELECT i.id, c.etag, c.last_modified, c.content_sha256, c.output_key, c.input_bytes,
+-- The images first, then one key lookup each: joined freely, a planner with stale
+-- statistics scanned the whole cache once per image of the request (a second a claim).
+WITH wanted AS MATERIALIZED (
+    SELECT i.id, i.input_url, r.owner, r.quality
+    FROM images i JOIN requests r ON r.id = i.request_id
+    WHERE i.id = ANY($1::bigint[])
+)
+SELECT w.id, c.etag, c.last_modified, c.content_sha256, c.output_key, c.input_bytes,
        c.output_bytes, c.width, c.height
-FROM images i
-JOIN requests r ON r.id = i.request_id
-JOIN source_cache c
-  ON c.owner = r.owner AND c.input_url = i.input_url AND c.quality = r.quality
-WHERE i.id = ANY($1::bigint[]);
+FROM wanted w
+CROSS JOIN LATERAL (
+    SELECT * FROM source_cache c  -- the key is unique; LIMIT keeps this a lookup per image
+    WHERE c.owner = w.owner AND c.input_url = w.input_url AND c.quality = w.quality
+    LIMIT 1
+) c;
 
 -- name: remember_source
 -- Image $1's source answered validators $2, $3 and bytes of SHA-256 $4; its output is at
