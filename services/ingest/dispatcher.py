@@ -322,10 +322,6 @@ class Dispatcher:
             elif outcome.refund_attempt:
                 self._busy_until = time.monotonic() + outcome.retry_after
         else:
-            memory = memory_of(response)
-            if memory is not None:
-                with contextlib.suppress(DatabaseUnavailable):
-                    await self._store.remember_source(claim.image_id, memory)
             if response.reused:
                 metrics.SOURCES_REUSED.inc()
             outcome = Outcome(
@@ -333,6 +329,7 @@ class Dispatcher:
                 output_key=response.output_key,
                 input_bytes=response.input_bytes,
                 output_bytes=response.output_bytes,
+                source=memory_of(response),
             )
         return outcome
 

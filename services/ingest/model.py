@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
@@ -153,6 +153,18 @@ class Outcome:
     retry_after: float = 0.0
     # The attempt never ran (the processor was full): it does not count towards the limit.
     refund_attempt: bool = False
+    # What a success taught about its source (validators, hash, output), remembered with
+    # the outcome for the next fetch of the same source; None: nothing to remember.
+    source: SourceMemory | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class SourceMemory:
+    etag: str
+    last_modified: str
+    content_sha256: bytes
+    width: int
+    height: int
 
 
 def output_key(request_id: uuid.UUID, serial_number: int, index: int) -> str:

@@ -8,21 +8,19 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from imgpipe.ingest.model import SourceMemory
 from imgpipe.v1 import processor_pb2
 
 
-def memory_of(response: processor_pb2.ProcessImageResponse) -> processor_pb2.PreviousOutput | None:
+def memory_of(response: processor_pb2.ProcessImageResponse) -> SourceMemory | None:
     """What to remember of the source for its next fetch (None when the processor said
-    nothing of its bytes)."""
+    nothing of its bytes); its output key and sizes are the outcome's."""
     if not response.content_sha256:
         return None
-    return processor_pb2.PreviousOutput(
+    return SourceMemory(
         etag=response.etag,
         last_modified=response.last_modified,
         content_sha256=response.content_sha256,
-        output_key=response.output_key,
-        input_bytes=response.input_bytes,
-        output_bytes=response.output_bytes,
         width=response.width,
         height=response.height,
     )

@@ -293,21 +293,6 @@ class Store:
         return {r["id"]: PreviousOutput(**{k: v for k, v in r.items() if k != "id"}) for r in rows}
 
     @_translated
-    async def remember_source(self, image_id: int, memory: PreviousOutput) -> None:
-        await self._pool.execute(
-            Q("remember_source"),
-            image_id,
-            memory.etag,
-            memory.last_modified,
-            memory.content_sha256,
-            memory.output_key,
-            memory.input_bytes,
-            memory.output_bytes,
-            memory.width,
-            memory.height,
-        )
-
-    @_translated
     async def throttle_host(self, image_id: int, seconds: float) -> None:
         await self._pool.execute(Q("throttle_host"), image_id, seconds)
 
@@ -416,12 +401,14 @@ class Store:
 
     @_translated
     async def finish_many(self, results: Sequence[tuple[Lease, Outcome]]) -> list[bool]:
-        """Records many outcomes in one statement, each behind its own lease fence; for
-        each, whether it applied (False: that lease was no longer current)."""
+        """Records many outcomes in one statement, each behind its own lease fence, and
+        what the applied ones taught about their sources; for each, whether it applied
+        (False: that lease was no longer current)."""
         if not results:
             return []
         leases = [lease for lease, _ in results]
         outcomes = [outcome for _, outcome in results]
+        sources = [o.source for o in outcomes]
         rows = await self._pool.fetch(
             Q("finish_attempts"),
             [lease.image_id for lease in leases],
@@ -434,6 +421,11 @@ class Store:
             [o.output_bytes for o in outcomes],
             [o.retry_after for o in outcomes],
             [o.refund_attempt for o in outcomes],
+            [s.content_sha256 if s else None for s in sources],
+            [s.etag if s else "" for s in sources],
+            [s.last_modified if s else "" for s in sources],
+            [s.width if s else 0 for s in sources],
+            [s.height if s else 0 for s in sources],
         )
         applied = {Lease(r["id"], r["attempt"], r["owner"]) for r in rows}
         return [lease in applied for lease in leases]

@@ -12,7 +12,7 @@ import pytest
 from imgpipe.ingest import postgres
 from imgpipe.ingest.csv_format import Product
 from imgpipe.ingest.dispatcher import Dispatcher, DispatchSettings, processor_channel
-from imgpipe.ingest.model import Event, ImageState, Outcome, RequestState
+from imgpipe.ingest.model import Event, ImageState, Outcome, RequestState, SourceMemory
 from imgpipe.ingest.notifications import Notifier
 from imgpipe.ingest.processor_tls import ProcessorTls
 from imgpipe.ingest.retry_policy import RetryPolicy
@@ -256,3 +256,38 @@ async def test_one_batch_applies_current_leases_and_skips_stale_ones_row_by_row(
     ]
     assert [e.progress.succeeded for e in second_events] == [0, 0, 1, 2]
     assert (await store.status(second)).sequence == 4
+
+
+async def test_a_batch_remembers_the_sources_of_applied_successes_once_each(
+    store: Store, database_url: str
+) -> None:
+    twice = "https://img.example/same.jpg"
+    await store.submit(
+        [Product(1, "Shoe", (twice, twice, "https://img.example/other.jpg"))],
+        quality=50,
+        webhook_url="",
+        idempotency_key=None,
+        csv_sha256=b"x",
+    )
+    first, second, other = await store.claim("owner-a", 3, lease_seconds=30)
+
+    def learned(key: str, digest: bytes) -> Outcome:
+        memory = SourceMemory('"e1"', "", digest, 4, 3)
+        return Outcome(ImageState.SUCCEEDED, output_key=key, output_bytes=9, source=memory)
+
+    stale = Lease(other.image_id, other.attempt, "owner-z")
+    applied = await store.finish_many(
+        [
+            (lease_of(first), learned("k/1-0.jpg", b"\x01")),
+            (lease_of(second), learned("k/1-1.jpg", b"\x02")),
+            (stale, learned("k/1-2.jpg", b"\x03")),
+        ]
+    )
+    assert applied == [True, True, False]
+    remembered = await store.previous_outputs([first.image_id, second.image_id, other.image_id])
+    # The same source twice in one batch: one row, the later image's.
+    assert {k: (v.output_key, v.content_sha256) for k, v in remembered.items()} == {
+        first.image_id: ("k/1-1.jpg", b"\x02"),
+        second.image_id: ("k/1-1.jpg", b"\x02"),
+    }
+    assert remembered[first.image_id].etag == '"e1"'

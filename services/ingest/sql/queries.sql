@@ -194,14 +194,17 @@ ORDER BY cl.request_id, cl.product_position, cl.idx;
 -- count). Each applied outcome appends one event; each request's counters and sequence
 -- move once for the batch, its events numbered in image order with running progress.
 -- The events trigger notifies once per request for the whole batch; a request whose last
--- image is done gets its result CSV queued in the outbox. Returns the (image, attempt,
--- owner) applied.
+-- image is done gets its result CSV queued in the outbox. An applied outcome with a source
+-- hash $11[k] (validators $12[k], $13[k], size $14[k] x $15[k]) is remembered in
+-- source_cache for the next fetch of that source. Returns the (image, attempt, owner)
+-- applied.
 WITH outcome AS (
     SELECT *
     FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[],
-                $7::bigint[], $8::bigint[], $9::float8[], $10::boolean[])
+                $7::bigint[], $8::bigint[], $9::float8[], $10::boolean[], $11::bytea[],
+                $12::text[], $13::text[], $14::int[], $15::int[])
         AS o(id, attempt, owner, state, output_url, error, input_bytes, output_bytes,
-             retry_after, refund)
+             retry_after, refund, content_sha256, etag, last_modified, width, height)
 ), fenced AS (
     -- Images locked in id order (the lock order of every statement that holds several).
     SELECT i.id
@@ -220,7 +223,7 @@ WITH outcome AS (
     WHERE i.id = f.id AND i.attempts = o.attempt AND i.lease_owner = o.owner
       AND i.state = 'PROCESSING'
     RETURNING i.id, o.attempt, o.owner, i.request_id, i.product_position, i.serial_number,
-              i.idx, i.state, i.output_url, i.error
+              i.idx, i.state, i.output_url, i.error, i.input_url
 ), counts AS (
     SELECT request_id, count(*)::int AS n,
            count(*) FILTER (WHERE state = 'SUCCEEDED')::int AS succeeded,
@@ -260,6 +263,23 @@ WITH outcome AS (
     SELECT id, 'result_csv' FROM req
     WHERE succeeded_count + failed_count + cancelled_count = image_count
     ON CONFLICT (request_id, kind) DO NOTHING
+), remembered AS (
+    -- One row per source (a URL can be in a request twice), in key order.
+    INSERT INTO source_cache (owner, input_url, quality, etag, last_modified, content_sha256,
+                              output_key, input_bytes, output_bytes, width, height)
+    SELECT DISTINCT ON (r.owner, img.input_url, r.quality)
+           r.owner, img.input_url, r.quality, o.etag, o.last_modified, o.content_sha256,
+           o.output_url, o.input_bytes, o.output_bytes, o.width, o.height
+    FROM img
+    JOIN outcome o ON o.id = img.id
+    JOIN requests r ON r.id = img.request_id
+    WHERE o.content_sha256 IS NOT NULL
+    ORDER BY r.owner, img.input_url, r.quality, img.id DESC
+    ON CONFLICT (owner, input_url, quality) DO UPDATE
+    SET etag = EXCLUDED.etag, last_modified = EXCLUDED.last_modified,
+        content_sha256 = EXCLUDED.content_sha256, output_key = EXCLUDED.output_key,
+        input_bytes = EXCLUDED.input_bytes, output_bytes = EXCLUDED.output_bytes,
+        width = EXCLUDED.width, height = EXCLUDED.height, updated_at = now()
 )
 SELECT id, attempt, owner FROM img;
 
@@ -524,20 +544,6 @@ CROSS JOIN LATERAL (
     WHERE c.owner = w.owner AND c.input_url = w.input_url AND c.quality = w.quality
     LIMIT 1
 ) c;
-
--- name: remember_source
--- Image $1's source answered validators $2, $3 and bytes of SHA-256 $4; its output is at
--- $5 ($6 bytes in, $7 out, $8 x $9).
-INSERT INTO source_cache (owner, input_url, quality, etag, last_modified, content_sha256,
-                          output_key, input_bytes, output_bytes, width, height)
-SELECT r.owner, i.input_url, r.quality, $2, $3, $4, $5, $6, $7, $8, $9
-FROM images i JOIN requests r ON r.id = i.request_id
-WHERE i.id = $1
-ON CONFLICT (owner, input_url, quality) DO UPDATE
-SET etag = EXCLUDED.etag, last_modified = EXCLUDED.last_modified,
-    content_sha256 = EXCLUDED.content_sha256, output_key = EXCLUDED.output_key,
-    input_bytes = EXCLUDED.input_bytes, output_bytes = EXCLUDED.output_bytes,
-    width = EXCLUDED.width, height = EXCLUDED.height, updated_at = now();
 
 -- name: forget_old_sources
 -- The retention sweep: up to $2 remembered sources not used for $1 seconds.
