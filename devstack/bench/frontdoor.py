@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 import grpc
 
-from devstack.bench import procstat
+from devstack.bench import grpc_floor, procstat
 from devstack.bench.config import Config
 from devstack.bench.corpus import Source
 from devstack.bench.figures import Section
@@ -329,6 +329,17 @@ def watchers_section(
     )
     add("messages", "messages received, all watchers", "msgs")
     add("ingest_us_per_message", "  ingest CPU per message sent (after the gate)", "µs", "<= 5")
+    if not prefix:
+        floor = [
+            grpc_floor.server_us_per_message(plan.watchers, plan.images)
+            for _ in range(config.watch_runs)
+        ]
+        section.add(
+            "grpc_floor_us_per_message",
+            "  the floor: bare grpc.aio server, same bytes to as many streams",
+            "µs",
+            floor,
+        )
     add("client_us_per_message", "  client CPU per message received", "µs")
     add("lag_p50_ms", "lag p50, commit -> receipt", "ms")
     add("lag_p99_ms", "lag p99", "ms", goal="" if prefix else "< 250")
