@@ -161,8 +161,19 @@ def _open(data: bytes, limits: DecodeSettings) -> tuple[str, Image.Image]:
 
 
 def _rotated(source: Image.Image) -> bool:
+    """Whether the source's EXIF orientation is other than upright, from its header.
+
+    A PNG's EXIF is the eXIf chunk before the image data (where the PNG specification puts
+    it): Pillow's getexif() would decode the whole image to look for one after it, before
+    any budget is checked."""
     try:
-        return bool(source.getexif().get(ORIENTATION, UPRIGHT) != UPRIGHT)
+        if source.format == "PNG":
+            exif = Image.Exif()
+            if "exif" in source.info:
+                exif.load(source.info["exif"])
+        else:
+            exif = source.getexif()
+        return bool(exif.get(ORIENTATION, UPRIGHT) != UPRIGHT)
     except Exception as exc:
         raise _decode_error(exc, f"corrupt EXIF in a {source.format} image") from None
 

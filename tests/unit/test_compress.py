@@ -12,7 +12,7 @@ from PIL import ExifTags, Image, ImageCms
 
 from devstack.sample_images import encode, photo_like, sample
 from imgpipe.common.errors import FailedPrecondition
-from imgpipe.processor.compress import Compressed, compress
+from imgpipe.processor.compress import Compressed, check_header, compress
 from imgpipe.processor.errors import NotAnImage, TooManyFrames, TooManyPixels
 from imgpipe.processor.formats import gif_frame_count
 from imgpipe.processor.settings import DecodeSettings
@@ -105,6 +105,23 @@ def test_exif_orientation_is_applied() -> None:
     assert isinstance(bottom, int)
     assert top < 50
     assert bottom > 200
+
+
+def test_a_pngs_header_is_checked_without_decoding_it() -> None:
+    """check_header runs in the processor itself, outside the codec workers' budgets: a
+    PNG with no pixel data passes it (decoding would fail), and is refused in compress."""
+    empty = png_header_only(3000, 2000)
+    check_header(empty, LIMITS)
+    with pytest.raises(NotAnImage):
+        compress(empty, quality=50, limits=LIMITS)
+
+
+def test_a_pngs_exif_orientation_is_read_from_its_header() -> None:
+    exif = Image.Exif()
+    exif[ORIENTATION] = 6
+    rotated = encode(Image.new("RGB", (60, 40), (9, 9, 9)), "PNG", exif=exif)
+    result = compress(rotated, quality=50, limits=LIMITS)
+    assert (result.width, result.height) == (40, 60)
 
 
 def test_exif_and_comments_are_stripped_and_an_rgb_icc_profile_kept() -> None:
