@@ -4,22 +4,33 @@
  * DCT, no colour conversion, no pixels), rescales them from the source's quantisation
  * tables to the tables libjpeg's jpeg_set_quality(quality) gives, keeping a source table
  * entry wherever it is already coarser than the target's, and writes a baseline JPEG with
- * Huffman optimisation and the given ICC profile (or none), nothing else. Sources it takes:
+ * the given ICC profile (or none), nothing else. Its Huffman tables are optimal, made from
+ * the symbols counted while rescaling, in the order the encoder will write them (the same
+ * tables libjpeg's optimize_coding makes, without its separate statistics pass over every
+ * block). Sources it takes:
  * 8-bit YCbCr with 4:2:0 sampling (what the pixel path writes, so the output is never of
- * another form). It returns None for any other source, and for a source libjpeg finds
- * corrupt (even one it would only warn about): the caller then takes the pixel path, whose
- * errors say what is wrong. The GIL is released while libjpeg works.
+ * another form). It returns None for any other source, for a source libjpeg finds corrupt
+ * (even one it would only warn about) and for one with a coefficient too large for a
+ * baseline JPEG: the caller then takes the pixel path, whose errors say what is wrong. The GIL is released while libjpeg works.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include <math.h>
 #include <setjmp.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <jpeglib.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+
+/* Optimal Huffman table for symbol frequencies (freq[256] must be 0; it is set to 1 for
+ * the reserved code): exported by libjpeg(-turbo) but declared in its internal jchuff.h. */
+void jpeg_gen_optimal_table(j_compress_ptr cinfo, JHUFF_TBL *htbl, long freq[]);
 
 /* Rounding to the nearest step with a tie going towards zero: a coefficient halved lands
  * on a tie, and rounding those up keeps as many non-zero coefficients as before. */
@@ -61,35 +72,161 @@ static int takes(const struct jpeg_decompress_struct *src) {
            c[1].v_samp_factor == 1 && c[2].h_samp_factor == 1 && c[2].v_samp_factor == 1;
 }
 
-/* Rescales every coefficient of component ci from table `from` to table `to`. */
-static void rescale(j_decompress_ptr src, jvirt_barray_ptr array,
-                    const jpeg_component_info *comp, const UINT16 *from, const UINT16 *to) {
+/* Zigzag position of each coefficient, by its natural (row-major) index. */
+static const unsigned char zigzag[DCTSIZE2] = {
+    0,  1,  5,  6,  14, 15, 27, 28, 2,  4,  7,  13, 16, 26, 29, 42,
+    3,  8,  12, 17, 25, 30, 41, 43, 9,  11, 18, 24, 31, 40, 44, 53,
+    10, 19, 23, 32, 39, 45, 52, 54, 20, 22, 33, 38, 46, 51, 55, 60,
+    21, 34, 37, 47, 50, 56, 59, 61, 35, 36, 48, 49, 57, 58, 62, 63,
+};
+
+/* The largest magnitude category a baseline 8-bit JPEG codes: a DC difference, an AC. */
+#define MAX_DC_BITS 11
+#define MAX_AC_BITS 10
+#define EOB 0x00
+#define ZRL 0xF0
+
+/* Huffman symbol frequencies of one component's blocks in scan order, for
+ * jpeg_gen_optimal_table (one more entry than symbols: it reserves the last). */
+struct symbols {
+    long *dc;
+    long *ac;
+    int last_dc;
+};
+
+/* The magnitude category of a value: how many bits its magnitude takes (0 for 0). */
+static int bits(int value) { return 31 - __builtin_clz(2 * (unsigned)abs(value) + 1); }
+
+/* Counts the symbols the encoder will write for one block, given which of its AC
+ * coefficients are not zero (bit k for natural index k); 0 if a coefficient is out of the
+ * range baseline coding takes (the encoder would write garbage, not fail). */
+static int count(struct symbols *sym, const JCOEF *coef, uint64_t natural) {
+    int dc_bits = bits(coef[0] - sym->last_dc);
+    if (dc_bits > MAX_DC_BITS) {
+        return 0;
+    }
+    sym->dc[dc_bits]++;
+    sym->last_dc = coef[0];
+    uint64_t order = 0;
+    JCOEF zigzagged[DCTSIZE2];
+    for (; natural; natural &= natural - 1) {
+        int n = __builtin_ctzll(natural);
+        order |= (uint64_t)1 << zigzag[n];
+        zigzagged[zigzag[n]] = coef[n];
+    }
+    int last = 0;
+    for (; order; order &= order - 1) {
+        int k = __builtin_ctzll(order);
+        int run = k - last - 1;
+        int ac_bits = bits(zigzagged[k]);
+        if (ac_bits > MAX_AC_BITS) {
+            return 0;
+        }
+        for (; run > 15; run -= 16) {
+            sym->ac[ZRL]++;
+        }
+        sym->ac[(run << 4) | ac_bits]++;
+        last = k;
+    }
+    if (last != DCTSIZE2 - 1) {
+        sym->ac[EOB]++;
+    }
+    return 1;
+}
+
+/* A block the encoder adds to fill an MCU at the right or bottom edge: the DC of the one
+ * before it, no AC. */
+static void count_dummy(struct symbols *sym) {
+    sym->dc[0]++;
+    sym->ac[EOB]++;
+}
+
+/* Rescales a block by ratio (unless NULL), rounding to the nearest with ties towards zero,
+ * and returns which of its coefficients are not zero: bit k for natural index k. */
+#ifdef __SSE2__
+static uint64_t rescale(JCOEF *coef, const float *ratio) {
+    const __m128 rounding = _mm_set1_ps(ROUNDING), sign = _mm_set1_ps(-0.0f);
+    const __m128i zero = _mm_setzero_si128();
+    uint64_t zeros = 0;
+    for (int k = 0; k < DCTSIZE2; k += 16) {
+        __m128i half[2];
+        for (int h = 0; h < 2; h++) {
+            __m128i v = _mm_loadu_si128((const __m128i *)&coef[k + 8 * h]);
+            if (ratio != NULL) {
+                __m128 low = _mm_cvtepi32_ps(_mm_srai_epi32(_mm_unpacklo_epi16(v, v), 16));
+                __m128 high = _mm_cvtepi32_ps(_mm_srai_epi32(_mm_unpackhi_epi16(v, v), 16));
+                low = _mm_mul_ps(low, _mm_loadu_ps(&ratio[k + 8 * h]));
+                high = _mm_mul_ps(high, _mm_loadu_ps(&ratio[k + 8 * h + 4]));
+                low = _mm_add_ps(low, _mm_or_ps(rounding, _mm_and_ps(low, sign)));
+                high = _mm_add_ps(high, _mm_or_ps(rounding, _mm_and_ps(high, sign)));
+                v = _mm_packs_epi32(_mm_cvttps_epi32(low), _mm_cvttps_epi32(high));
+                _mm_storeu_si128((__m128i *)&coef[k + 8 * h], v);
+            }
+            half[h] = _mm_cmpeq_epi16(v, zero);
+        }
+        zeros |= (uint64_t)(unsigned)_mm_movemask_epi8(_mm_packs_epi16(half[0], half[1])) << k;
+    }
+    return ~zeros;
+}
+#else
+static uint64_t rescale(JCOEF *coef, const float *ratio) {
+    uint64_t nonzero = 0;
+    for (int k = 0; k < DCTSIZE2; k++) {
+        if (ratio != NULL) {
+            float scaled = (float)coef[k] * ratio[k];
+            coef[k] = (JCOEF)(int)(scaled + (scaled < 0 ? -ROUNDING : ROUNDING));
+        }
+        nonzero |= (uint64_t)(coef[k] != 0) << k;
+    }
+    return nonzero;
+}
+#endif
+
+/* Rescales component ci from table `from` to table `to` and counts its symbols, block by
+ * block in the order the encoder takes them (MCU by MCU, each MCU's blocks row by row,
+ * with its dummy blocks); 0 if a coefficient is out of range. */
+static int convert(j_decompress_ptr src, jvirt_barray_ptr array, const jpeg_component_info *comp,
+                   const UINT16 *from, const UINT16 *to, struct symbols *sym) {
     float ratio[DCTSIZE2];
     int changed = 0;
     for (int k = 0; k < DCTSIZE2; k++) {
         ratio[k] = (float)from[k] / (float)to[k];
         changed |= from[k] != to[k];
     }
-    if (!changed) {
-        return;
-    }
-    for (JDIMENSION row = 0; row < comp->height_in_blocks; row += comp->v_samp_factor) {
-        JBLOCKARRAY rows = (*src->mem->access_virt_barray)((j_common_ptr)src, array, row,
-                                                           (JDIMENSION)comp->v_samp_factor, TRUE);
-        for (int r = 0; r < comp->v_samp_factor && row + r < comp->height_in_blocks; r++) {
-            JBLOCKROW blocks = rows[r];
-            for (JDIMENSION b = 0; b < comp->width_in_blocks; b++) {
-                JCOEF *coef = blocks[b];
-                for (int k = 0; k < DCTSIZE2; k++) {
-                    if (coef[k]) {
-                        float scaled = (float)coef[k] * ratio[k];
-                        coef[k] = (JCOEF)(scaled < 0 ? -floorf(ROUNDING - scaled)
-                                                     : floorf(ROUNDING + scaled));
+    /* One component is coded alone, a block per MCU; several are interleaved. */
+    int alone = src->num_components == 1;
+    JDIMENSION mcu_width = alone ? 1 : (JDIMENSION)comp->h_samp_factor;
+    JDIMENSION mcu_height = alone ? 1 : (JDIMENSION)comp->v_samp_factor;
+    JDIMENSION mcu_pixels = DCTSIZE * (JDIMENSION)src->max_h_samp_factor;
+    JDIMENSION mcus = alone ? comp->width_in_blocks
+                            : (src->image_width + mcu_pixels - 1) / mcu_pixels;
+    JDIMENSION mcu_rows_pixels = DCTSIZE * (JDIMENSION)src->max_v_samp_factor;
+    JDIMENSION mcu_rows = alone ? comp->height_in_blocks
+                                : (src->image_height + mcu_rows_pixels - 1) / mcu_rows_pixels;
+    for (JDIMENSION mcu_row = 0; mcu_row < mcu_rows; mcu_row++) {
+        JDIMENSION row = mcu_row * mcu_height;
+        JDIMENSION rows = comp->height_in_blocks - row < mcu_height ? comp->height_in_blocks - row
+                                                                    : mcu_height;
+        JBLOCKARRAY blocks = (*src->mem->access_virt_barray)((j_common_ptr)src, array, row,
+                                                             rows, TRUE);
+        for (JDIMENSION mcu = 0; mcu < mcus; mcu++) {
+            for (JDIMENSION r = 0; r < mcu_height; r++) {
+                for (JDIMENSION c = 0; c < mcu_width; c++) {
+                    JDIMENSION column = mcu * mcu_width + c;
+                    if (r >= rows || column >= comp->width_in_blocks) {
+                        count_dummy(sym);
+                        continue;
+                    }
+                    JCOEF *coef = blocks[r][column];
+                    uint64_t nonzero = rescale(coef, changed ? ratio : NULL);
+                    if (!count(sym, coef, nonzero & ~(uint64_t)1)) {
+                        return 0;
                     }
                 }
             }
         }
     }
+    return 1;
 }
 
 struct job {
@@ -138,6 +275,8 @@ static int run(struct job *job) {
                 from[ci][k] = table->quantval[k];
             }
         }
+        long dc[NUM_HUFF_TBLS][257] = {{0}}, ac[NUM_HUFF_TBLS][257] = {{0}};
+        int dc_used = 0, ac_used = 0;
         jpeg_create_compress(&dst);
         dst_created = 1;
         jpeg_copy_critical_parameters(&src, &dst);
@@ -161,9 +300,25 @@ static int run(struct job *job) {
             }
             table->sent_table = FALSE;
             dst.comp_info[ci].quant_tbl_no = slot;
-            rescale(&src, coefficients[ci], &src.comp_info[ci], from[ci], table->quantval);
+            const jpeg_component_info *comp = &dst.comp_info[ci];
+            struct symbols sym = {dc[comp->dc_tbl_no], ac[comp->ac_tbl_no], 0};
+            dc_used |= 1 << comp->dc_tbl_no;
+            ac_used |= 1 << comp->ac_tbl_no;
+            if (!convert(&src, coefficients[ci], &src.comp_info[ci], from[ci], table->quantval,
+                         &sym)) {
+                longjmp(src_err.escape, 1);
+            }
         }
-        dst.optimize_coding = TRUE;
+        /* The encoder's tables, made from the counts: no statistics pass of its own. */
+        for (int t = 0; t < NUM_HUFF_TBLS; t++) {
+            if (dc_used >> t & 1) {
+                jpeg_gen_optimal_table(&dst, dst.dc_huff_tbl_ptrs[t], dc[t]);
+            }
+            if (ac_used >> t & 1) {
+                jpeg_gen_optimal_table(&dst, dst.ac_huff_tbl_ptrs[t], ac[t]);
+            }
+        }
+        dst.optimize_coding = FALSE;
         jpeg_mem_dest(&dst, &job->out, &job->out_size);
         jpeg_write_coefficients(&dst, coefficients);
         if (job->icc != NULL) {
