@@ -7,16 +7,16 @@
  * the given ICC profile (or none), nothing else. Its Huffman tables are optimal, made from
  * the symbols counted while rescaling, in the order the encoder will write them (the same
  * tables libjpeg's optimize_coding makes, without its separate statistics pass over every
- * block). Sources it takes:
- * 8-bit YCbCr with 4:2:0 sampling (what the pixel path writes, so the output is never of
- * another form). It returns None for any other source, for a source libjpeg finds corrupt
- * (even one it would only warn about) and for one with a coefficient too large for a
- * baseline JPEG: the caller then takes the pixel path, whose errors say what is wrong. The GIL is released while libjpeg works.
+ * block). Sources it takes: 8-bit YCbCr with 4:2:0 sampling (what the pixel path writes,
+ * so the output is never of another form) and 8-bit greyscale (written as greyscale: one
+ * component, smaller than the pixel path's three). It returns None for any other source,
+ * for a source libjpeg finds corrupt (even one it would only warn about) and for one with a
+ * coefficient too large for a baseline JPEG: the caller then takes the pixel path, whose
+ * errors say what is wrong. The GIL is released while libjpeg works.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-#include <math.h>
 #include <setjmp.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -63,8 +63,13 @@ static void init_errors(struct error_manager *err) {
 }
 
 static int takes(const struct jpeg_decompress_struct *src) {
-    if (src->data_precision != 8 || src->jpeg_color_space != JCS_YCbCr ||
-        src->num_components != 3) {
+    if (src->data_precision != 8) {
+        return 0;
+    }
+    if (src->jpeg_color_space == JCS_GRAYSCALE) {
+        return src->num_components == 1;
+    }
+    if (src->jpeg_color_space != JCS_YCbCr || src->num_components != 3) {
         return 0;
     }
     const jpeg_component_info *c = src->comp_info;
@@ -364,7 +369,7 @@ static PyObject *requantize(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"requantize", requantize, METH_VARARGS,
-     "requantize(data, quality, icc=None) -> bytes | None: a 4:2:0 YCbCr JPEG's "
+     "requantize(data, quality, icc=None) -> bytes | None: a 4:2:0 YCbCr or greyscale JPEG's "
      "coefficients rescaled to the quality's tables, Huffman-optimised; None if not taken."},
     {NULL, NULL, 0, NULL},
 };

@@ -1,8 +1,9 @@
 """Source bytes to JPEG. Pure and CPU-bound: the codec workers run it.
 
-An upright 4:2:0 YCbCr JPEG is requantised in the DCT domain (_jpeg.requantize: its
-coefficients rescaled to the target tables, no pixels decoded); every other source is
-decoded and encoded again with Pillow (the pixel path).
+An upright 4:2:0 YCbCr or greyscale JPEG is requantised in the DCT domain
+(_jpeg.requantize: its coefficients rescaled to the target tables, no pixels decoded; a
+greyscale one stays greyscale); every other source is decoded and encoded again with
+Pillow (the pixel path).
 
 The format comes from the first bytes (formats.detect) and only that format's Pillow plugin
 opens them. Any input it cannot turn into an image is a permanent error (NotAnImage,
