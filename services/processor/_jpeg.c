@@ -1,7 +1,7 @@
 /* imgpipe.processor._jpeg: JPEG -> JPEG in the DCT domain with libjpeg(-turbo).
  *
- * requantize(data, quality, icc) reads a JPEG's quantised DCT coefficients (no inverse
- * DCT, no colour conversion, no pixels), rescales them from the source's quantisation
+ * requantize(data, quality, icc, orientation) reads a JPEG's quantised DCT coefficients
+ * (no inverse DCT, no colour conversion, no pixels), rescales them from the source's quantisation
  * tables to the tables libjpeg's jpeg_set_quality(quality) gives, keeping a source table
  * entry wherever it is already coarser than the target's, and writes a baseline JPEG with
  * the given ICC profile (or none), nothing else. Its Huffman tables are optimal, made from
@@ -12,7 +12,10 @@
  * component, smaller than the pixel path's three). It returns None for any other source,
  * for a source libjpeg finds corrupt (even one it would only warn about) and for one with a
  * coefficient too large for a baseline JPEG: the caller then takes the pixel path, whose
- * errors say what is wrong. The GIL is released while libjpeg works.
+ * errors say what is wrong. An EXIF orientation other than 1 turns the coefficients upright
+ * (lossless: blocks moved, transposed, signs flipped) when the image is whole MCUs (none
+ * partial at the right or bottom edge, which would land on the top or left); otherwise
+ * the source is not taken either. The GIL is released while libjpeg works.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -187,11 +190,13 @@ static uint64_t rescale(JCOEF *coef, const float *ratio) {
 }
 #endif
 
-/* Rescales component ci from table `from` to table `to` and counts its symbols, block by
- * block in the order the encoder takes them (MCU by MCU, each MCU's blocks row by row,
- * with its dummy blocks); 0 if a coefficient is out of range. */
+/* Rescales a component from table `from` to table `to` and counts its symbols, block by
+ * block in the order the encoder takes them for an image of width x height (MCU by MCU,
+ * each MCU's blocks row by row, with its dummy blocks); 0 if a coefficient is out of
+ * range. */
 static int convert(j_decompress_ptr src, jvirt_barray_ptr array, const jpeg_component_info *comp,
-                   const UINT16 *from, const UINT16 *to, struct symbols *sym) {
+                   JDIMENSION width, JDIMENSION height, const UINT16 *from, const UINT16 *to,
+                   struct symbols *sym) {
     float ratio[DCTSIZE2];
     int changed = 0;
     for (int k = 0; k < DCTSIZE2; k++) {
@@ -203,11 +208,10 @@ static int convert(j_decompress_ptr src, jvirt_barray_ptr array, const jpeg_comp
     JDIMENSION mcu_width = alone ? 1 : (JDIMENSION)comp->h_samp_factor;
     JDIMENSION mcu_height = alone ? 1 : (JDIMENSION)comp->v_samp_factor;
     JDIMENSION mcu_pixels = DCTSIZE * (JDIMENSION)src->max_h_samp_factor;
-    JDIMENSION mcus = alone ? comp->width_in_blocks
-                            : (src->image_width + mcu_pixels - 1) / mcu_pixels;
+    JDIMENSION mcus = alone ? comp->width_in_blocks : (width + mcu_pixels - 1) / mcu_pixels;
     JDIMENSION mcu_rows_pixels = DCTSIZE * (JDIMENSION)src->max_v_samp_factor;
     JDIMENSION mcu_rows = alone ? comp->height_in_blocks
-                                : (src->image_height + mcu_rows_pixels - 1) / mcu_rows_pixels;
+                                : (height + mcu_rows_pixels - 1) / mcu_rows_pixels;
     for (JDIMENSION mcu_row = 0; mcu_row < mcu_rows; mcu_row++) {
         JDIMENSION row = mcu_row * mcu_height;
         JDIMENSION rows = comp->height_in_blocks - row < mcu_height ? comp->height_in_blocks - row
@@ -234,10 +238,75 @@ static int convert(j_decompress_ptr src, jvirt_barray_ptr array, const jpeg_comp
     return 1;
 }
 
+/* An EXIF orientation (2-8) as the transform that makes the image upright: the output's
+ * x and y are the source's, swapped if transposed, then each mirrored if flipped. */
+struct turn {
+    int transpose, flip_x, flip_y;
+};
+
+static const struct turn turns[9] = {
+    [1] = {0, 0, 0}, [2] = {0, 1, 0}, [3] = {0, 1, 1}, [4] = {0, 0, 1},
+    [5] = {1, 0, 0}, [6] = {1, 0, 1}, [7] = {1, 1, 1}, [8] = {1, 1, 0},
+};
+
+/* A component turned upright, block by block, in a new array. In the DCT domain mirroring
+ * a block negates its coefficients of odd frequency along that axis, and transposing it
+ * transposes them. Whole MCUs only: the source's blocks fill its MCUs exactly. comp is a
+ * copy of the source component's, given the turned size. */
+static jvirt_barray_ptr turned(j_decompress_ptr src, jvirt_barray_ptr array,
+                               jpeg_component_info *comp, struct turn turn) {
+    JDIMENSION width = comp->width_in_blocks, height = comp->height_in_blocks;
+    if (turn.transpose) {
+        comp->width_in_blocks = height;
+        comp->height_in_blocks = width;
+    }
+    jvirt_barray_ptr out = (*src->mem->request_virt_barray)(
+        (j_common_ptr)src, JPOOL_IMAGE, FALSE, comp->width_in_blocks, comp->height_in_blocks,
+        (JDIMENSION)comp->v_samp_factor);
+    (*src->mem->realize_virt_arrays)((j_common_ptr)src);
+    for (JDIMENSION y = 0; y < comp->height_in_blocks; y++) {
+        JBLOCKROW row = (*src->mem->access_virt_barray)((j_common_ptr)src, out, y, 1, TRUE)[0];
+        for (JDIMENSION x = 0; x < comp->width_in_blocks; x++) {
+            JDIMENSION a = turn.transpose ? y : x, b = turn.transpose ? x : y;
+            JDIMENSION from_x = turn.flip_x ? width - 1 - a : a;
+            JDIMENSION from_y = turn.flip_y ? height - 1 - b : b;
+            const JCOEF *in = (*src->mem->access_virt_barray)((j_common_ptr)src, array, from_y,
+                                                              1, FALSE)[0][from_x];
+            for (int v = 0; v < DCTSIZE; v++) {
+                for (int u = 0; u < DCTSIZE; u++) {
+                    int from_u = turn.transpose ? v : u, from_v = turn.transpose ? u : v;
+                    JCOEF c = in[from_v * DCTSIZE + from_u];
+                    int negate = (turn.flip_x & from_u) ^ (turn.flip_y & from_v);
+                    row[x][v * DCTSIZE + u] = (JCOEF)(negate ? -c : c);
+                }
+            }
+        }
+    }
+    return out;
+}
+
+/* 1 if the image is whole MCUs: turned, no partial MCU lands on the top or left edge. */
+static int whole_mcus(const struct jpeg_decompress_struct *src) {
+    return src->image_width % (DCTSIZE * (JDIMENSION)src->max_h_samp_factor) == 0 &&
+           src->image_height % (DCTSIZE * (JDIMENSION)src->max_v_samp_factor) == 0;
+}
+
+/* A quantisation table as the turn leaves it (mirroring changes only signs). */
+static void turn_table(UINT16 table[DCTSIZE2], struct turn turn) {
+    if (turn.transpose) {
+        UINT16 copy[DCTSIZE2];
+        memcpy(copy, table, sizeof copy);
+        for (int k = 0; k < DCTSIZE2; k++) {
+            table[k] = copy[k % DCTSIZE * DCTSIZE + k / DCTSIZE];
+        }
+    }
+}
+
 struct job {
     const unsigned char *data;
     unsigned long size;
     int quality;
+    int orientation;
     const unsigned char *icc;
     unsigned int icc_size;
     unsigned char *out;
@@ -268,8 +337,10 @@ static int run(struct job *job) {
     }
     jpeg_mem_src(&src, job->data, job->size);
     jpeg_read_header(&src, TRUE);
-    if (takes(&src)) {
+    struct turn turn = turns[job->orientation];
+    if (takes(&src) && (job->orientation == 1 || whole_mcus(&src))) {
         jvirt_barray_ptr *coefficients = jpeg_read_coefficients(&src);
+        jvirt_barray_ptr upright[MAX_COMPONENTS];
         UINT16 from[MAX_COMPONENTS][DCTSIZE2], target[2][DCTSIZE2];
         for (int ci = 0; ci < src.num_components; ci++) {
             const JQUANT_TBL *table = src.comp_info[ci].quant_table;
@@ -279,12 +350,19 @@ static int run(struct job *job) {
             for (int k = 0; k < DCTSIZE2; k++) {
                 from[ci][k] = table->quantval[k];
             }
+            turn_table(from[ci], turn);
         }
         long dc[NUM_HUFF_TBLS][257] = {{0}}, ac[NUM_HUFF_TBLS][257] = {{0}};
         int dc_used = 0, ac_used = 0;
         jpeg_create_compress(&dst);
         dst_created = 1;
         jpeg_copy_critical_parameters(&src, &dst);
+        if (turn.transpose) {
+            dst.image_width = src.image_height;
+            dst.image_height = src.image_width;
+            dst.X_density = src.Y_density;
+            dst.Y_density = src.X_density;
+        }
         jpeg_set_quality(&dst, job->quality, TRUE);
         for (int t = 0; t < 2; t++) {
             for (int k = 0; k < DCTSIZE2; k++) {
@@ -309,8 +387,11 @@ static int run(struct job *job) {
             struct symbols sym = {dc[comp->dc_tbl_no], ac[comp->ac_tbl_no], 0};
             dc_used |= 1 << comp->dc_tbl_no;
             ac_used |= 1 << comp->ac_tbl_no;
-            if (!convert(&src, coefficients[ci], &src.comp_info[ci], from[ci], table->quantval,
-                         &sym)) {
+            jpeg_component_info shape = src.comp_info[ci];
+            upright[ci] = job->orientation == 1 ? coefficients[ci]
+                                                : turned(&src, coefficients[ci], &shape, turn);
+            if (!convert(&src, upright[ci], &shape, dst.image_width, dst.image_height, from[ci],
+                         table->quantval, &sym)) {
                 longjmp(src_err.escape, 1);
             }
         }
@@ -325,7 +406,7 @@ static int run(struct job *job) {
         }
         dst.optimize_coding = FALSE;
         jpeg_mem_dest(&dst, &job->out, &job->out_size);
-        jpeg_write_coefficients(&dst, coefficients);
+        jpeg_write_coefficients(&dst, upright);
         if (job->icc != NULL) {
             jpeg_write_icc_profile(&dst, job->icc, job->icc_size);
         }
@@ -340,18 +421,20 @@ static int run(struct job *job) {
 
 static PyObject *requantize(PyObject *self, PyObject *args) {
     Py_buffer data, icc = {0};
-    int quality;
+    int quality, orientation = 1;
     (void)self;
-    if (!PyArg_ParseTuple(args, "y*i|z*", &data, &quality, &icc)) {
+    if (!PyArg_ParseTuple(args, "y*i|z*i", &data, &quality, &icc, &orientation)) {
         return NULL;
     }
-    if (quality < 1 || quality > 100 || icc.len > 0xFFFFFF) {
+    if (quality < 1 || quality > 100 || icc.len > 0xFFFFFF || orientation < 1 ||
+        orientation > 8) {
         PyBuffer_Release(&data);
         PyBuffer_Release(&icc);
-        PyErr_SetString(PyExc_ValueError, "quality must be 1-100, the ICC profile < 16 MiB");
+        PyErr_SetString(PyExc_ValueError,
+                        "quality must be 1-100, the ICC profile < 16 MiB, the orientation 1-8");
         return NULL;
     }
-    struct job job = {data.buf, (unsigned long)data.len, quality,
+    struct job job = {data.buf, (unsigned long)data.len, quality, orientation,
                       icc.buf, (unsigned int)icc.len, NULL, 0};
     int done;
     Py_BEGIN_ALLOW_THREADS
@@ -369,8 +452,9 @@ static PyObject *requantize(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"requantize", requantize, METH_VARARGS,
-     "requantize(data, quality, icc=None) -> bytes | None: a 4:2:0 YCbCr or greyscale JPEG's "
-     "coefficients rescaled to the quality's tables, Huffman-optimised; None if not taken."},
+     "requantize(data, quality, icc=None, orientation=1) -> bytes | None: a 4:2:0 YCbCr or "
+     "greyscale JPEG's coefficients turned upright per the EXIF orientation, rescaled to the "
+     "quality's tables, Huffman-optimised; None if not taken."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,9 +1,9 @@
 """Source bytes to JPEG. Pure and CPU-bound: the codec workers run it.
 
-An upright 4:2:0 YCbCr or greyscale JPEG is requantised in the DCT domain
-(_jpeg.requantize: its coefficients rescaled to the target tables, no pixels decoded; a
-greyscale one stays greyscale); every other source is decoded and encoded again with
-Pillow (the pixel path).
+A 4:2:0 YCbCr or greyscale JPEG is requantised in the DCT domain (_jpeg.requantize: its
+coefficients rescaled to the target tables, no pixels decoded; a greyscale one stays
+greyscale), turned upright there too when its EXIF orientation says so and it is whole
+MCUs; every other source is decoded and encoded again with Pillow (the pixel path).
 
 The format comes from the first bytes (formats.detect) and only that format's Pillow plugin
 opens them. Any input it cannot turn into an image is a permanent error (NotAnImage,
@@ -42,6 +42,8 @@ WHITE = (255, 255, 255)
 TRANSPARENT_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 ORIENTATION = 0x0112
 UPRIGHT = 1
+ORIENTATIONS = range(1, 9)  # the EXIF orientations; Pillow's exif_transpose ignores others
+TRANSPOSING = range(5, 9)  # the orientations that swap width and height
 
 
 @dataclass(frozen=True)
@@ -81,15 +83,17 @@ def compress(
     try:
         source_format = source.format or detected
         icc = usable_icc(source.info.get("icc_profile"))
-        rotated = _rotated(source)
+        orientation = _orientation(source)
+        rotated = orientation != UPRIGHT
         with (admit or MemoryBudget(limits.memory_bytes).admit)(decode_bytes(source, rotated)):
-            if detected == "JPEG" and not rotated:
-                jpeg = requantize(data, quality or DEFAULT_QUALITY, icc)
+            if detected == "JPEG" and orientation in ORIENTATIONS:
+                jpeg = requantize(data, quality or DEFAULT_QUALITY, icc, orientation)
                 if jpeg is not None:
                     stage = ("requantize", decode_started, time.time_ns())
-                    return Compressed(
-                        jpeg, source.width, source.height, source_format, stages=(stage,)
-                    )
+                    width, height = source.size
+                    if orientation in TRANSPOSING:
+                        width, height = height, width
+                    return Compressed(jpeg, width, height, source_format, stages=(stage,))
             try:
                 # In place: an upright image is not copied (a full frame saved per image).
                 ImageOps.exif_transpose(source, in_place=True)
@@ -138,7 +142,7 @@ def check_header(data: bytes, limits: DecodeSettings) -> None:
         return
     _, source = _open(data, limits)
     with source:
-        check_fits(decode_bytes(source, _rotated(source)), limits.memory_bytes)
+        check_fits(decode_bytes(source, _orientation(source) != UPRIGHT), limits.memory_bytes)
 
 
 def _open(data: bytes, limits: DecodeSettings) -> tuple[str, Image.Image]:
@@ -161,11 +165,14 @@ def _open(data: bytes, limits: DecodeSettings) -> tuple[str, Image.Image]:
     return detected, source
 
 
-def _rotated(source: Image.Image) -> bool:
+def _orientation(source: Image.Image) -> int:
+    """The EXIF orientation; 0 for a value that is not an integer (the pixel path's
+    exif_transpose makes of it what it does)."""
     try:
-        return bool(source.getexif().get(ORIENTATION, UPRIGHT) != UPRIGHT)
+        orientation = source.getexif().get(ORIENTATION, UPRIGHT)
     except Exception as exc:
         raise _decode_error(exc, f"corrupt EXIF in a {source.format} image") from None
+    return orientation if isinstance(orientation, int) else 0
 
 
 def _check_size(source: Image.Image, max_pixels: int) -> None:

@@ -11,19 +11,21 @@ import io
 import math
 
 import pytest
-from PIL import Image, ImageCms
+from PIL import Image, ImageCms, ImageOps
 from PIL.JpegImagePlugin import JpegImageFile
 
 from devstack.bench.photos import pillow_q50, psnr
 from devstack.sample_images import encode, photo_like
 from imgpipe.processor._jpeg import requantize
-from imgpipe.processor.compress import compress
+from imgpipe.processor.compress import ORIENTATION, compress
 from imgpipe.processor.settings import DecodeSettings
 
 REQUANT_PSNR_SLACK = 0.2
 # A q75 greyscale source comes out 0.23 dB below the pixel path; the others within 0.01.
 GREY_PSNR_SLACK = 0.25
 SIZE_SLACK = 1.01
+# Turning a JPEG upright in the DCT domain loses nothing; its decoder's rounding, 50 dB.
+LOSSLESS_TURN_PSNR = 45
 LIMITS = DecodeSettings(max_pixels=100_000_000)
 
 
@@ -136,6 +138,55 @@ def test_other_sources_are_left_to_the_pixel_path(
     image: Image.Image, params: dict[str, object]
 ) -> None:
     assert requantize(encode(image, "JPEG", **params), 50) is None
+
+
+def _with_orientation(image: Image.Image, orientation: int, quality: int) -> bytes:
+    exif = Image.Exif()
+    exif[ORIENTATION] = orientation
+    return encode(image, "JPEG", quality=quality, exif=exif)
+
+
+def _upright_pixels(source: bytes) -> bytes:
+    with Image.open(io.BytesIO(source)) as image:
+        out = io.BytesIO()
+        ImageOps.exif_transpose(image).save(out, "PNG")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("orientation", range(2, 9))
+def test_an_exif_orientation_is_applied_losslessly_to_whole_mcus(orientation: int) -> None:
+    """Turned in the DCT domain: with the coefficients kept (a q50 source), the output is
+    the source's pixels turned upright, but for the decoder's rounding."""
+    source = _with_orientation(photo_like(160, 96), orientation, 50)
+    turned = requantize(source, 50, None, orientation)
+    assert turned is not None
+    assert requantize(turned, 50) == turned
+    assert psnr(_upright_pixels(source), turned) >= LOSSLESS_TURN_PSNR
+    with Image.open(io.BytesIO(turned)) as image:
+        assert image.size == ((96, 160) if orientation >= 5 else (160, 96))
+
+
+@pytest.mark.parametrize("orientation", range(2, 9))
+def test_a_turned_source_is_as_good_and_no_larger_than_the_pixel_paths(orientation: int) -> None:
+    source = _with_orientation(photo_like(160, 96), orientation, 90)
+    result = compress(source, 50, LIMITS)
+    assert [stage for stage, _, _ in result.stages] == ["requantize"]
+    assert (result.width, result.height) == ((96, 160) if orientation >= 5 else (160, 96))
+    with Image.open(io.BytesIO(source)) as image:
+        upright = ImageOps.exif_transpose(image)
+        out = io.BytesIO()
+        upright.save(out, "JPEG", quality=50, optimize=True)
+    expected = out.getvalue()
+    assert len(result.jpeg) <= len(expected)
+    reference = _upright_pixels(source)
+    assert psnr(reference, result.jpeg) >= psnr(reference, expected) - REQUANT_PSNR_SLACK
+
+
+@pytest.mark.parametrize(("width", "height"), [(161, 96), (160, 97), (8, 8)])
+def test_a_turn_with_partial_mcus_is_left_to_the_pixel_path(width: int, height: int) -> None:
+    source = _with_orientation(photo_like(width, height), 6, 90)
+    assert requantize(source, 50, None, 6) is None
+    assert requantize(source, 50) is not None
 
 
 def test_corrupt_sources_are_left_to_the_pixel_path_and_its_errors() -> None:
