@@ -1,25 +1,39 @@
 /* imgpipe.processor._jpeg: JPEG -> JPEG in the DCT domain with libjpeg(-turbo).
  *
- * requantize(data, quality, icc) reads a JPEG's quantised DCT coefficients (no inverse
- * DCT, no colour conversion, no pixels), rescales them from the source's quantisation
+ * requantize(data, quality, icc, orientation) reads a JPEG's quantised DCT coefficients
+ * (no inverse DCT, no colour conversion, no pixels), rescales them from the source's quantisation
  * tables to the tables libjpeg's jpeg_set_quality(quality) gives, keeping a source table
  * entry wherever it is already coarser than the target's, and writes a baseline JPEG with
- * Huffman optimisation and the given ICC profile (or none), nothing else. Sources it takes:
- * 8-bit YCbCr with 4:2:0 sampling (what the pixel path writes, so the output is never of
- * another form). It returns None for any other source, and for a source libjpeg finds
- * corrupt (even one it would only warn about): the caller then takes the pixel path, whose
- * errors say what is wrong. The GIL is released while libjpeg works.
+ * the given ICC profile (or none), nothing else. Its Huffman tables are optimal, made from
+ * the symbols counted while rescaling, in the order the encoder will write them (the same
+ * tables libjpeg's optimize_coding makes, without its separate statistics pass over every
+ * block). Sources it takes: 8-bit YCbCr with 4:2:0 sampling (what the pixel path writes,
+ * so the output is never of another form) and 8-bit greyscale (written as greyscale: one
+ * component, smaller than the pixel path's three). It returns None for any other source,
+ * for a source libjpeg finds corrupt (even one it would only warn about) and for one with a
+ * coefficient too large for a baseline JPEG: the caller then takes the pixel path, whose
+ * errors say what is wrong. An EXIF orientation other than 1 turns the coefficients upright
+ * (lossless: blocks moved, transposed, signs flipped) when the image is whole MCUs (none
+ * partial at the right or bottom edge, which would land on the top or left); otherwise
+ * the source is not taken either. The GIL is released while libjpeg works.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-#include <math.h>
 #include <setjmp.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <jpeglib.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+
+/* Optimal Huffman table for symbol frequencies (freq[256] must be 0; it is set to 1 for
+ * the reserved code): exported by libjpeg(-turbo) but declared in its internal jchuff.h. */
+void jpeg_gen_optimal_table(j_compress_ptr cinfo, JHUFF_TBL *htbl, long freq[]);
 
 /* Rounding to the nearest step with a tie going towards zero: a coefficient halved lands
  * on a tie, and rounding those up keeps as many non-zero coefficients as before. */
@@ -52,8 +66,13 @@ static void init_errors(struct error_manager *err) {
 }
 
 static int takes(const struct jpeg_decompress_struct *src) {
-    if (src->data_precision != 8 || src->jpeg_color_space != JCS_YCbCr ||
-        src->num_components != 3) {
+    if (src->data_precision != 8) {
+        return 0;
+    }
+    if (src->jpeg_color_space == JCS_GRAYSCALE) {
+        return src->num_components == 1;
+    }
+    if (src->jpeg_color_space != JCS_YCbCr || src->num_components != 3) {
         return 0;
     }
     const jpeg_component_info *c = src->comp_info;
@@ -61,33 +80,224 @@ static int takes(const struct jpeg_decompress_struct *src) {
            c[1].v_samp_factor == 1 && c[2].h_samp_factor == 1 && c[2].v_samp_factor == 1;
 }
 
-/* Rescales every coefficient of component ci from table `from` to table `to`. */
-static void rescale(j_decompress_ptr src, jvirt_barray_ptr array,
-                    const jpeg_component_info *comp, const UINT16 *from, const UINT16 *to) {
+/* Zigzag position of each coefficient, by its natural (row-major) index. */
+static const unsigned char zigzag[DCTSIZE2] = {
+    0,  1,  5,  6,  14, 15, 27, 28, 2,  4,  7,  13, 16, 26, 29, 42,
+    3,  8,  12, 17, 25, 30, 41, 43, 9,  11, 18, 24, 31, 40, 44, 53,
+    10, 19, 23, 32, 39, 45, 52, 54, 20, 22, 33, 38, 46, 51, 55, 60,
+    21, 34, 37, 47, 50, 56, 59, 61, 35, 36, 48, 49, 57, 58, 62, 63,
+};
+
+/* The largest magnitude category a baseline 8-bit JPEG codes: a DC difference, an AC. */
+#define MAX_DC_BITS 11
+#define MAX_AC_BITS 10
+#define EOB 0x00
+#define ZRL 0xF0
+
+/* Huffman symbol frequencies of one component's blocks in scan order, for
+ * jpeg_gen_optimal_table (one more entry than symbols: it reserves the last). */
+struct symbols {
+    long *dc;
+    long *ac;
+    int last_dc;
+};
+
+/* The magnitude category of a value: how many bits its magnitude takes (0 for 0). */
+static int bits(int value) { return 31 - __builtin_clz(2 * (unsigned)abs(value) + 1); }
+
+/* Counts the symbols the encoder will write for one block, given which of its AC
+ * coefficients are not zero (bit k for natural index k); 0 if a coefficient is out of the
+ * range baseline coding takes (the encoder would write garbage, not fail). */
+static int count(struct symbols *sym, const JCOEF *coef, uint64_t natural) {
+    int dc_bits = bits(coef[0] - sym->last_dc);
+    if (dc_bits > MAX_DC_BITS) {
+        return 0;
+    }
+    sym->dc[dc_bits]++;
+    sym->last_dc = coef[0];
+    uint64_t order = 0;
+    JCOEF zigzagged[DCTSIZE2];
+    for (; natural; natural &= natural - 1) {
+        int n = __builtin_ctzll(natural);
+        order |= (uint64_t)1 << zigzag[n];
+        zigzagged[zigzag[n]] = coef[n];
+    }
+    int last = 0;
+    for (; order; order &= order - 1) {
+        int k = __builtin_ctzll(order);
+        int run = k - last - 1;
+        int ac_bits = bits(zigzagged[k]);
+        if (ac_bits > MAX_AC_BITS) {
+            return 0;
+        }
+        for (; run > 15; run -= 16) {
+            sym->ac[ZRL]++;
+        }
+        sym->ac[(run << 4) | ac_bits]++;
+        last = k;
+    }
+    if (last != DCTSIZE2 - 1) {
+        sym->ac[EOB]++;
+    }
+    return 1;
+}
+
+/* A block the encoder adds to fill an MCU at the right or bottom edge: the DC of the one
+ * before it, no AC. */
+static void count_dummy(struct symbols *sym) {
+    sym->dc[0]++;
+    sym->ac[EOB]++;
+}
+
+/* Rescales a block by ratio (unless NULL), rounding to the nearest with ties towards zero,
+ * and returns which of its coefficients are not zero: bit k for natural index k. */
+#ifdef __SSE2__
+static uint64_t rescale(JCOEF *coef, const float *ratio) {
+    const __m128 rounding = _mm_set1_ps(ROUNDING), sign = _mm_set1_ps(-0.0f);
+    const __m128i zero = _mm_setzero_si128();
+    uint64_t zeros = 0;
+    for (int k = 0; k < DCTSIZE2; k += 16) {
+        __m128i half[2];
+        for (int h = 0; h < 2; h++) {
+            __m128i v = _mm_loadu_si128((const __m128i *)&coef[k + 8 * h]);
+            if (ratio != NULL) {
+                __m128 low = _mm_cvtepi32_ps(_mm_srai_epi32(_mm_unpacklo_epi16(v, v), 16));
+                __m128 high = _mm_cvtepi32_ps(_mm_srai_epi32(_mm_unpackhi_epi16(v, v), 16));
+                low = _mm_mul_ps(low, _mm_loadu_ps(&ratio[k + 8 * h]));
+                high = _mm_mul_ps(high, _mm_loadu_ps(&ratio[k + 8 * h + 4]));
+                low = _mm_add_ps(low, _mm_or_ps(rounding, _mm_and_ps(low, sign)));
+                high = _mm_add_ps(high, _mm_or_ps(rounding, _mm_and_ps(high, sign)));
+                v = _mm_packs_epi32(_mm_cvttps_epi32(low), _mm_cvttps_epi32(high));
+                _mm_storeu_si128((__m128i *)&coef[k + 8 * h], v);
+            }
+            half[h] = _mm_cmpeq_epi16(v, zero);
+        }
+        zeros |= (uint64_t)(unsigned)_mm_movemask_epi8(_mm_packs_epi16(half[0], half[1])) << k;
+    }
+    return ~zeros;
+}
+#else
+static uint64_t rescale(JCOEF *coef, const float *ratio) {
+    uint64_t nonzero = 0;
+    for (int k = 0; k < DCTSIZE2; k++) {
+        if (ratio != NULL) {
+            float scaled = (float)coef[k] * ratio[k];
+            coef[k] = (JCOEF)(int)(scaled + (scaled < 0 ? -ROUNDING : ROUNDING));
+        }
+        nonzero |= (uint64_t)(coef[k] != 0) << k;
+    }
+    return nonzero;
+}
+#endif
+
+/* Rescales a component from table `from` to table `to` and counts its symbols, block by
+ * block in the order the encoder takes them for an image of width x height (MCU by MCU,
+ * each MCU's blocks row by row, with its dummy blocks); 0 if a coefficient is out of
+ * range. */
+static int convert(j_decompress_ptr src, jvirt_barray_ptr array, const jpeg_component_info *comp,
+                   JDIMENSION width, JDIMENSION height, const UINT16 *from, const UINT16 *to,
+                   struct symbols *sym) {
     float ratio[DCTSIZE2];
     int changed = 0;
     for (int k = 0; k < DCTSIZE2; k++) {
         ratio[k] = (float)from[k] / (float)to[k];
         changed |= from[k] != to[k];
     }
-    if (!changed) {
-        return;
-    }
-    for (JDIMENSION row = 0; row < comp->height_in_blocks; row += comp->v_samp_factor) {
-        JBLOCKARRAY rows = (*src->mem->access_virt_barray)((j_common_ptr)src, array, row,
-                                                           (JDIMENSION)comp->v_samp_factor, TRUE);
-        for (int r = 0; r < comp->v_samp_factor && row + r < comp->height_in_blocks; r++) {
-            JBLOCKROW blocks = rows[r];
-            for (JDIMENSION b = 0; b < comp->width_in_blocks; b++) {
-                JCOEF *coef = blocks[b];
-                for (int k = 0; k < DCTSIZE2; k++) {
-                    if (coef[k]) {
-                        float scaled = (float)coef[k] * ratio[k];
-                        coef[k] = (JCOEF)(scaled < 0 ? -floorf(ROUNDING - scaled)
-                                                     : floorf(ROUNDING + scaled));
+    /* One component is coded alone, a block per MCU; several are interleaved. */
+    int alone = src->num_components == 1;
+    JDIMENSION mcu_width = alone ? 1 : (JDIMENSION)comp->h_samp_factor;
+    JDIMENSION mcu_height = alone ? 1 : (JDIMENSION)comp->v_samp_factor;
+    JDIMENSION mcu_pixels = DCTSIZE * (JDIMENSION)src->max_h_samp_factor;
+    JDIMENSION mcus = alone ? comp->width_in_blocks : (width + mcu_pixels - 1) / mcu_pixels;
+    JDIMENSION mcu_rows_pixels = DCTSIZE * (JDIMENSION)src->max_v_samp_factor;
+    JDIMENSION mcu_rows = alone ? comp->height_in_blocks
+                                : (height + mcu_rows_pixels - 1) / mcu_rows_pixels;
+    for (JDIMENSION mcu_row = 0; mcu_row < mcu_rows; mcu_row++) {
+        JDIMENSION row = mcu_row * mcu_height;
+        JDIMENSION rows = comp->height_in_blocks - row < mcu_height ? comp->height_in_blocks - row
+                                                                    : mcu_height;
+        JBLOCKARRAY blocks = (*src->mem->access_virt_barray)((j_common_ptr)src, array, row,
+                                                             rows, TRUE);
+        for (JDIMENSION mcu = 0; mcu < mcus; mcu++) {
+            for (JDIMENSION r = 0; r < mcu_height; r++) {
+                for (JDIMENSION c = 0; c < mcu_width; c++) {
+                    JDIMENSION column = mcu * mcu_width + c;
+                    if (r >= rows || column >= comp->width_in_blocks) {
+                        count_dummy(sym);
+                        continue;
+                    }
+                    JCOEF *coef = blocks[r][column];
+                    uint64_t nonzero = rescale(coef, changed ? ratio : NULL);
+                    if (!count(sym, coef, nonzero & ~(uint64_t)1)) {
+                        return 0;
                     }
                 }
             }
+        }
+    }
+    return 1;
+}
+
+/* An EXIF orientation (2-8) as the transform that makes the image upright: the output's
+ * x and y are the source's, swapped if transposed, then each mirrored if flipped. */
+struct turn {
+    int transpose, flip_x, flip_y;
+};
+
+static const struct turn turns[9] = {
+    [1] = {0, 0, 0}, [2] = {0, 1, 0}, [3] = {0, 1, 1}, [4] = {0, 0, 1},
+    [5] = {1, 0, 0}, [6] = {1, 0, 1}, [7] = {1, 1, 1}, [8] = {1, 1, 0},
+};
+
+/* A component turned upright, block by block, in a new array. In the DCT domain mirroring
+ * a block negates its coefficients of odd frequency along that axis, and transposing it
+ * transposes them. Whole MCUs only: the source's blocks fill its MCUs exactly. comp is a
+ * copy of the source component's, given the turned size. */
+static jvirt_barray_ptr turned(j_decompress_ptr src, jvirt_barray_ptr array,
+                               jpeg_component_info *comp, struct turn turn) {
+    JDIMENSION width = comp->width_in_blocks, height = comp->height_in_blocks;
+    if (turn.transpose) {
+        comp->width_in_blocks = height;
+        comp->height_in_blocks = width;
+    }
+    jvirt_barray_ptr out = (*src->mem->request_virt_barray)(
+        (j_common_ptr)src, JPOOL_IMAGE, FALSE, comp->width_in_blocks, comp->height_in_blocks,
+        (JDIMENSION)comp->v_samp_factor);
+    (*src->mem->realize_virt_arrays)((j_common_ptr)src);
+    for (JDIMENSION y = 0; y < comp->height_in_blocks; y++) {
+        JBLOCKROW row = (*src->mem->access_virt_barray)((j_common_ptr)src, out, y, 1, TRUE)[0];
+        for (JDIMENSION x = 0; x < comp->width_in_blocks; x++) {
+            JDIMENSION a = turn.transpose ? y : x, b = turn.transpose ? x : y;
+            JDIMENSION from_x = turn.flip_x ? width - 1 - a : a;
+            JDIMENSION from_y = turn.flip_y ? height - 1 - b : b;
+            const JCOEF *in = (*src->mem->access_virt_barray)((j_common_ptr)src, array, from_y,
+                                                              1, FALSE)[0][from_x];
+            for (int v = 0; v < DCTSIZE; v++) {
+                for (int u = 0; u < DCTSIZE; u++) {
+                    int from_u = turn.transpose ? v : u, from_v = turn.transpose ? u : v;
+                    JCOEF c = in[from_v * DCTSIZE + from_u];
+                    int negate = (turn.flip_x & from_u) ^ (turn.flip_y & from_v);
+                    row[x][v * DCTSIZE + u] = (JCOEF)(negate ? -c : c);
+                }
+            }
+        }
+    }
+    return out;
+}
+
+/* 1 if the image is whole MCUs: turned, no partial MCU lands on the top or left edge. */
+static int whole_mcus(const struct jpeg_decompress_struct *src) {
+    return src->image_width % (DCTSIZE * (JDIMENSION)src->max_h_samp_factor) == 0 &&
+           src->image_height % (DCTSIZE * (JDIMENSION)src->max_v_samp_factor) == 0;
+}
+
+/* A quantisation table as the turn leaves it (mirroring changes only signs). */
+static void turn_table(UINT16 table[DCTSIZE2], struct turn turn) {
+    if (turn.transpose) {
+        UINT16 copy[DCTSIZE2];
+        memcpy(copy, table, sizeof copy);
+        for (int k = 0; k < DCTSIZE2; k++) {
+            table[k] = copy[k % DCTSIZE * DCTSIZE + k / DCTSIZE];
         }
     }
 }
@@ -96,6 +306,7 @@ struct job {
     const unsigned char *data;
     unsigned long size;
     int quality;
+    int orientation;
     const unsigned char *icc;
     unsigned int icc_size;
     unsigned char *out;
@@ -126,8 +337,10 @@ static int run(struct job *job) {
     }
     jpeg_mem_src(&src, job->data, job->size);
     jpeg_read_header(&src, TRUE);
-    if (takes(&src)) {
+    struct turn turn = turns[job->orientation];
+    if (takes(&src) && (job->orientation == 1 || whole_mcus(&src))) {
         jvirt_barray_ptr *coefficients = jpeg_read_coefficients(&src);
+        jvirt_barray_ptr upright[MAX_COMPONENTS];
         UINT16 from[MAX_COMPONENTS][DCTSIZE2], target[2][DCTSIZE2];
         for (int ci = 0; ci < src.num_components; ci++) {
             const JQUANT_TBL *table = src.comp_info[ci].quant_table;
@@ -137,10 +350,19 @@ static int run(struct job *job) {
             for (int k = 0; k < DCTSIZE2; k++) {
                 from[ci][k] = table->quantval[k];
             }
+            turn_table(from[ci], turn);
         }
+        long dc[NUM_HUFF_TBLS][257] = {{0}}, ac[NUM_HUFF_TBLS][257] = {{0}};
+        int dc_used = 0, ac_used = 0;
         jpeg_create_compress(&dst);
         dst_created = 1;
         jpeg_copy_critical_parameters(&src, &dst);
+        if (turn.transpose) {
+            dst.image_width = src.image_height;
+            dst.image_height = src.image_width;
+            dst.X_density = src.Y_density;
+            dst.Y_density = src.X_density;
+        }
         jpeg_set_quality(&dst, job->quality, TRUE);
         for (int t = 0; t < 2; t++) {
             for (int k = 0; k < DCTSIZE2; k++) {
@@ -161,11 +383,30 @@ static int run(struct job *job) {
             }
             table->sent_table = FALSE;
             dst.comp_info[ci].quant_tbl_no = slot;
-            rescale(&src, coefficients[ci], &src.comp_info[ci], from[ci], table->quantval);
+            const jpeg_component_info *comp = &dst.comp_info[ci];
+            struct symbols sym = {dc[comp->dc_tbl_no], ac[comp->ac_tbl_no], 0};
+            dc_used |= 1 << comp->dc_tbl_no;
+            ac_used |= 1 << comp->ac_tbl_no;
+            jpeg_component_info shape = src.comp_info[ci];
+            upright[ci] = job->orientation == 1 ? coefficients[ci]
+                                                : turned(&src, coefficients[ci], &shape, turn);
+            if (!convert(&src, upright[ci], &shape, dst.image_width, dst.image_height, from[ci],
+                         table->quantval, &sym)) {
+                longjmp(src_err.escape, 1);
+            }
         }
-        dst.optimize_coding = TRUE;
+        /* The encoder's tables, made from the counts: no statistics pass of its own. */
+        for (int t = 0; t < NUM_HUFF_TBLS; t++) {
+            if (dc_used >> t & 1) {
+                jpeg_gen_optimal_table(&dst, dst.dc_huff_tbl_ptrs[t], dc[t]);
+            }
+            if (ac_used >> t & 1) {
+                jpeg_gen_optimal_table(&dst, dst.ac_huff_tbl_ptrs[t], ac[t]);
+            }
+        }
+        dst.optimize_coding = FALSE;
         jpeg_mem_dest(&dst, &job->out, &job->out_size);
-        jpeg_write_coefficients(&dst, coefficients);
+        jpeg_write_coefficients(&dst, upright);
         if (job->icc != NULL) {
             jpeg_write_icc_profile(&dst, job->icc, job->icc_size);
         }
@@ -180,18 +421,20 @@ static int run(struct job *job) {
 
 static PyObject *requantize(PyObject *self, PyObject *args) {
     Py_buffer data, icc = {0};
-    int quality;
+    int quality, orientation = 1;
     (void)self;
-    if (!PyArg_ParseTuple(args, "y*i|z*", &data, &quality, &icc)) {
+    if (!PyArg_ParseTuple(args, "y*i|z*i", &data, &quality, &icc, &orientation)) {
         return NULL;
     }
-    if (quality < 1 || quality > 100 || icc.len > 0xFFFFFF) {
+    if (quality < 1 || quality > 100 || icc.len > 0xFFFFFF || orientation < 1 ||
+        orientation > 8) {
         PyBuffer_Release(&data);
         PyBuffer_Release(&icc);
-        PyErr_SetString(PyExc_ValueError, "quality must be 1-100, the ICC profile < 16 MiB");
+        PyErr_SetString(PyExc_ValueError,
+                        "quality must be 1-100, the ICC profile < 16 MiB, the orientation 1-8");
         return NULL;
     }
-    struct job job = {data.buf, (unsigned long)data.len, quality,
+    struct job job = {data.buf, (unsigned long)data.len, quality, orientation,
                       icc.buf, (unsigned int)icc.len, NULL, 0};
     int done;
     Py_BEGIN_ALLOW_THREADS
@@ -209,8 +452,9 @@ static PyObject *requantize(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"requantize", requantize, METH_VARARGS,
-     "requantize(data, quality, icc=None) -> bytes | None: a 4:2:0 YCbCr JPEG's "
-     "coefficients rescaled to the quality's tables, Huffman-optimised; None if not taken."},
+     "requantize(data, quality, icc=None, orientation=1) -> bytes | None: a 4:2:0 YCbCr or "
+     "greyscale JPEG's coefficients turned upright per the EXIF orientation, rescaled to the "
+     "quality's tables, Huffman-optimised; None if not taken."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,8 +1,9 @@
 """Source bytes to JPEG. Pure and CPU-bound: the codec workers run it.
 
-An upright 4:2:0 YCbCr JPEG is requantised in the DCT domain (_jpeg.requantize: its
-coefficients rescaled to the target tables, no pixels decoded); every other source is
-decoded and encoded again with Pillow (the pixel path).
+A 4:2:0 YCbCr or greyscale JPEG is requantised in the DCT domain (_jpeg.requantize: its
+coefficients rescaled to the target tables, no pixels decoded; a greyscale one stays
+greyscale), turned upright there too when its EXIF orientation says so and it is whole
+MCUs; every other source is decoded and encoded again with Pillow (the pixel path).
 
 The format comes from the first bytes (formats.detect) and only that format's Pillow plugin
 opens them. Any input it cannot turn into an image is a permanent error (NotAnImage,
@@ -41,6 +42,8 @@ WHITE = (255, 255, 255)
 TRANSPARENT_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 ORIENTATION = 0x0112
 UPRIGHT = 1
+ORIENTATIONS = range(1, 9)  # the EXIF orientations; Pillow's exif_transpose ignores others
+TRANSPOSING = range(5, 9)  # the orientations that swap width and height
 
 
 @dataclass(frozen=True)
@@ -80,15 +83,17 @@ def compress(
     try:
         source_format = source.format or detected
         icc = usable_icc(source.info.get("icc_profile"))
-        rotated = _rotated(source)
+        orientation = _orientation(source)
+        rotated = orientation != UPRIGHT
         with (admit or MemoryBudget(limits.memory_bytes).admit)(decode_bytes(source, rotated)):
-            if detected == "JPEG" and not rotated:
-                jpeg = requantize(data, quality or DEFAULT_QUALITY, icc)
+            if detected == "JPEG" and orientation in ORIENTATIONS:
+                jpeg = requantize(data, quality or DEFAULT_QUALITY, icc, orientation)
                 if jpeg is not None:
                     stage = ("requantize", decode_started, time.time_ns())
-                    return Compressed(
-                        jpeg, source.width, source.height, source_format, stages=(stage,)
-                    )
+                    width, height = source.size
+                    if orientation in TRANSPOSING:
+                        width, height = height, width
+                    return Compressed(jpeg, width, height, source_format, stages=(stage,))
             try:
                 # In place: an upright image is not copied (a full frame saved per image).
                 ImageOps.exif_transpose(source, in_place=True)
@@ -137,7 +142,7 @@ def check_header(data: bytes, limits: DecodeSettings) -> None:
         return
     _, source = _open(data, limits)
     with source:
-        check_fits(decode_bytes(source, _rotated(source)), limits.memory_bytes)
+        check_fits(decode_bytes(source, _orientation(source) != UPRIGHT), limits.memory_bytes)
 
 
 def _open(data: bytes, limits: DecodeSettings) -> tuple[str, Image.Image]:
@@ -160,8 +165,9 @@ def _open(data: bytes, limits: DecodeSettings) -> tuple[str, Image.Image]:
     return detected, source
 
 
-def _rotated(source: Image.Image) -> bool:
-    """Whether the source's EXIF orientation is other than upright, from its header.
+def _orientation(source: Image.Image) -> int:
+    """The EXIF orientation, from the header; 0 for a value that is not an integer (the
+    pixel path's exif_transpose makes of it what it does).
 
     A PNG's EXIF is the eXIf chunk before the image data (where the PNG specification puts
     it): Pillow's getexif() would decode the whole image to look for one after it, before
@@ -173,9 +179,10 @@ def _rotated(source: Image.Image) -> bool:
                 exif.load(source.info["exif"])
         else:
             exif = source.getexif()
-        return bool(exif.get(ORIENTATION, UPRIGHT) != UPRIGHT)
+        orientation = exif.get(ORIENTATION, UPRIGHT)
     except Exception as exc:
         raise _decode_error(exc, f"corrupt EXIF in a {source.format} image") from None
+    return orientation if isinstance(orientation, int) else 0
 
 
 def _check_size(source: Image.Image, max_pixels: int) -> None:
