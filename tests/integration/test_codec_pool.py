@@ -14,12 +14,12 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from PIL import Image
 
+from devstack.hostile_payloads import scan_bomb
 from devstack.sample_images import encode, sample
 from imgpipe.processor.codec_pool import CodecPool, CodecWorker
 from imgpipe.processor.errors import NotAnImage, OverCpuBudget
 from imgpipe.processor.settings import DecodeSettings
 from support.eventually import eventually
-from support.hostile_payloads import scan_bomb
 
 LIMITS = DecodeSettings(max_pixels=100_000_000)
 WAIT = 60.0  # seconds a condition may take on a loaded machine before the test fails

@@ -23,10 +23,10 @@ import pytest
 from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from devstack import hostile_payloads as payloads
 from devstack.ports import free_port
 from devstack.sample_images import sample
 from imgpipe.v1 import processor_pb2, processor_pb2_grpc
-from support import hostile_payloads as payloads
 from support.eventually import eventually
 
 MIB = 1024 * 1024

@@ -9,13 +9,13 @@ import struct
 import pytest
 from PIL import Image, ImageCms
 
+from devstack.hostile_payloads import progressive_cmyk, rle_bmp, scan_bomb
 from devstack.sample_images import encode, photo_like
 from imgpipe.processor.budget import MIB, MemoryBudget, check_fits, decode_bytes
 from imgpipe.processor.compress import check_header, compress
 from imgpipe.processor.errors import OverMemoryBudget, TooManyScans, UnsafeCodec
 from imgpipe.processor.formats import MAX_ICC_BYTES, jpeg_scan_count, usable_icc
 from imgpipe.processor.settings import DecodeSettings
-from support.hostile_payloads import progressive_cmyk, rle_bmp, scan_bomb
 
 LIMITS = DecodeSettings(max_pixels=100_000_000)
 

@@ -10,13 +10,13 @@ import random
 import pytest
 from PIL import ExifTags, Image, ImageCms
 
+from devstack.hostile_payloads import eps, gif_with_frames, gzip_of_zeros, png_header_only, psd
 from devstack.sample_images import encode, photo_like, sample
 from imgpipe.common.errors import FailedPrecondition
 from imgpipe.processor.compress import Compressed, check_header, compress
 from imgpipe.processor.errors import NotAnImage, TooManyFrames, TooManyPixels
 from imgpipe.processor.formats import gif_frame_count
 from imgpipe.processor.settings import DecodeSettings
-from support.hostile_payloads import eps, gif_with_frames, gzip_of_zeros, png_header_only, psd
 
 MAX_PIXELS = 100_000_000
 LIMITS = DecodeSettings(MAX_PIXELS)
