@@ -97,3 +97,37 @@ def rle_bmp(width: int, height: int) -> bytes:
     offset = 14 + 40 + len(palette)
     info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(bits), 0, 0, 256, 0)
     return b"BM" + struct.pack("<IHHI", offset + len(bits), 0, 0, offset) + info + palette + bits
+
+
+def _blank(mode: str, width: int, height: int, fmt: str, **params: object) -> bytes:
+    out = io.BytesIO()
+    Image.new(mode, (width, height)).save(out, fmt, **params)
+    return out.getvalue()
+
+
+def rotated_rgba_png(width: int, height: int) -> bytes:
+    """A blank RGBA PNG of width x height whose EXIF says 'rotate 90°': decoded, rotated
+    upright and flattened onto RGB, the most memory a pixel of PNG takes."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90° clockwise to view
+    return _blank("RGBA", width, height, "PNG", compress_level=1, exif=exif.tobytes())
+
+
+def large_gif(width: int, height: int) -> bytes:
+    """A blank single-frame GIF of width x height."""
+    return _blank("P", width, height, "GIF")
+
+
+def lossless_webp(width: int, height: int) -> bytes:
+    """A blank lossless RGBA WebP of width x height (at most 16383 a side)."""
+    return _blank("RGBA", width, height, "WEBP", lossless=True, quality=0, method=0)
+
+
+def deflate_tiff(width: int, height: int) -> bytes:
+    """A blank Deflate-compressed RGB TIFF of width x height."""
+    return _blank("RGB", width, height, "TIFF", compression="tiff_adobe_deflate")
+
+
+def palette_bmp(width: int, height: int) -> bytes:
+    """An uncompressed 8-bit BMP of width x height: width x height bytes of pixels."""
+    return _blank("P", width, height, "BMP")

@@ -16,7 +16,16 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 
-from devstack.bench import machine, offline, photos, pipeline, politeness, procstat, profiling
+from devstack.bench import (
+    hostile,
+    machine,
+    offline,
+    photos,
+    pipeline,
+    politeness,
+    procstat,
+    profiling,
+)
 from devstack.bench.codec import ARENA_ENV
 from devstack.bench.config import DEFAULT, QUICK, Config
 from devstack.bench.corpus import Source, generate
@@ -41,6 +50,7 @@ TITLES = {
     "memory": "7. memory",
     "output": "8. output at quality 50",
     "politeness": "9. polite fetching and work not done twice",
+    "hostile": "10. hostile images: scan bombs, worst-case decodes, a small image among them",
 }
 
 
@@ -131,6 +141,7 @@ class Runner:
         self.guarded("parallel", lambda s: offline.parallel_section(config, corpus, s))
         self.guarded("photos", lambda s: photos.photos_section(config.codec_seconds, s))
         self.guarded("output", lambda s: offline.quality_section(config, corpus, s))
+        self.guarded("hostile", lambda s: hostile.hostile_section(config, self.workdir, s))
         bare: dict[str, tuple[list[float], list[float]]] = {}
         if "e2e" in self.only:
             with self.section("e2e"):

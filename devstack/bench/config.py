@@ -61,6 +61,9 @@ class Config:
     throttle_images: int = 10_000
     throttle_per_second: float = 50.0
     resubmit_images: int = 1_000
+    # Section 10: hostile images; sides of the worst cases are scaled by hostile_scale.
+    hostile_runs: int = 3
+    hostile_scale: float = 1.0
 
     def kind(self, name: str) -> Kind:
         for kind in self.kinds:
@@ -125,4 +128,5 @@ QUICK = Config(
     throttle_images=30,
     throttle_per_second=5.0,
     resubmit_images=10,
+    hostile_scale=0.1,
 )

@@ -132,6 +132,18 @@ EXPECTED = [
             "resubmit.processor_cpu_ratio",
         )
     ],
+    *[
+        f"hostile.{f}"
+        for f in (
+            "bomb.seconds",
+            "small.alone.ms",
+            "small.loaded.ms",
+            "small.loaded.ratio",
+            "peak_rss.mib",
+            "worst.ok",
+            "worst.failed",
+        )
+    ],
 ]
 # Figures that must be above zero whatever the machine: rates, ratios, sizes, quality.
 MUST_BE_POSITIVE = (
