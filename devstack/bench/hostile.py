@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 import statistics
+import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import grpc
@@ -39,7 +40,7 @@ WORST: dict[str, tuple[Callable[[int, int], bytes], int, str]] = {
     "cmyk.jpg": (payloads.progressive_cmyk, 7800, "progressive CMYK JPEG, 12 B/px"),
     "rotated.png": (payloads.rotated_rgba_png, 7400, "RGBA PNG rotated by EXIF, 13 B/px"),
     "large.gif": (payloads.large_gif, 9500, "GIF, 8 B/px"),
-    "lossless.webp": (payloads.lossless_webp, 7400, "lossless RGBA WebP, 13 B/px"),
+    "lossless.webp": (payloads.lossless_webp, 5900, "lossless RGBA WebP, 22 B/px"),
     "deflate.tiff": (payloads.deflate_tiff, 9500, "Deflate RGB TIFF, 8 B/px"),
     "palette.bmp": (payloads.palette_bmp, 7000, "uncompressed 8-bit BMP, 1 byte of source a pixel"),
     "rle.bmp": (payloads.rle_bmp, 9500, "RLE8 BMP (refused)"),
@@ -105,6 +106,30 @@ def _peaks_mib(root: int) -> list[float]:
     return peaks
 
 
+@contextmanager
+def _family_rss_peak(root: int, every: float = 0.01) -> Iterator[list[float]]:
+    """The most VmRSS root and every process below it held together at one moment,
+    sampled every `every` seconds while the block runs (the list's one item, after)."""
+    peak = [0.0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(every):
+            total = 0.0
+            for pid in [root, *procstat.descendants(root)]:
+                with suppress(OSError, KeyError):
+                    total += procstat.rss_mib(pid)
+            peak[0] = max(peak[0], total)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield peak
+    finally:
+        stop.set()
+        sampler.join()
+
+
 def hostile_section(config: Config, workdir: Path, section: Section) -> None:
     runs = config.hostile_runs
     bomb_side = _side(config, 8000)
@@ -124,14 +149,17 @@ def hostile_section(config: Config, workdir: Path, section: Section) -> None:
             bombs = [_call(stub, bomb) for _ in range(runs)]
             alone = [_call(stub, small)[0] for _ in range(runs)]
             loaded, codes = [], Counter[tuple[str, str]]()
-            for _ in range(runs):
-                attack = [bomb, bomb, *worst.values()]
-                futures = [
-                    stub.ProcessImage.future(_request(u), timeout=CALL_TIMEOUT) for u in attack
-                ]
-                loaded.append(_call(stub, small)[0])
-                for name, future in zip(["scan-bomb.jpg"] * 2 + list(worst), futures, strict=True):
-                    codes[name, _code(future.exception())] += 1
+            with _family_rss_peak(processor.process.pid) as together:
+                for _ in range(runs):
+                    attack = [bomb, bomb, *worst.values()]
+                    futures = [
+                        stub.ProcessImage.future(_request(u), timeout=CALL_TIMEOUT) for u in attack
+                    ]
+                    loaded.append(_call(stub, small)[0])
+                    for name, future in zip(
+                        ["scan-bomb.jpg"] * 2 + list(worst), futures, strict=True
+                    ):
+                        codes[name, _code(future.exception())] += 1
         peaks = _peaks_mib(processor.process.pid)
     megapixels = bomb_side * bomb_side / 1e6
     section.notes.append(
@@ -159,10 +187,16 @@ def hostile_section(config: Config, workdir: Path, section: Section) -> None:
     )
     section.add(
         "peak_rss.mib",
-        "processor + codec workers peak RSS (VmHWM summed)",
+        "processor + codec workers peak RSS, together (sampled / 10 ms)",
+        "MiB",
+        together,
+        goal="< 1536",
+    )
+    section.add(
+        "peak_rss_hwm_sum.mib",
+        "  upper bound: each process's own peak (VmHWM), summed",
         "MiB",
         [sum(peaks)],
-        goal="< 1536",
     )
     below = ", ".join(f"{p:.0f}" for p in peaks[1:])
     section.notes.append(f"VmHWM: processor {peaks[0]:.0f} MiB; processes below it: {below} MiB")

@@ -27,6 +27,9 @@ RGB_BYTES = 4  # Pillow keeps RGB as 4 bytes a pixel
 # 2 bytes each: 3 bytes a pixel), and Pillow buffers the whole output (at most 1 a pixel).
 ENCODE_BYTES = 4
 COEFFICIENT_BYTES = 2 * 64  # one 8x8 block of 16-bit DCT coefficients
+# libwebp decodes into buffers of its own (ARGB and the lossless transforms' rows) before
+# Pillow copies the pixels out: a lossless 7400x7400 WebP peaked at 21 bytes a pixel.
+WEBP_DECODER_BYTES = 18
 PROGRESSIVE_SOF = {0xC2, 0xC6, 0xCA, 0xCE}
 TRANSPARENT_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 
@@ -40,6 +43,8 @@ def decode_bytes(image: Image.Image, rotated: bool) -> int:
     pixels = image.width * image.height
     stored = pixels * STORED_BYTES.get(image.mode, 4)
     decode = stored + _jpeg_coefficient_bytes(image)
+    if image.format == "WEBP":
+        decode += pixels * WEBP_DECODER_BYTES
     rotate = 2 * stored if rotated else 0
     if image.mode in TRANSPARENT_MODES or "transparency" in image.info:
         convert = stored + pixels * (2 * RGB_BYTES + 1)  # RGBA copy, alpha band, RGB

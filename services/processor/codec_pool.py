@@ -14,6 +14,9 @@ it) the worker is killed and replaced, so its CPU is free at once. A worker that
 otherwise (a native decoder's crash on hostile bytes, the OOM killer, kill -9) is replaced
 and the image tried once more in the new one; a second death fails it (DecoderCrashed).
 
+Large decodes (an estimate over a quarter of the budget) take at most all workers but one,
+so that small images never wait behind them (a few of them can fill the budget anyway).
+
 Workers are forked by multiprocessing's fork server, which imports this module (and the
 main module) once: a new worker starts in milliseconds, with none of the processor's
 threads or sockets.
@@ -212,7 +215,8 @@ class CodecWorker:
 
 
 class CodecPool:
-    """`workers` codec worker processes; compress() waits for an idle one."""
+    """`workers` codec worker processes; compress() waits for an idle one, and a large
+    decode for one of the workers large decodes may take."""
 
     def __init__(self, workers: int, limits: DecodeSettings) -> None:
         context = multiprocessing.get_context("forkserver")
@@ -224,9 +228,18 @@ class CodecPool:
         self._idle: asyncio.Queue[CodecWorker] = asyncio.Queue()
         for worker in self.workers:
             self._idle.put_nowait(worker)
+        self._large = asyncio.Semaphore(max(1, workers - 1))
+        self._large_bytes = limits.memory_bytes // 4
 
-    async def compress(self, data: bytes, quality: int) -> Compressed:
-        """The image as a JPEG, from a worker; cancelling the call kills that worker."""
+    async def compress(self, data: bytes, quality: int, estimate: int | None = None) -> Compressed:
+        """The image as a JPEG, from a worker; cancelling the call kills that worker.
+        estimate: the decode's memory, when known before (compress.check_header)."""
+        if estimate is not None and estimate > self._large_bytes:
+            async with self._large:
+                return await self._compress(data, quality)
+        return await self._compress(data, quality)
+
+    async def _compress(self, data: bytes, quality: int) -> Compressed:
         worker = await self._idle.get()
         job = asyncio.get_running_loop().run_in_executor(self._threads, worker.run, data, quality)
         job.add_done_callback(lambda done: self._returned(worker, done))

@@ -134,15 +134,17 @@ def compress(
     )
 
 
-def check_header(data: bytes, limits: DecodeSettings) -> None:
+def check_header(data: bytes, limits: DecodeSettings) -> int | None:
     """Every check compress() makes before decoding, for a refusal without waiting for a
-    codec worker. Pillow's header parsers for these formats are Python; WebP's is native
-    (libwebp), so a WebP is left to the worker."""
+    codec worker; the decode's memory estimate. Pillow's header parsers for these formats
+    are Python; WebP's is native (libwebp), so a WebP is left to the worker (None)."""
     if data.startswith(b"RIFF"):
-        return
+        return None
     _, source = _open(data, limits)
     with source:
-        check_fits(decode_bytes(source, _orientation(source) != UPRIGHT), limits.memory_bytes)
+        estimate = decode_bytes(source, _orientation(source) != UPRIGHT)
+    check_fits(estimate, limits.memory_bytes)
+    return estimate
 
 
 def _open(data: bytes, limits: DecodeSettings) -> tuple[str, Image.Image]:

@@ -174,8 +174,8 @@ class Pipeline:
         data = fetched.body
         metrics.INPUT_BYTES.inc(len(data))
         with metrics.COMPRESS_SECONDS.time():
-            check_header(data, self._decode)
-            compressed = await self._codec.compress(data, quality)
+            estimate = check_header(data, self._decode)
+            compressed = await self._codec.compress(data, quality, estimate)
         # The codec runs in a worker process; its stages become spans here, as it timed them.
         for stage, start, end in compressed.stages:
             TRACER.start_span(stage, start_time=start).end(end_time=end)

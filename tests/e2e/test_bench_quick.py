@@ -117,6 +117,7 @@ EXPECTED = [
             "connect_seconds",
         )
     ],
+    "watchers.grpc_floor_us_per_message",
     *[f"memory.{v}.processor_{m}" for v in ("as_is", "malloc") for m in ("hwm", "rss")],
     *[f"output.{k}.{f}" for k in KINDS for f in ("bytes_ratio", "psnr", "ssim")],
     *[
@@ -140,6 +141,7 @@ EXPECTED = [
             "small.loaded.ms",
             "small.loaded.ratio",
             "peak_rss.mib",
+            "peak_rss_hwm_sum.mib",
             "worst.ok",
             "worst.failed",
         )

@@ -127,3 +127,25 @@ async def test_concurrent_decodes_are_admitted_within_the_memory_budget() -> Non
         assert codec.budget.peak == 2000 * 1500 * 8
     finally:
         await codec.close()
+
+
+async def test_a_small_image_does_not_wait_behind_large_decodes() -> None:
+    """Two decodes as large as the budget, each for minutes: the second waits for the first
+    without taking the last worker, so a small image gets it at once."""
+    limits = DecodeSettings(LIMITS.max_pixels, max_jpeg_scans=1_000_000, cpu_seconds=600)
+    codec = CodecPool(2, limits)
+    bomb = scan_bomb(8000, 8000, 200_000)
+    large = [
+        asyncio.create_task(codec.compress(bomb, 50, estimate=limits.memory_bytes))
+        for _ in range(2)
+    ]
+    try:
+        await until(lambda: any(w.decoding for w in codec.workers), "a large decode")
+        small = await asyncio.wait_for(codec.compress(sample(64, 48, "JPEG"), 50), WAIT / 2)
+        assert small.width == 64
+        assert not any(task.done() for task in large)
+    finally:
+        for task in large:
+            task.cancel()
+        await asyncio.gather(*large, return_exceptions=True)
+        await codec.close()
