@@ -48,8 +48,13 @@ lock: $(STAMP)
 run: $(STAMP)
 	$(PY) -m devstack.run
 
+# Four workers (pytest-xdist) on two cores: most tests wait on processes, servers and the
+# network, not the CPU. Tests that share a costly module fixture are kept on one worker
+# (`xdist_group`). `make test TEST_WORKERS=0` runs the suite in one process.
+TEST_WORKERS ?= 4
+
 test: $(STAMP)
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
