@@ -36,9 +36,6 @@ from support.csv_files import batch_csv
 from support.eventually import eventually_blocking
 
 BATCH = 120
-# Each test runs whole stacks on short leases and deadlines (FAULT_ENV): under pytest-xdist
-# they take turns on one worker rather than starve each other of the CPU.
-pytestmark = pytest.mark.xdist_group("faults")
 LEASED = "SELECT id FROM images WHERE state = 'PROCESSING'"
 RETRIES = "SELECT coalesce(max(attempts), 0) AS n FROM images WHERE request_id = $1"
 # The most times one image of the request went back to the queue (a QUEUED event each).
