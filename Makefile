@@ -5,19 +5,23 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PROTOS := $(wildcard protos/imgpipe/v1/*.proto)
 
-.PHONY: all venv gen lock run test lint policy audit bench clean
+.PHONY: all venv gen lock run test lint policy policy-venv audit bench clean
 
 all: lint policy test
 
-# Editable in setuptools' strict mode: a tree of links that mypy reads like an installed
-# package (the lenient mode's import hook is invisible to type checkers). A module added
-# or removed needs a reinstall, hence the package folders among the prerequisites.
-$(STAMP): pyproject.toml devstack/pyproject.toml src/imgpipe src/imgpipe/v1 services/ingest \
-    services/ingest/migrations services/ingest/web services/processor shared devstack \
-    devstack/bench
+# Everything from requirements-dev.lock (the runtime lock's versions plus the dev tools,
+# pinned with their hashes: `make lock`), so nothing is resolved at install; then the two
+# packages themselves without dependencies, built by the locked setuptools. Editable in
+# setuptools' strict mode: a tree of links that mypy reads like an installed package (the
+# lenient mode's import hook is invisible to type checkers). A module added or removed
+# needs a reinstall, hence the package folders among the prerequisites.
+$(STAMP): pyproject.toml requirements-dev.lock devstack/pyproject.toml src/imgpipe \
+    src/imgpipe/v1 services/ingest services/ingest/migrations services/ingest/web \
+    services/processor shared devstack devstack/bench
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --config-settings editable_mode=strict -e '.[dev]' -e ./devstack
+	$(PY) -m pip install --quiet --no-deps --require-hashes -r requirements-dev.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation \
+	  --config-settings editable_mode=strict -e . -e ./devstack
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -27,19 +31,30 @@ venv: $(STAMP)
 gen: $(STAMP)
 	$(PY) -m devstack.protogen
 
-# The runtime dependencies pinned with their hashes, from pyproject.toml's ranges; the image
-# installs from it (tests/unit/test_lock_file.py fails when it drifts). Newest versions
-# within the ranges: `make lock UPGRADE=--upgrade`.
+# The dependencies pinned with their hashes, from pyproject.toml's ranges:
+# requirements.lock, the runtime ones, which the image installs; requirements-dev.lock,
+# the same versions plus the dev extra, which `make venv` installs; requirements-policy.lock,
+# checkov's (requirements-policy.in). tests/unit/test_lock_file.py fails when they drift.
+# Newest versions within the ranges: `make lock UPGRADE=--upgrade`.
+PIP_COMPILE := $(VENV)/bin/pip-compile --quiet --generate-hashes --strip-extras --allow-unsafe \
+  --no-emit-find-links --no-emit-index-url $(UPGRADE)
+
 lock: $(STAMP)
-	$(VENV)/bin/pip-compile --quiet --generate-hashes --strip-extras --allow-unsafe \
-	  --no-emit-find-links --no-emit-index-url $(UPGRADE) \
-	  --output-file requirements.lock pyproject.toml
+	$(PIP_COMPILE) --output-file requirements.lock pyproject.toml
+	$(PIP_COMPILE) --extra dev --constraint requirements.lock \
+	  --output-file requirements-dev.lock pyproject.toml
+	$(PIP_COMPILE) --output-file requirements-policy.lock requirements-policy.in
 
 run: $(STAMP)
 	$(PY) -m devstack.run
 
+# Four workers (pytest-xdist) on two cores: most tests wait on processes, servers and the
+# network, not the CPU. Tests that share a costly module fixture are kept on one worker
+# (`xdist_group`). `make test TEST_WORKERS=0` runs the suite in one process.
+TEST_WORKERS ?= 4
+
 test: $(STAMP)
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -51,16 +66,19 @@ lint: $(STAMP)
 
 # checkov, the real scanner, on what gets applied: the kustomize renders of both overlays
 # (the base sets no namespace; its configuration and skips: deploy/k8s/.checkov.yaml). It pins boto3, packaging and networkx
-# exactly, which would downgrade the dev environment, so it has a virtualenv of its own.
-CHECKOV_VERSION := 3.3.30
+# exactly, which would downgrade the dev environment, so it has a virtualenv of its own,
+# installed from requirements-policy.lock (`make lock`) without resolving anything.
 POLICY_VENV     := .venv-policy
-POLICY_STAMP    := $(POLICY_VENV)/.checkov-$(CHECKOV_VERSION)
+POLICY_STAMP    := $(POLICY_VENV)/.installed-stamp
 K8S_OVERLAYS    := dev prod
 
-$(POLICY_STAMP):
+$(POLICY_STAMP): requirements-policy.lock
 	test -x $(POLICY_VENV)/bin/python || $(PYTHON) -m venv $(POLICY_VENV)
-	$(POLICY_VENV)/bin/python -m pip install --quiet 'checkov==$(CHECKOV_VERSION)'
+	$(POLICY_VENV)/bin/python -m pip install --quiet --no-deps --require-hashes \
+	  -r requirements-policy.lock
 	touch $(POLICY_STAMP)
+
+policy-venv: $(POLICY_STAMP)
 
 policy: $(POLICY_STAMP)
 	rm -rf build/policy && mkdir -p build/policy

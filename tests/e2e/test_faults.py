@@ -234,7 +234,11 @@ def test_transient_failures_are_retried_and_permanent_ones_are_not(
     image_server.fail_first("/batch/0.jpg", 500, 502)
     missing = image_server.url("/missing.jpg")
     csv = batch_csv([flaky, missing, good])
-    with stack_for(database_url, s3_env, tmp_path) as stack:
+    # Attempts are counted here, so no call may run out of time: on a loaded machine (the
+    # suite on parallel workers) a fresh processor's first image can take longer than
+    # FAULT_ENV's 3 s, and that spent a second attempt on the good image.
+    env = {**FAULT_ENV, "IMGPIPE_CALL_TIMEOUT": "30", "IMGPIPE_LEASE_SECONDS": "40"}
+    with Stack(database_url, s3_env, log_dir=tmp_path / "logs", extra_env=env) as stack:
         request_id = submit(stack.ingest_target, csv)
         final = wait_terminal(stack.ingest_target, request_id)
     assert final.state == requests_pb2.REQUEST_STATE_PARTIALLY_COMPLETED

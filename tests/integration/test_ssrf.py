@@ -30,6 +30,9 @@ ORIGIN = f"http://{netns_probe.ORIGIN}"
 BLOCKED = "BlockedAddress"
 UNSUPPORTED = "UnsupportedUrl"
 CODES = {BLOCKED: "FAILED_PRECONDITION", UNSUPPORTED: "INVALID_ARGUMENT"}
+# The matrix's tests share one probe run (the module fixture `report`): under pytest-xdist
+# they stay on one worker, so that it runs once.
+pytestmark = pytest.mark.xdist_group("ssrf")
 
 
 def via(target: str) -> str:

@@ -1,9 +1,14 @@
 """PostgreSQL for the tests: one server per session (DATABASE_URL if it answers, else a
-private cluster), a template database migrated once, and a fresh clone per test."""
+private cluster), a template database migrated once, and a fresh clone per test.
+
+Under pytest-xdist each worker is a session of its own: a private cluster of its own, or,
+on a shared DATABASE_URL, a template of its own (PYTEST_XDIST_WORKER in its name), since
+one worker dropping and recreating the template would break another's clones."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from urllib.parse import urlsplit, urlunsplit
 
@@ -11,7 +16,7 @@ import asyncpg
 
 from imgpipe.ingest import postgres
 
-TEMPLATE = "imgpipe_test_template"
+TEMPLATE = f"imgpipe_test_template_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
 
 
 def with_database(dsn: str, name: str) -> str:
