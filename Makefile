@@ -48,13 +48,18 @@ lock: $(STAMP)
 run: $(STAMP)
 	$(PY) -m devstack.run
 
-# Four workers (pytest-xdist) on two cores: most tests wait on processes, servers and the
-# network, not the CPU. Tests that share a costly module fixture are kept on one worker
-# (`xdist_group`). `make test TEST_WORKERS=0` runs the suite in one process.
+# Unit and integration tests on four workers (pytest-xdist) on two cores: most of them
+# wait on processes, servers and the network, not the CPU; tests that share a costly module
+# fixture are kept on one worker (`xdist_group`). Then the end-to-end tests one at a time:
+# the fault tests' short leases and deadlines are about the services, not a busy machine.
+# `make test TEST_WORKERS=0` runs the first part in one process too.
 TEST_WORKERS ?= 4
 
 test: $(STAMP)
-	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup
+	status=0; \
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup tests/unit tests/integration || status=1; \
+	$(VENV)/bin/pytest tests/e2e || status=1; \
+	exit $$status
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
