@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 
 import aiohttp
 import asyncpg
@@ -19,7 +18,7 @@ from imgpipe.common.storage import Storage
 from imgpipe.v1 import ingest_pb2
 from support.batch import TERMINAL
 from support.csv_files import batch_csv
-from support.ingest_harness import RunningIngest, running_ingest, running_processor
+from support.ingest_harness import IngestFactory, RunningIngest
 
 # Each table with a request's rows, by the column that names the request.
 TABLES = {
@@ -32,18 +31,14 @@ TABLES = {
 
 
 @pytest.fixture
-async def ingest(database_url: str, s3_env: dict[str, str]) -> AsyncIterator[RunningIngest]:
-    async with running_processor(s3_env) as target:
-        env = {
-            **s3_env,
-            "DATABASE_URL": database_url,
-            "IMGPIPE_PROCESSOR_TARGET": target,
-            "IMGPIPE_AUTH_TOKENS": "alpha-token,beta-token",
-            # The sweep runs when a test says so.
-            "IMGPIPE_RETENTION_INTERVAL": "3600",
-        }
-        async with running_ingest(env) as running:
-            yield running
+async def ingest(start_ingest: IngestFactory, s3_env: dict[str, str]) -> RunningIngest:
+    env = {
+        **s3_env,
+        "IMGPIPE_AUTH_TOKENS": "alpha-token,beta-token",
+        # The sweep runs when a test says so.
+        "IMGPIPE_RETENTION_INTERVAL": "3600",
+    }
+    return await start_ingest(env, processor=True, processor_env=s3_env)
 
 
 def bearer(token: str = "alpha-token") -> tuple[tuple[str, str]]:

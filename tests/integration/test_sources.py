@@ -15,7 +15,7 @@ from imgpipe.common.storage import Storage
 from imgpipe.v1 import ingest_pb2, requests_pb2
 from support.batch import TERMINAL
 from support.csv_files import batch_csv
-from support.ingest_harness import RunningIngest, running_ingest, running_processor
+from support.ingest_harness import IngestFactory, RunningIngest
 from support.source_server import SourceServer
 
 
@@ -26,18 +26,14 @@ async def source() -> AsyncIterator[SourceServer]:
 
 
 @pytest.fixture
-async def ingest(database_url: str, s3_env: dict[str, str]) -> AsyncIterator[RunningIngest]:
-    async with running_processor(s3_env) as target:
-        env = {
-            **s3_env,
-            "DATABASE_URL": database_url,
-            "IMGPIPE_PROCESSOR_TARGET": target,
-            # One attempt: an attempt spent on a throttled source would fail the image.
-            "IMGPIPE_RETRY_MAX_ATTEMPTS": "1",
-            "IMGPIPE_RETENTION_INTERVAL": "3600",
-        }
-        async with running_ingest(env) as running:
-            yield running
+async def ingest(start_ingest: IngestFactory, s3_env: dict[str, str]) -> RunningIngest:
+    env = {
+        **s3_env,
+        # One attempt: an attempt spent on a throttled source would fail the image.
+        "IMGPIPE_RETRY_MAX_ATTEMPTS": "1",
+        "IMGPIPE_RETENTION_INTERVAL": "3600",
+    }
+    return await start_ingest(env, processor=True, processor_env=s3_env)
 
 
 async def run(ingest: RunningIngest, csv: bytes) -> ingest_pb2.GetStatusResponse:
