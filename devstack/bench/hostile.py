@@ -3,11 +3,14 @@
 
 Scan bombs must fail fast; a small image must not wait behind bombs and worst-case
 decodes in flight; and the processor's peak RSS after worst-case decodes of every allowed
-format must stay bounded.
+format must stay bounded. The image server runs in a process of its own: serving hundreds
+of MB of worst cases from this one would hold up the client's calls here, not the
+processor's.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import statistics
 import threading
@@ -31,6 +34,9 @@ from devstack.stack import Service
 from imgpipe.v1 import processor_pb2, processor_pb2_grpc
 
 CALL_TIMEOUT = 120.0
+# A processor at its in-flight limit refuses a call at once; the small image is asked
+# again after this long, as ingest would ask it (or another replica) again.
+FULL_RETRY_SECONDS = 0.01
 START_TIMEOUT = 30.0
 SCAN_BOMB_SCANS = 5000
 SMALL = (816, 612)  # 0.5 MP
@@ -73,6 +79,33 @@ def _processor(workdir: Path) -> Iterator[Service]:
         service.process.wait()
 
 
+def _serve(routes: dict[str, bytes], port: multiprocessing.connection.Connection) -> None:
+    with ImageServer() as images:
+        for path, body in routes.items():
+            images.add(path, body)
+        port.send(images.port)
+        with suppress(EOFError):
+            port.recv()  # until the bench closes its end
+
+
+@contextmanager
+def _image_server(routes: dict[str, bytes]) -> Iterator[dict[str, str]]:
+    """routes served by a forked process; yields each path's URL."""
+    ours, theirs = multiprocessing.get_context("fork").Pipe()
+    server = multiprocessing.get_context("fork").Process(
+        target=_serve, args=(routes, theirs), daemon=True
+    )
+    server.start()
+    theirs.close()
+    try:
+        port = ours.recv()
+        yield {path: f"http://127.0.0.1:{port}{path}" for path in routes}
+    finally:
+        ours.close()
+        server.join(timeout=5)
+        server.kill()
+
+
 def _request(url: str) -> processor_pb2.ProcessImageRequest:
     return processor_pb2.ProcessImageRequest(source_url=url, output_key=f"{uuid.uuid4()}/1-0.jpg")
 
@@ -86,6 +119,21 @@ def _call(stub: processor_pb2_grpc.ProcessorServiceStub, url: str) -> tuple[floa
     except grpc.RpcError as error:
         code = error.code()
     return time.monotonic() - started, code.name
+
+
+def _call_until_taken(
+    stub: processor_pb2_grpc.ProcessorServiceStub, url: str
+) -> tuple[float, str, int]:
+    """Seconds until url's call is taken and answered, its status code name, and how many
+    times the processor refused it first as full (RESOURCE_EXHAUSTED)."""
+    started = time.monotonic()
+    refused = 0
+    while True:
+        _, code = _call(stub, url)
+        if code != grpc.StatusCode.RESOURCE_EXHAUSTED.name:
+            return time.monotonic() - started, code, refused
+        refused += 1
+        time.sleep(FULL_RETRY_SECONDS)
 
 
 def _code(error: BaseException | None) -> str:
@@ -133,29 +181,34 @@ def _family_rss_peak(root: int, every: float = 0.01) -> Iterator[list[float]]:
 def hostile_section(config: Config, workdir: Path, section: Section) -> None:
     runs = config.hostile_runs
     bomb_side = _side(config, 8000)
-    with ImageServer() as images, _processor(workdir) as processor:
+    routes = {
+        "/scan-bomb.jpg": payloads.scan_bomb(bomb_side, bomb_side, SCAN_BOMB_SCANS),
+        "/small.jpg": sample(*SMALL, "JPEG"),
+    }
+    routes |= {
+        f"/{name}": make(_side(config, side), _side(config, side))
+        for name, (make, side, _) in WORST.items()
+    }
+    with _image_server(routes) as urls, _processor(workdir) as processor:
         assert processor.process is not None
-        bomb = images.add(
-            "/scan-bomb.jpg", payloads.scan_bomb(bomb_side, bomb_side, SCAN_BOMB_SCANS)
-        )
-        small = images.add("/small.jpg", sample(*SMALL, "JPEG"))
-        worst = {
-            name: images.add(f"/{name}", make(_side(config, side), _side(config, side)))
-            for name, (make, side, _) in WORST.items()
-        }
+        bomb, small = urls["/scan-bomb.jpg"], urls["/small.jpg"]
+        worst = {name: urls[f"/{name}"] for name in WORST}
         with grpc.insecure_channel(processor.grpc_target) as channel:
             stub = processor_pb2_grpc.ProcessorServiceStub(channel)
             _call(stub, small)  # warm-up: codec workers, imports
             bombs = [_call(stub, bomb) for _ in range(runs)]
             alone = [_call(stub, small)[0] for _ in range(runs)]
-            loaded, codes = [], Counter[tuple[str, str]]()
+            loaded, codes, small_codes, refused = [], Counter[tuple[str, str]](), Counter[str](), 0
             with _family_rss_peak(processor.process.pid) as together:
                 for _ in range(runs):
                     attack = [bomb, bomb, *worst.values()]
                     futures = [
                         stub.ProcessImage.future(_request(u), timeout=CALL_TIMEOUT) for u in attack
                     ]
-                    loaded.append(_call(stub, small)[0])
+                    seconds, code, full = _call_until_taken(stub, small)
+                    loaded.append(seconds)
+                    small_codes[code] += 1
+                    refused += full
                     for name, future in zip(
                         ["scan-bomb.jpg"] * 2 + list(worst), futures, strict=True
                     ):
@@ -166,7 +219,10 @@ def hostile_section(config: Config, workdir: Path, section: Section) -> None:
         f"one processor, default settings (codec memory budget, CPU limit, workers); scan "
         f"bomb: progressive greyscale JPEG {bomb_side}x{bomb_side} ({megapixels:.0f} MP), "
         f"{SCAN_BOMB_SCANS} empty scans; under attack = 2 scan bombs and every worst case "
-        f"below sent at once, then the small image"
+        f"below sent at once, then the small image (asked again after "
+        f"{FULL_RETRY_SECONDS * 1000:.0f} ms while the processor refuses it as full: "
+        f"{refused} times in {runs} rounds); its answers under attack: "
+        + ", ".join(f"{n} {code}" for code, n in sorted(small_codes.items()))
     )
     bomb_codes = sorted({code for _, code in bombs})
     section.add(

@@ -5,7 +5,8 @@ has opened it, nothing is decoded): pixels x bytes per pixel of the decoded mode
 coefficient buffer of a progressive JPEG, the copy an EXIF rotation makes, the RGB
 conversion and the encoder's buffers, taking the largest phase. MemoryBudget admits
 decodes against a budget for the whole process, so that the sum of what the decodes in
-flight may cost never passes it: the processor's peak RSS is its baseline plus the budget.
+flight may cost never passes it (and its reserve for small decodes): the processor's peak
+RSS is its baseline plus 1.25 x the budget.
 """
 
 from __future__ import annotations
@@ -40,11 +41,11 @@ Admit = Callable[[int], AbstractContextManager[None]]
 def decode_bytes(image: Image.Image, rotated: bool) -> int:
     """The most memory, in bytes, that decoding image, rotating it upright (when rotated)
     and encoding it as a JPEG holds at once."""
+    if image.format == "WEBP":
+        return webp_decode_bytes(image.width, image.height)
     pixels = image.width * image.height
     stored = pixels * STORED_BYTES.get(image.mode, 4)
     decode = stored + _jpeg_coefficient_bytes(image)
-    if image.format == "WEBP":
-        decode += pixels * WEBP_DECODER_BYTES
     rotate = 2 * stored if rotated else 0
     if image.mode in TRANSPARENT_MODES or "transparency" in image.info:
         convert = stored + pixels * (2 * RGB_BYTES + 1)  # RGBA copy, alpha band, RGB
@@ -54,6 +55,13 @@ def decode_bytes(image: Image.Image, rotated: bool) -> int:
         convert = stored
     encode = pixels * (RGB_BYTES + ENCODE_BYTES)
     return max(decode, rotate, convert, encode)
+
+
+def webp_decode_bytes(width: int, height: int) -> int:
+    """decode_bytes of a WebP, from its size alone: libwebp's buffers and the pixels Pillow
+    copies out of them (RGB or RGBA, 4 bytes a pixel either way) outweigh every later phase
+    (an RGBA flattening takes 13 bytes a pixel, a rotation 8)."""
+    return width * height * (RGB_BYTES + WEBP_DECODER_BYTES)
 
 
 def _jpeg_coefficient_bytes(image: Image.Image) -> int:
@@ -83,14 +91,24 @@ def check_fits(size: int, total: int) -> None:
 
 class MemoryBudget:
     """Bytes the decodes in flight may hold together. A decode waits until its estimate
-    fits; one larger than the whole budget is refused (OverMemoryBudget)."""
+    fits; one larger than total is refused (OverMemoryBudget).
+
+    Small decodes (at most a quarter of total) have a reserve of a quarter of total on top
+    of it, which large ones never take: however much of the budget large decodes hold, a
+    small one waits only for other small ones. Together the decodes hold at most
+    1.25 x total."""
 
     def __init__(self, total: int) -> None:
         self.total = total
-        self._free = total
+        self.reserve = total // 4
+        self._free = total + self.reserve
         # The most bytes admitted at once so far.
         self.peak = 0
         self._changed = threading.Condition()
+
+    def large(self, size: int) -> bool:
+        """Whether a decode of size bytes is a large one, kept out of the reserve."""
+        return size > self.reserve
 
     @contextmanager
     def admit(self, size: int) -> Iterator[None]:
@@ -104,12 +122,13 @@ class MemoryBudget:
     def acquire(self, size: int, abandoned: Callable[[], bool]) -> bool:
         """Blocks until size bytes are free and takes them (True), or until abandoned()
         is true after a wake() (False, nothing taken)."""
+        needed = size + (self.reserve if self.large(size) else 0)
         with self._changed:
-            self._changed.wait_for(lambda: abandoned() or self._free >= size)
-            if self._free < size:
+            self._changed.wait_for(lambda: abandoned() or self._free >= needed)
+            if self._free < needed:
                 return False
             self._free -= size
-            self.peak = max(self.peak, self.total - self._free)
+            self.peak = max(self.peak, self.total + self.reserve - self._free)
             return True
 
     def release(self, size: int) -> None:

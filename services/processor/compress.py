@@ -24,7 +24,13 @@ from dataclasses import dataclass
 from PIL import Image, ImageOps
 
 from imgpipe.processor._jpeg import requantize
-from imgpipe.processor.budget import Admit, MemoryBudget, check_fits, decode_bytes
+from imgpipe.processor.budget import (
+    Admit,
+    MemoryBudget,
+    check_fits,
+    decode_bytes,
+    webp_decode_bytes,
+)
 from imgpipe.processor.errors import NotAnImage, TooManyFrames, TooManyPixels
 from imgpipe.processor.formats import (
     check_codec,
@@ -32,6 +38,7 @@ from imgpipe.processor.formats import (
     detect,
     gif_frame_count,
     usable_icc,
+    webp_size,
 )
 from imgpipe.processor.settings import DecodeSettings
 
@@ -134,15 +141,19 @@ def compress(
     )
 
 
-def check_header(data: bytes, limits: DecodeSettings) -> int | None:
-    """Every check compress() makes before decoding, for a refusal without waiting for a
-    codec worker; the decode's memory estimate. Pillow's header parsers for these formats
-    are Python; WebP's is native (libwebp), so a WebP is left to the worker (None)."""
-    if data.startswith(b"RIFF"):
-        return None
-    _, source = _open(data, limits)
-    with source:
-        estimate = decode_bytes(source, _orientation(source) != UPRIGHT)
+def check_header(data: bytes, limits: DecodeSettings) -> int:
+    """Every check compress() makes before decoding but a WebP's frame count, for a refusal
+    without waiting for a codec worker; the decode's memory estimate. Pillow's header
+    parsers for these formats are Python; WebP's is native (libwebp), so a WebP's size is
+    read here from its first chunk instead (formats.webp_size)."""
+    if detect(data) == "WEBP":
+        width, height = webp_size(data)
+        _check_size(width, height, limits.max_pixels)
+        estimate = webp_decode_bytes(width, height)
+    else:
+        _, source = _open(data, limits)
+        with source:
+            estimate = decode_bytes(source, _orientation(source) != UPRIGHT)
     check_fits(estimate, limits.memory_bytes)
     return estimate
 
@@ -158,7 +169,7 @@ def _open(data: bytes, limits: DecodeSettings) -> tuple[str, Image.Image]:
     except Exception as exc:
         raise _decode_error(exc, f"corrupt {detected} image") from None
     try:
-        _check_size(source, limits.max_pixels)
+        _check_size(*source.size, limits.max_pixels)
         _check_frames(source, data, limits.max_frames)
         check_codec(source)
     except BaseException:
@@ -187,8 +198,7 @@ def _orientation(source: Image.Image) -> int:
     return orientation if isinstance(orientation, int) else 0
 
 
-def _check_size(source: Image.Image, max_pixels: int) -> None:
-    width, height = source.size
+def _check_size(width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise TooManyPixels(
             f"the image is {width}x{height}, more than the limit of {max_pixels} pixels"

@@ -31,6 +31,12 @@ ALLOWED: tuple[tuple[bytes, str], ...] = (
     (b"MM\x00+", "TIFF"),
 )
 
+# The modules of the Pillow plugins for the allowed formats (Pillow imports them, and a few
+# others, on the first Image.open of a process).
+PILLOW_PLUGINS = tuple(
+    f"PIL.{name}ImagePlugin" for name in ("Jpeg", "Png", "Gif", "Bmp", "Tiff", "WebP", "Ppm")
+)
+
 # Leading bytes -> what the source is, for formats we refuse.
 REFUSED: tuple[tuple[bytes, str], ...] = (
     (b"8BPS", "a Photoshop document (PSD)"),
@@ -85,6 +91,9 @@ ICC_TAG_BYTES = 12
 # Encoders write GIF data in sub-blocks of 255 bytes, so 1,000,000 of them is 255 MB. A GIF
 # in far more, far smaller ones is built to make counting its frames slow, and refused.
 MAX_GIF_SUB_BLOCKS = 1_000_000
+# The first bytes of a lossless (VP8L) and of a lossy (VP8, after the frame tag) bitstream.
+VP8L_SIGNATURE = 0x2F
+VP8_START_CODE = b"\x9d\x01\x2a"
 
 
 def detect(data: bytes) -> str:
@@ -149,6 +158,25 @@ def gif_frame_count(data: bytes, stop_after: int) -> int:
                 )
         position += 1
     return frames
+
+
+def webp_size(data: bytes) -> tuple[int, int]:
+    """A WebP's width and height (the canvas, for an extended one), read from its first
+    chunk without libwebp: the processor reads it before a codec worker decodes anything.
+    Raises NotAnImage when the first chunk is not one of the three WebP bitstreams."""
+    chunk, body = data[12:16], data[20:30]
+    if chunk == b"VP8X" and len(body) >= 10:
+        width = int.from_bytes(body[4:7], "little") + 1
+        height = int.from_bytes(body[7:10], "little") + 1
+    elif chunk == b"VP8L" and len(body) >= 5 and body[0] == VP8L_SIGNATURE:
+        bits = int.from_bytes(body[1:5], "little")
+        width, height = (bits & 0x3FFF) + 1, (bits >> 14 & 0x3FFF) + 1
+    elif chunk == b"VP8 " and len(body) >= 10 and body[3:6] == VP8_START_CODE:
+        width = int.from_bytes(body[6:8], "little") & 0x3FFF
+        height = int.from_bytes(body[8:10], "little") & 0x3FFF
+    else:
+        raise NotAnImage("corrupt WEBP image: its first chunk is not VP8X, VP8L or VP8")
+    return width, height
 
 
 def check_codec(image: Image.Image) -> None:

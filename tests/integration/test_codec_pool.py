@@ -1,10 +1,11 @@
 """The codec worker pool with real worker processes: a worker killed mid-image (kill -9),
-a call cancelled mid-decode, a decode over its CPU budget, and admission of concurrent
-decodes against the memory budget."""
+a call cancelled mid-decode, a decode over its CPU budget, admission of concurrent
+decodes against the memory budget, and large decodes kept out of small ones' way."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import os
 import random
@@ -17,6 +18,7 @@ from PIL import Image
 from devstack.hostile_payloads import scan_bomb
 from devstack.sample_images import encode, sample
 from imgpipe.processor.codec_pool import CodecPool, CodecWorker
+from imgpipe.processor.compress import check_header
 from imgpipe.processor.errors import NotAnImage, OverCpuBudget
 from imgpipe.processor.settings import DecodeSettings
 from support.eventually import eventually
@@ -148,4 +150,23 @@ async def test_a_small_image_does_not_wait_behind_large_decodes() -> None:
         for task in large:
             task.cancel()
         await asyncio.gather(*large, return_exceptions=True)
+        await codec.close()
+
+
+async def test_a_large_decode_holding_the_whole_budget_leaves_room_for_small_ones() -> None:
+    """A scan bomb decoding for minutes, admitted for all of the codec memory budget: a
+    small image is admitted beside it at once, from the reserve large decodes never take."""
+    bomb = scan_bomb(8000, 8000, 200_000)
+    unbounded = DecodeSettings(LIMITS.max_pixels, max_jpeg_scans=1_000_000, cpu_seconds=600)
+    estimate = check_header(bomb, unbounded)
+    codec = CodecPool(2, dataclasses.replace(unbounded, memory_bytes=estimate))
+    large = asyncio.create_task(codec.compress(bomb, 50, estimate))
+    try:
+        await until(lambda: any(w.decoding for w in codec.workers), "the large decode")
+        small = await asyncio.wait_for(codec.compress(sample(64, 48, "JPEG"), 50), WAIT / 2)
+        assert small.width == 64
+        assert not large.done()
+    finally:
+        large.cancel()
+        await asyncio.gather(large, return_exceptions=True)
         await codec.close()

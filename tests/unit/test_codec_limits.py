@@ -13,8 +13,14 @@ from devstack.hostile_payloads import progressive_cmyk, rle_bmp, scan_bomb
 from devstack.sample_images import encode, photo_like
 from imgpipe.processor.budget import MIB, MemoryBudget, check_fits, decode_bytes
 from imgpipe.processor.compress import check_header, compress
-from imgpipe.processor.errors import OverMemoryBudget, TooManyScans, UnsafeCodec
-from imgpipe.processor.formats import MAX_ICC_BYTES, jpeg_scan_count, usable_icc
+from imgpipe.processor.errors import (
+    NotAnImage,
+    OverMemoryBudget,
+    TooManyPixels,
+    TooManyScans,
+    UnsafeCodec,
+)
+from imgpipe.processor.formats import MAX_ICC_BYTES, jpeg_scan_count, usable_icc, webp_size
 from imgpipe.processor.settings import DecodeSettings
 
 LIMITS = DecodeSettings(max_pixels=100_000_000)
@@ -81,8 +87,13 @@ def test_admission_holds_each_estimate_for_as_long_as_its_decode() -> None:
         check_fits(101, budget.total)
     with budget.admit(60), budget.admit(40):
         assert budget.peak == 100
-        # What does not fit now waits, and gives up once abandoned.
-        assert not budget.acquire(1, lambda: True)
+        # Large decodes (over a quarter) hold the whole budget: a small one still fits, in
+        # the reserve that large ones never take.
+        with budget.admit(25):
+            assert budget.peak == 125
+            # What does not fit now waits, and gives up once abandoned.
+            assert not budget.acquire(1, lambda: True)
+        assert not budget.acquire(26, lambda: True)
     assert budget.acquire(100, lambda: False)
     budget.release(100)
 
@@ -138,7 +149,7 @@ def test_a_half_megabyte_profile_in_a_small_png_is_not_copied() -> None:
     assert "icc_profile" not in opened(result.jpeg).info
 
 
-def test_the_header_checks_refuse_without_decoding_and_leave_webp_to_the_worker() -> None:
+def test_the_header_checks_refuse_without_decoding() -> None:
     small_budget = DecodeSettings(LIMITS.max_pixels, memory_bytes=256 * MIB)
     with pytest.raises(TooManyScans):
         check_header(scan_bomb(8000, 8000, 5000), LIMITS)
@@ -147,7 +158,31 @@ def test_the_header_checks_refuse_without_decoding_and_leave_webp_to_the_worker(
     with pytest.raises(UnsafeCodec):
         check_header(rle_bmp(100, 100), LIMITS)
     check_header(encode(photo_like(40, 30), "PNG"), LIMITS)
-    # libwebp's header parser is native: a WebP, over the budget or not, goes to a worker.
-    check_header(
-        encode(photo_like(800, 600), "WEBP"), DecodeSettings(LIMITS.max_pixels, memory_bytes=MIB)
-    )
+
+
+@pytest.mark.parametrize(
+    ("mode", "options", "chunk"),
+    [
+        ("RGB", {"quality": 80}, b"VP8 "),
+        ("RGB", {"lossless": True}, b"VP8L"),
+        ("RGBA", {"quality": 80}, b"VP8X"),  # alpha: the extended format
+    ],
+)
+def test_a_webps_size_and_estimate_come_from_its_first_chunk(
+    mode: str, options: dict[str, object], chunk: bytes
+) -> None:
+    """Read without libwebp (native, and so left to the codec workers): the estimate is
+    known before a worker is taken, so a large WebP goes to the large decodes' lane."""
+    image = photo_like(301, 199)
+    if mode == "RGBA":
+        image.putalpha(image.convert("L"))
+    data = encode(image, "WEBP", **options)
+    assert data[12:16] == chunk
+    assert webp_size(data) == (301, 199) == opened(data).size
+    assert check_header(data, LIMITS) == decode_bytes(opened(data), rotated=False)
+    with pytest.raises(OverMemoryBudget):
+        check_header(data, DecodeSettings(LIMITS.max_pixels, memory_bytes=301 * 199 * 21))
+    with pytest.raises(TooManyPixels):
+        check_header(data, DecodeSettings(max_pixels=301 * 198))
+    with pytest.raises(NotAnImage, match="corrupt WEBP image"):
+        check_header(data[:12] + b"ALPH" + data[16:], LIMITS)
