@@ -16,6 +16,14 @@ from imgpipe.common.config import GrpcServerSettings
 from imgpipe.common.grpc_errors import ErrorMappingInterceptor
 from imgpipe.common.grpc_observe import ObservingInterceptor
 
+# Calls that have arrived but that the Python server has not yet taken up. gRPC's core
+# refuses new calls at random (CANCELLED) past 1,000 of them and all past 3,000: a
+# thousand watchers opening their streams at once (a page load, a reconnect after a
+# deploy) outrun one event loop, and a quarter of them failed. The core still ends a call
+# left there for 30 s.
+MAX_PENDING_CALLS = 20_000
+MAX_PENDING_CALLS_HARD_LIMIT = 50_000
+
 
 def server_options(settings: GrpcServerSettings) -> list[tuple[str, Any]]:
     options: list[tuple[str, Any]] = [
@@ -28,6 +36,8 @@ def server_options(settings: GrpcServerSettings) -> list[tuple[str, Any]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+        ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS_HARD_LIMIT),
     ]
     if settings.max_connection_age_seconds > 0:
         options += [
