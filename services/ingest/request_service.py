@@ -246,9 +246,7 @@ class RequestService:
     ) -> AsyncIterator[tuple[Event, bool]]:
         rid = parse_request_id(request_id)
         after = check_after_sequence(after_sequence)
-        return watch(
-            self._store, self._reader, self._notifier, rid, after, self._watch_settings, caller
-        )
+        return watch(self._reader, self._notifier, rid, after, self._watch_settings, caller)
 
     async def cancel(self, request_id: str, *, caller: str) -> RequestStatus:
         return await self._store.cancel(parse_request_id(request_id), caller)

@@ -1,16 +1,18 @@
 """WatchStatus: a snapshot (or a resume point), then every event in order from the events
 table, woken by notifications and by a slow poll. A watcher holds no buffer: it reads
 pages of events when it is ready for them, so a slow reader costs nothing but its cursor.
-Watchers of one request that ask for the same page at once share one query, and every
-event's message is encoded once and its bytes shared by all its watchers."""
+Watchers of one request that ask for the same page, or open their streams, at once share
+one query, and every event's message is encoded once and its bytes shared by all its
+watchers."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from functools import partial
+from typing import Any, TypeVar
 
 from imgpipe.common.waiting import wait_event
 from imgpipe.ingest.model import Event, RequestStatus
@@ -24,32 +26,44 @@ class WatchSettings:
     page_size: int = 500
 
 
-PageKey = tuple[uuid.UUID, int, int]
+T = TypeVar("T")
 
 
 class EventReader:
-    """Reads pages of events; concurrent reads of the same page (many watchers woken by
-    the same NOTIFY) become one query whose result they all get."""
+    """Reads what watchers need: pages of events and the request's status. Concurrent
+    reads of the same page (many watchers woken by the same NOTIFY) or of the same status
+    (watchers opening their streams at once) become one query whose result they all get.
+    A status read that started before a watcher asked is as good as its own: the events
+    after the sequence it reports follow."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._reading: dict[PageKey, asyncio.Future[list[Event]]] = {}
+        self._reading: dict[Hashable, asyncio.Future[Any]] = {}
 
     async def events_after(
         self, request_id: uuid.UUID, after: int, limit: int, total: int
     ) -> list[Event]:
-        key = (request_id, after, limit)
+        return await self._shared(
+            ("events", request_id, after, limit),
+            lambda: self._store.events_after(request_id, after, limit, total),
+        )
+
+    async def status(self, request_id: uuid.UUID, caller: str) -> RequestStatus:
+        return await self._shared(
+            ("status", request_id, caller), lambda: self._store.status(request_id, caller)
+        )
+
+    async def _shared(self, key: Hashable, read: Callable[[], Awaitable[T]]) -> T:
         reading = self._reading.get(key)
         if reading is None:
-            reading = asyncio.ensure_future(
-                self._store.events_after(request_id, after, limit, total)
-            )
+            reading = asyncio.ensure_future(read())
             self._reading[key] = reading
             reading.add_done_callback(partial(self._done, key))
         # Shielded: a watcher that goes away does not cancel the read for the others.
-        return await asyncio.shield(reading)
+        result: T = await asyncio.shield(reading)
+        return result
 
-    def _done(self, key: PageKey, reading: asyncio.Future[list[Event]]) -> None:
+    def _done(self, key: Hashable, reading: asyncio.Future[Any]) -> None:
         self._reading.pop(key, None)
         if not reading.cancelled():
             reading.exception()  # retrieved here, so a read nobody awaited any more is quiet
@@ -87,7 +101,6 @@ def snapshot(status: RequestStatus) -> Event:
 
 
 async def watch(
-    store: Store,
     reader: EventReader,
     notifier: Notifier,
     request_id: uuid.UUID,
@@ -96,7 +109,7 @@ async def watch(
     caller: str,
 ) -> AsyncIterator[tuple[Event, bool]]:
     """Yields (event, is_snapshot) until the event that carries a terminal state."""
-    status = await store.status(request_id, caller)
+    status = await reader.status(request_id, caller)
     if after_sequence == 0:
         yield snapshot(status), True
         if status.state.terminal:

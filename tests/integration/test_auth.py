@@ -118,3 +118,26 @@ async def test_a_non_ascii_bearer_token_is_unauthenticated_not_a_crash(
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 401"), head
     assert json.loads(body)["error"]["code"] == "UNAUTHENTICATED"
+
+
+async def test_watchers_opening_at_once_share_no_status_across_tokens(
+    ingest: RunningIngest,
+) -> None:
+    """Watchers opening their streams at once share one status read per token: the other
+    token's watchers, interleaved with the owner's, are each NOT_FOUND."""
+    submitted = await ingest.stub.Submit(
+        ingest_pb2.SubmitRequest(csv=CSV), metadata=bearer("alpha-token")
+    )
+    request = ingest_pb2.WatchStatusRequest(request_id=submitted.request_id)
+
+    async def first(token: str) -> str:
+        try:
+            async for message in ingest.stub.WatchStatus(request, metadata=bearer(token)):
+                return "snapshot" if message.snapshot else "event"
+        except grpc.aio.AioRpcError as error:
+            return error.code().name
+        return "ended"
+
+    tokens = ["alpha-token", "beta-token"] * 50
+    outcomes = await asyncio.gather(*(first(token) for token in tokens))
+    assert outcomes == ["snapshot", "NOT_FOUND"] * 50
