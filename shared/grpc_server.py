@@ -17,12 +17,13 @@ from imgpipe.common.grpc_errors import ErrorMappingInterceptor
 from imgpipe.common.grpc_observe import ObservingInterceptor
 
 # Calls that have arrived but that the Python server has not yet taken up. gRPC's core
-# refuses new calls at random (CANCELLED) past 1,000 of them and all past 3,000: a
-# thousand watchers opening their streams at once (a page load, a reconnect after a
-# deploy) outrun one event loop, and a quarter of them failed. The core still ends a call
-# left there for 30 s.
+# refuses new calls at random (CANCELLED) past 1,000 of them and all past 3,000, and
+# cancels one left there 30 s: thousands of watchers opening their streams at once (a
+# reconnect after a deploy) outrun one event loop (5,000 took 34 s on a loaded 2-core
+# machine), and up to 44 % of them failed. A caller's own deadline still applies.
 MAX_PENDING_CALLS = 20_000
 MAX_PENDING_CALLS_HARD_LIMIT = 50_000
+MAX_PENDING_SECONDS = 120
 
 
 def server_options(settings: GrpcServerSettings) -> list[tuple[str, Any]]:
@@ -38,6 +39,7 @@ def server_options(settings: GrpcServerSettings) -> list[tuple[str, Any]]:
         ("grpc.http2.max_ping_strikes", 0),
         ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
         ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS_HARD_LIMIT),
+        ("grpc.server_max_unrequested_time_in_server", MAX_PENDING_SECONDS),
     ]
     if settings.max_connection_age_seconds > 0:
         options += [
