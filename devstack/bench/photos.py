@@ -2,9 +2,11 @@
 `skimage/data`), each saved as a q90 4:2:0 JPEG, the usual form of a product photo online.
 
 Per photo and in total: CPU time per image of the requantiser alone, `compress()` as the
-processor calls it, today's pixel path (Pillow, `optimize=True`) and bare simplejpeg decode
+processor calls it, Pillow's pixel path (`optimize=True`) and bare simplejpeg decode
 + encode (the limit, no Huffman optimisation); output bytes and PSNR against the source
-of `compress()` vs the pixel path; which photos the requantiser took.
+of `compress()` vs Pillow's; which photos the requantiser took. Then the same photos as
+q90 4:4:4 JPEGs, which the requantiser does not take and `compress()` transcodes: in total,
+CPU against the limit and against Pillow, bytes and PSNR against Pillow's.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ SOURCE_QUALITY = 90
 LIMITS = DecodeSettings(max_pixels=1_000_000_000, memory_bytes=1 << 40)
 
 
-def _sources() -> dict[str, bytes]:
+def _sources(subsampling: int = 2) -> dict[str, bytes]:
+    """The photos as JPEGs; subsampling as Pillow numbers it (2 = 4:2:0, 0 = 4:4:4)."""
     import skimage
 
     folder = Path(skimage.__file__).parent / "data"
@@ -46,7 +49,7 @@ def _sources() -> dict[str, bytes]:
     for name in PHOTOS:
         with Image.open(folder / name) as photo:
             out = io.BytesIO()
-            photo.convert("RGB").save(out, "JPEG", quality=SOURCE_QUALITY)
+            photo.convert("RGB").save(out, "JPEG", quality=SOURCE_QUALITY, subsampling=subsampling)
         sources[name] = out.getvalue()
     return sources
 
@@ -92,7 +95,8 @@ def _simplejpeg(data: bytes) -> bytes:
 def photos_section(seconds: float, section: Section) -> None:
     section.notes.append(
         f"scikit-image's photographs as q{SOURCE_QUALITY} 4:2:0 JPEGs; CPU ms per image in "
-        "this process; PSNR of the q50 output against the source's pixels"
+        "this process; PSNR of the q50 output against the source's pixels; then the same "
+        "photos as q90 4:4:4 JPEGs (the requantiser does not take them; compress() transcodes)"
     )
     totals = {"requantize": 0.0, "compress": 0.0, "pillow_opt": 0.0, "simplejpeg": 0.0}
     out_bytes = {"compress": 0, "pillow_opt": 0}
@@ -149,5 +153,50 @@ def photos_section(seconds: float, section: Section) -> None:
         "ratio",
         [out_bytes["compress"] / out_bytes["pillow_opt"]],
         goal="<= 1.00",
+        positive=False,
+    )
+    _full_chroma(seconds, section)
+
+
+def _full_chroma(seconds: float, section: Section) -> None:
+    """The photos as 4:4:4 JPEGs: the pixel path for JPEG sources (compress() transcodes
+    them)."""
+    cpu = {"compress": 0.0, "pillow_opt": 0.0, "simplejpeg": 0.0}
+    out_bytes = {"compress": 0, "pillow_opt": 0}
+    gains = []
+    for data in _sources(subsampling=0).values():
+        variants: dict[str, Callable[[bytes], object]] = {
+            "compress": lambda source: compress(source, 50, LIMITS),
+            "pillow_opt": pillow_q50,
+            "simplejpeg": _simplejpeg,
+        }
+        for variant, fn in variants.items():
+            cpu[variant] += _cpu_ms(fn, data, seconds)
+        ours, theirs = compress(data, 50, LIMITS).jpeg, pillow_q50(data)
+        out_bytes["compress"] += len(ours)
+        out_bytes["pillow_opt"] += len(theirs)
+        gains.append(psnr(data, ours) - psnr(data, theirs))
+    for variant in ("compress", "pillow_opt"):
+        section.add(
+            f"full_chroma.{variant}.vs_limit",
+            f"photos as 4:4:4: simplejpeg CPU / {variant} CPU",
+            "ratio",
+            [cpu["simplejpeg"] / cpu[variant]],
+            goal=">= 0.95" if variant == "compress" else "",
+        )
+    section.add(
+        "full_chroma.bytes",
+        "photos as 4:4:4: compress() bytes / Pillow optimize bytes",
+        "ratio",
+        [out_bytes["compress"] / out_bytes["pillow_opt"]],
+        goal="<= 1.00",
+        positive=False,
+    )
+    section.add(
+        "full_chroma.psnr_gain",
+        "photos as 4:4:4: compress() PSNR - Pillow optimize PSNR",
+        "dB",
+        gains,
+        goal=">= 0",
         positive=False,
     )

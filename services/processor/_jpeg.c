@@ -1,4 +1,12 @@
-/* imgpipe.processor._jpeg: JPEG -> JPEG in the DCT domain with libjpeg(-turbo).
+/* imgpipe.processor._jpeg: JPEG -> JPEG with libjpeg(-turbo), without RGB pixels.
+ *
+ * transcode(data, quality, icc, orientation) is the pixel path for the upright 8-bit YCbCr
+ * JPEGs requantize does not take (4:4:4, 4:2:2, 4:4:0): it decodes the source to its Y, Cb
+ * and Cr planes (raw data: no upsampling, no colour conversion), halves the chroma planes
+ * where they are finer than 4:2:0 (box averages rounded as libjpeg's downsamplers round),
+ * and encodes them at the quality as 4:2:0 with optimal Huffman tables, an iMCU row at a
+ * time, with the ICC profile given. It returns None for other sources and on any libjpeg
+ * warning or error, as requantize does.
  *
  * requantize(data, quality, icc, orientation) reads a JPEG's quantised DCT coefficients
  * (no inverse DCT, no colour conversion, no pixels), rescales them from the source's quantisation
@@ -419,10 +427,170 @@ static int run(struct job *job) {
     return done;
 }
 
-static PyObject *requantize(PyObject *self, PyObject *args) {
+/* -- transcode: the pixel path for the YCbCr JPEGs requantize does not take ----------- */
+
+/* Rows of luma in one group: an iMCU row of the 4:2:0 output. */
+#define GROUP_ROWS (2 * DCTSIZE)
+
+/* 1 if the source is 8-bit YCbCr with full-size luma, both chroma components alike and
+ * each at full or half the luma's size in each direction (4:4:4, 4:2:2, 4:4:0, 4:2:0). */
+static int transcode_takes(const struct jpeg_decompress_struct *src) {
+    if (src->data_precision != 8 || src->jpeg_color_space != JCS_YCbCr ||
+        src->num_components != 3) {
+        return 0;
+    }
+    const jpeg_component_info *c = src->comp_info;
+    int h = src->max_h_samp_factor, v = src->max_v_samp_factor;
+    return h <= 2 && v <= 2 && c[0].h_samp_factor == h && c[0].v_samp_factor == v &&
+           c[1].h_samp_factor == c[2].h_samp_factor && c[1].v_samp_factor == c[2].v_samp_factor &&
+           (h == c[1].h_samp_factor || h == 2 * c[1].h_samp_factor) &&
+           (v == c[1].v_samp_factor || v == 2 * c[1].v_samp_factor);
+}
+
+/* Fills a plane's rows from width on with the last sample, and its rows from valid on
+ * with the last valid row, as libjpeg's own encoder pads an image to whole blocks. */
+static void pad_plane(JSAMPARRAY rows, int count, JDIMENSION width, JDIMENSION stride,
+                      int valid) {
+    for (int r = 0; r < valid; r++) {
+        memset(rows[r] + width, rows[r][width - 1], stride - width);
+    }
+    for (int r = valid; r < count; r++) {
+        memcpy(rows[r], rows[valid - 1], stride);
+    }
+}
+
+/* Halves a chroma plane's resolution where it is finer than 4:2:0: a box average of 2x2,
+ * 2x1 or 1x2 samples, with the alternating rounding bias of libjpeg's downsamplers, or a
+ * copy where it is 4:2:0 already. */
+static void downsample(JSAMPARRAY in, JSAMPARRAY out, JDIMENSION out_width, int step_h,
+                       int step_v) {
+    for (int r = 0; r < DCTSIZE; r++) {
+        const JSAMPLE *a = in[r * step_v], *b = in[r * step_v + step_v - 1];
+        JSAMPLE *o = out[r];
+        if (step_h == 2) {
+            int bias = step_v == 2 ? 1 : 0;
+            for (JDIMENSION x = 0; x < out_width; x++) {
+                int sum = a[2 * x] + a[2 * x + 1];
+                if (step_v == 2) {
+                    sum += b[2 * x] + b[2 * x + 1];
+                    o[x] = (JSAMPLE)((sum + bias) >> 2);
+                    bias ^= 3;
+                } else {
+                    o[x] = (JSAMPLE)((sum + bias) >> 1);
+                    bias ^= 1;
+                }
+            }
+        } else if (step_v == 2) {
+            int bias = 0;
+            for (JDIMENSION x = 0; x < out_width; x++) {
+                o[x] = (JSAMPLE)((a[x] + b[x] + bias) >> 1);
+                bias ^= 1;
+            }
+        } else {
+            memcpy(o, a, out_width);
+        }
+    }
+}
+
+/* 1: job->out holds the JPEG; 0: the source is not taken (or corrupt). */
+static int run_transcode(struct job *job) {
+    struct jpeg_decompress_struct src;
+    struct jpeg_compress_struct dst;
+    struct error_manager src_err, dst_err;
+    volatile int dst_created = 0;
+
+    init_errors(&src_err);
+    init_errors(&dst_err);
+    src.err = &src_err.pub;
+    dst.err = &dst_err.pub;
+    jpeg_create_decompress(&src);
+    if (setjmp(src_err.escape) || setjmp(dst_err.escape)) {
+        if (dst_created) {
+            jpeg_destroy_compress(&dst);
+        }
+        jpeg_destroy_decompress(&src);
+        free(job->out);
+        job->out = NULL;
+        return 0;
+    }
+    jpeg_mem_src(&src, job->data, job->size);
+    jpeg_read_header(&src, TRUE);
+    if (job->orientation != 1 || !transcode_takes(&src)) {
+        jpeg_destroy_decompress(&src);
+        return 0;
+    }
+    src.raw_data_out = TRUE;
+    jpeg_start_decompress(&src);
+    const JDIMENSION width = src.output_width, height = src.output_height;
+    const int max_v = src.max_v_samp_factor;
+    const int step_h = src.max_h_samp_factor / src.comp_info[1].h_samp_factor;
+    const int step_v = max_v / src.comp_info[1].v_samp_factor;
+    /* Strides: whole blocks of the source, and of the output's 16x16 MCUs. */
+    const JDIMENSION out_chroma_width = (width + 1) / 2;
+    const JDIMENSION luma_stride = ((width + 15) / 16) * 16;
+    const JDIMENSION chroma_stride = ((out_chroma_width + 7) / 8) * 8;
+    const JDIMENSION in_chroma_width = (width + step_h - 1) / step_h;
+    const JDIMENSION in_chroma_stride = src.comp_info[1].width_in_blocks * DCTSIZE + DCTSIZE;
+    const int in_chroma_rows = GROUP_ROWS / step_v;
+    j_common_ptr pool = (j_common_ptr)&src;
+    JDIMENSION source_luma = src.comp_info[0].width_in_blocks * DCTSIZE;
+    JSAMPARRAY luma = (*src.mem->alloc_sarray)(
+        pool, JPOOL_IMAGE, source_luma > luma_stride ? source_luma : luma_stride, GROUP_ROWS);
+    JSAMPARRAY in_chroma[2], out_chroma[2];
+    for (int c = 0; c < 2; c++) {
+        in_chroma[c] =
+            (*src.mem->alloc_sarray)(pool, JPOOL_IMAGE, in_chroma_stride, in_chroma_rows);
+        out_chroma[c] = (*src.mem->alloc_sarray)(pool, JPOOL_IMAGE, chroma_stride, DCTSIZE);
+    }
+
+    jpeg_create_compress(&dst);
+    dst_created = 1;
+    dst.image_width = width;
+    dst.image_height = height;
+    dst.input_components = 3;
+    dst.in_color_space = JCS_YCbCr;
+    jpeg_set_defaults(&dst);
+    jpeg_set_quality(&dst, job->quality, TRUE);
+    dst.raw_data_in = TRUE;
+    dst.optimize_coding = TRUE;
+    dst.density_unit = src.density_unit;
+    dst.X_density = src.X_density;
+    dst.Y_density = src.Y_density;
+    jpeg_mem_dest(&dst, &job->out, &job->out_size);
+    jpeg_start_compress(&dst, TRUE);
+    if (job->icc != NULL) {
+        jpeg_write_icc_profile(&dst, job->icc, job->icc_size);
+    }
+    const int read_rows = DCTSIZE * max_v;
+    for (JDIMENSION top = 0; top < height; top += GROUP_ROWS) {
+        int valid = height - top < GROUP_ROWS ? (int)(height - top) : GROUP_ROWS;
+        for (int r = 0; r < GROUP_ROWS && src.output_scanline < height; r += read_rows) {
+            JSAMPARRAY planes[3] = {luma + r, in_chroma[0] + r / step_v,
+                                    in_chroma[1] + r / step_v};
+            jpeg_read_raw_data(&src, planes, (JDIMENSION)read_rows);
+        }
+        pad_plane(luma, GROUP_ROWS, width, luma_stride, valid);
+        for (int c = 0; c < 2; c++) {
+            pad_plane(in_chroma[c], in_chroma_rows, in_chroma_width,
+                      in_chroma_width + (JDIMENSION)step_h, (valid + step_v - 1) / step_v);
+            downsample(in_chroma[c], out_chroma[c], out_chroma_width, 2 / step_h, 2 / step_v);
+            pad_plane(out_chroma[c], DCTSIZE, out_chroma_width, chroma_stride, DCTSIZE);
+        }
+        JSAMPARRAY planes[3] = {luma, out_chroma[0], out_chroma[1]};
+        jpeg_write_raw_data(&dst, planes, GROUP_ROWS);
+    }
+    jpeg_finish_compress(&dst);
+    jpeg_destroy_compress(&dst);
+    jpeg_abort_decompress(&src);
+    jpeg_destroy_decompress(&src);
+    return 1;
+}
+
+/* The Python side of requantize and transcode: the same arguments, the work with the GIL
+ * released. */
+static PyObject *call(PyObject *args, int (*run_job)(struct job *)) {
     Py_buffer data, icc = {0};
     int quality, orientation = 1;
-    (void)self;
     if (!PyArg_ParseTuple(args, "y*i|z*i", &data, &quality, &icc, &orientation)) {
         return NULL;
     }
@@ -438,7 +606,7 @@ static PyObject *requantize(PyObject *self, PyObject *args) {
                       icc.buf, (unsigned int)icc.len, NULL, 0};
     int done;
     Py_BEGIN_ALLOW_THREADS
-    done = run(&job);
+    done = run_job(&job);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&data);
     PyBuffer_Release(&icc);
@@ -450,16 +618,30 @@ static PyObject *requantize(PyObject *self, PyObject *args) {
     return out;
 }
 
+static PyObject *requantize(PyObject *self, PyObject *args) {
+    (void)self;
+    return call(args, run);
+}
+
+static PyObject *transcode(PyObject *self, PyObject *args) {
+    (void)self;
+    return call(args, run_transcode);
+}
+
 static PyMethodDef methods[] = {
     {"requantize", requantize, METH_VARARGS,
      "requantize(data, quality, icc=None, orientation=1) -> bytes | None: a 4:2:0 YCbCr or "
      "greyscale JPEG's coefficients turned upright per the EXIF orientation, rescaled to the "
      "quality's tables, Huffman-optimised; None if not taken."},
+    {"transcode", transcode, METH_VARARGS,
+     "transcode(data, quality, icc=None, orientation=1) -> bytes | None: an upright YCbCr "
+     "JPEG of another sampling decoded to its planes (no colour conversion), its chroma "
+     "halved to 4:2:0, encoded at the quality, Huffman-optimised; None if not taken."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_jpeg", "JPEG to JPEG in the DCT domain (libjpeg).", -1, methods,
+    PyModuleDef_HEAD_INIT, "_jpeg", "JPEG to JPEG with libjpeg, without RGB pixels.", -1, methods,
     NULL, NULL, NULL, NULL,
 };
 

@@ -1,3 +1,6 @@
 def requantize(
     data: bytes, quality: int, icc: bytes | None = None, orientation: int = 1, /
 ) -> bytes | None: ...
+def transcode(
+    data: bytes, quality: int, icc: bytes | None = None, orientation: int = 1, /
+) -> bytes | None: ...

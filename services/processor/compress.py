@@ -3,7 +3,9 @@
 A 4:2:0 YCbCr or greyscale JPEG is requantised in the DCT domain (_jpeg.requantize: its
 coefficients rescaled to the target tables, no pixels decoded; a greyscale one stays
 greyscale), turned upright there too when its EXIF orientation says so and it is whole
-MCUs; every other source is decoded and encoded again with Pillow (the pixel path).
+MCUs. An upright YCbCr JPEG of another sampling (4:4:4, 4:2:2, 4:4:0) is transcoded
+(_jpeg.transcode: decoded to its Y, Cb and Cr planes, chroma halved to 4:2:0, encoded; no
+RGB). Every other source is decoded and encoded again with Pillow (the pixel path).
 
 The format comes from the first bytes (formats.detect) and only that format's Pillow plugin
 opens them. Any input it cannot turn into an image is a permanent error (NotAnImage,
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps
 
-from imgpipe.processor._jpeg import requantize
+from imgpipe.processor._jpeg import requantize, transcode
 from imgpipe.processor.budget import (
     Admit,
     MemoryBudget,
@@ -51,6 +53,7 @@ ORIENTATION = 0x0112
 UPRIGHT = 1
 ORIENTATIONS = range(1, 9)  # the EXIF orientations; Pillow's exif_transpose ignores others
 TRANSPOSING = range(5, 9)  # the orientations that swap width and height
+TURNING = range(2, 9)  # the orientations exif_transpose acts on
 
 
 @dataclass(frozen=True)
@@ -60,9 +63,9 @@ class Compressed:
     height: int
     # The format the source was decoded as: JPEG, PNG, WEBP, GIF, BMP, TIFF (or MPO).
     source_format: str
-    # The stages it went through, (name, start, end) by time.time_ns(): "requantize", or
-    # "decode" then "encode"; for the traces of the process that asked, as compress may run
-    # in another process (codec_pool).
+    # The stages it went through, (name, start, end) by time.time_ns(): "requantize" or
+    # "transcode", or "decode" then "encode"; for the traces of the process that asked, as
+    # compress may run in another process (codec_pool).
     stages: tuple[tuple[str, int, int], ...] = ()
 
 
@@ -93,10 +96,11 @@ def compress(
         orientation = _orientation(source)
         rotated = orientation != UPRIGHT
         with (admit or MemoryBudget(limits.memory_bytes).admit)(decode_bytes(source, rotated)):
-            if detected == "JPEG" and orientation in ORIENTATIONS:
-                jpeg = requantize(data, quality or DEFAULT_QUALITY, icc, orientation)
-                if jpeg is not None:
-                    stage = ("requantize", decode_started, time.time_ns())
+            if detected == "JPEG":
+                done = _jpeg_to_jpeg(data, quality or DEFAULT_QUALITY, icc, orientation)
+                if done is not None:
+                    jpeg, stage_name = done
+                    stage = (stage_name, decode_started, time.time_ns())
                     width, height = source.size
                     if orientation in TRANSPOSING:
                         width, height = height, width
@@ -139,6 +143,22 @@ def compress(
             ("encode", encode_started, time.time_ns()),
         ),
     )
+
+
+def _jpeg_to_jpeg(
+    data: bytes, quality: int, icc: bytes | None, orientation: int
+) -> tuple[bytes, str] | None:
+    """The JPEG and the stage that made it, without RGB pixels: requantised, or else
+    transcoded (upright sources only); None when neither takes the source."""
+    if orientation in ORIENTATIONS:
+        jpeg = requantize(data, quality, icc, orientation)
+        if jpeg is not None:
+            return jpeg, "requantize"
+    if orientation not in TURNING:
+        jpeg = transcode(data, quality, icc)
+        if jpeg is not None:
+            return jpeg, "transcode"
+    return None
 
 
 def check_header(data: bytes, limits: DecodeSettings) -> int:
