@@ -321,111 +321,132 @@ struct job {
     unsigned long out_size;
 };
 
-/* 1: job->out holds the JPEG; 0: the source is not taken (or corrupt). */
-static int run(struct job *job) {
+/* A source and a destination, created; the destination only once *created is set. */
+struct codecs {
     struct jpeg_decompress_struct src;
     struct jpeg_compress_struct dst;
-    struct error_manager src_err, dst_err;
-    volatile int dst_created = 0;
-    volatile int done = 0;
+    volatile int dst_created;
+};
 
+/* Work on a source whose header is read: 1 once job->out holds the JPEG (the work need not
+ * destroy what it made), 0 if the source is not taken; a libjpeg error or warning ends
+ * it as 0 too (longjmp). */
+typedef int (*codec_work)(struct job *job, struct codecs *c);
+
+/* Ends the work as a libjpeg error would. */
+static void fail(j_decompress_ptr src) { (*src->err->error_exit)((j_common_ptr)src); }
+
+/* Runs work with libjpeg's errors caught, and destroys what it made. */
+static int with_codecs(struct job *job, codec_work work) {
+    struct codecs c;
+    struct error_manager src_err, dst_err;
+    c.dst_created = 0;
     init_errors(&src_err);
     init_errors(&dst_err);
-    src.err = &src_err.pub;
-    dst.err = &dst_err.pub;
-    jpeg_create_decompress(&src);
+    c.src.err = &src_err.pub;
+    c.dst.err = &dst_err.pub;
+    jpeg_create_decompress(&c.src);
+    volatile int done = 0;
     if (setjmp(src_err.escape) || setjmp(dst_err.escape)) {
-        if (dst_created) {
-            jpeg_destroy_compress(&dst);
-        }
-        jpeg_destroy_decompress(&src);
         free(job->out);
         job->out = NULL;
-        return 0;
+    } else {
+        jpeg_mem_src(&c.src, job->data, job->size);
+        jpeg_read_header(&c.src, TRUE);
+        done = work(job, &c);
     }
-    jpeg_mem_src(&src, job->data, job->size);
-    jpeg_read_header(&src, TRUE);
-    struct turn turn = turns[job->orientation];
-    if (takes(&src) && (job->orientation == 1 || whole_mcus(&src))) {
-        jvirt_barray_ptr *coefficients = jpeg_read_coefficients(&src);
-        jvirt_barray_ptr upright[MAX_COMPONENTS];
-        UINT16 from[MAX_COMPONENTS][DCTSIZE2], target[2][DCTSIZE2];
-        for (int ci = 0; ci < src.num_components; ci++) {
-            const JQUANT_TBL *table = src.comp_info[ci].quant_table;
-            if (table == NULL) {
-                longjmp(src_err.escape, 1);
-            }
-            for (int k = 0; k < DCTSIZE2; k++) {
-                from[ci][k] = table->quantval[k];
-            }
-            turn_table(from[ci], turn);
-        }
-        long dc[NUM_HUFF_TBLS][257] = {{0}}, ac[NUM_HUFF_TBLS][257] = {{0}};
-        int dc_used = 0, ac_used = 0;
-        jpeg_create_compress(&dst);
-        dst_created = 1;
-        jpeg_copy_critical_parameters(&src, &dst);
-        if (turn.transpose) {
-            dst.image_width = src.image_height;
-            dst.image_height = src.image_width;
-            dst.X_density = src.Y_density;
-            dst.Y_density = src.X_density;
-        }
-        jpeg_set_quality(&dst, job->quality, TRUE);
-        for (int t = 0; t < 2; t++) {
-            for (int k = 0; k < DCTSIZE2; k++) {
-                target[t][k] = dst.quant_tbl_ptrs[t]->quantval[k];
-            }
-        }
-        for (int ci = 0; ci < dst.num_components; ci++) {
-            /* A table per component, but one for both chroma components when theirs are
-             * the same (as they nearly always are). */
-            int slot = ci == 2 && memcmp(from[1], from[2], sizeof from[1]) == 0 ? 1 : ci;
-            const UINT16 *wanted = target[ci == 0 ? 0 : 1];
-            if (dst.quant_tbl_ptrs[slot] == NULL) {
-                dst.quant_tbl_ptrs[slot] = jpeg_alloc_quant_table((j_common_ptr)&dst);
-            }
-            JQUANT_TBL *table = dst.quant_tbl_ptrs[slot];
-            for (int k = 0; k < DCTSIZE2; k++) {
-                table->quantval[k] = from[ci][k] > wanted[k] ? from[ci][k] : wanted[k];
-            }
-            table->sent_table = FALSE;
-            dst.comp_info[ci].quant_tbl_no = slot;
-            const jpeg_component_info *comp = &dst.comp_info[ci];
-            struct symbols sym = {dc[comp->dc_tbl_no], ac[comp->ac_tbl_no], 0};
-            dc_used |= 1 << comp->dc_tbl_no;
-            ac_used |= 1 << comp->ac_tbl_no;
-            jpeg_component_info shape = src.comp_info[ci];
-            upright[ci] = job->orientation == 1 ? coefficients[ci]
-                                                : turned(&src, coefficients[ci], &shape, turn);
-            if (!convert(&src, upright[ci], &shape, dst.image_width, dst.image_height, from[ci],
-                         table->quantval, &sym)) {
-                longjmp(src_err.escape, 1);
-            }
-        }
-        /* The encoder's tables, made from the counts: no statistics pass of its own. */
-        for (int t = 0; t < NUM_HUFF_TBLS; t++) {
-            if (dc_used >> t & 1) {
-                jpeg_gen_optimal_table(&dst, dst.dc_huff_tbl_ptrs[t], dc[t]);
-            }
-            if (ac_used >> t & 1) {
-                jpeg_gen_optimal_table(&dst, dst.ac_huff_tbl_ptrs[t], ac[t]);
-            }
-        }
-        dst.optimize_coding = FALSE;
-        jpeg_mem_dest(&dst, &job->out, &job->out_size);
-        jpeg_write_coefficients(&dst, upright);
-        if (job->icc != NULL) {
-            jpeg_write_icc_profile(&dst, job->icc, job->icc_size);
-        }
-        jpeg_finish_compress(&dst);
-        jpeg_finish_decompress(&src);
-        jpeg_destroy_compress(&dst);
-        done = 1;
+    if (c.dst_created) {
+        jpeg_destroy_compress(&c.dst);
     }
-    jpeg_destroy_decompress(&src);
+    jpeg_destroy_decompress(&c.src);
     return done;
 }
+
+static int requantize_work(struct job *job, struct codecs *c) {
+    j_decompress_ptr src = &c->src;
+    j_compress_ptr dst = &c->dst;
+    struct turn turn = turns[job->orientation];
+    if (!takes(src) || (job->orientation != 1 && !whole_mcus(src))) {
+        return 0;
+    }
+    jvirt_barray_ptr *coefficients = jpeg_read_coefficients(src);
+    jvirt_barray_ptr upright[MAX_COMPONENTS];
+    UINT16 from[MAX_COMPONENTS][DCTSIZE2], target[2][DCTSIZE2];
+    for (int ci = 0; ci < src->num_components; ci++) {
+        const JQUANT_TBL *table = src->comp_info[ci].quant_table;
+        if (table == NULL) {
+            fail(src);
+        }
+        for (int k = 0; k < DCTSIZE2; k++) {
+            from[ci][k] = table->quantval[k];
+        }
+        turn_table(from[ci], turn);
+    }
+    long dc[NUM_HUFF_TBLS][257] = {{0}}, ac[NUM_HUFF_TBLS][257] = {{0}};
+    int dc_used = 0, ac_used = 0;
+    jpeg_create_compress(dst);
+    c->dst_created = 1;
+    jpeg_copy_critical_parameters(src, dst);
+    if (turn.transpose) {
+        dst->image_width = src->image_height;
+        dst->image_height = src->image_width;
+        dst->X_density = src->Y_density;
+        dst->Y_density = src->X_density;
+    }
+    jpeg_set_quality(dst, job->quality, TRUE);
+    for (int t = 0; t < 2; t++) {
+        for (int k = 0; k < DCTSIZE2; k++) {
+            target[t][k] = dst->quant_tbl_ptrs[t]->quantval[k];
+        }
+    }
+    for (int ci = 0; ci < dst->num_components; ci++) {
+        /* A table per component, but one for both chroma components when theirs are
+         * the same (as they nearly always are). */
+        int slot = ci == 2 && memcmp(from[1], from[2], sizeof from[1]) == 0 ? 1 : ci;
+        const UINT16 *wanted = target[ci == 0 ? 0 : 1];
+        if (dst->quant_tbl_ptrs[slot] == NULL) {
+            dst->quant_tbl_ptrs[slot] = jpeg_alloc_quant_table((j_common_ptr)dst);
+        }
+        JQUANT_TBL *table = dst->quant_tbl_ptrs[slot];
+        for (int k = 0; k < DCTSIZE2; k++) {
+            table->quantval[k] = from[ci][k] > wanted[k] ? from[ci][k] : wanted[k];
+        }
+        table->sent_table = FALSE;
+        dst->comp_info[ci].quant_tbl_no = slot;
+        const jpeg_component_info *comp = &dst->comp_info[ci];
+        struct symbols sym = {dc[comp->dc_tbl_no], ac[comp->ac_tbl_no], 0};
+        dc_used |= 1 << comp->dc_tbl_no;
+        ac_used |= 1 << comp->ac_tbl_no;
+        jpeg_component_info shape = src->comp_info[ci];
+        upright[ci] = job->orientation == 1 ? coefficients[ci]
+                                            : turned(src, coefficients[ci], &shape, turn);
+        if (!convert(src, upright[ci], &shape, dst->image_width, dst->image_height, from[ci],
+                     table->quantval, &sym)) {
+            fail(src);
+        }
+    }
+    /* The encoder's tables, made from the counts: no statistics pass of its own. */
+    for (int t = 0; t < NUM_HUFF_TBLS; t++) {
+        if (dc_used >> t & 1) {
+            jpeg_gen_optimal_table(dst, dst->dc_huff_tbl_ptrs[t], dc[t]);
+        }
+        if (ac_used >> t & 1) {
+            jpeg_gen_optimal_table(dst, dst->ac_huff_tbl_ptrs[t], ac[t]);
+        }
+    }
+    dst->optimize_coding = FALSE;
+    jpeg_mem_dest(dst, &job->out, &job->out_size);
+    jpeg_write_coefficients(dst, upright);
+    if (job->icc != NULL) {
+        jpeg_write_icc_profile(dst, job->icc, job->icc_size);
+    }
+    jpeg_finish_compress(dst);
+    jpeg_finish_decompress(src);
+    return 1;
+}
+
+/* 1: job->out holds the JPEG; 0: the source is not taken (or corrupt). */
+static int run(struct job *job) { return with_codecs(job, requantize_work); }
 
 /* -- transcode: the pixel path for the YCbCr JPEGs requantize does not take ----------- */
 
@@ -492,99 +513,78 @@ static void downsample(JSAMPARRAY in, JSAMPARRAY out, JDIMENSION out_width, int 
     }
 }
 
-/* 1: job->out holds the JPEG; 0: the source is not taken (or corrupt). */
-static int run_transcode(struct job *job) {
-    struct jpeg_decompress_struct src;
-    struct jpeg_compress_struct dst;
-    struct error_manager src_err, dst_err;
-    volatile int dst_created = 0;
-
-    init_errors(&src_err);
-    init_errors(&dst_err);
-    src.err = &src_err.pub;
-    dst.err = &dst_err.pub;
-    jpeg_create_decompress(&src);
-    if (setjmp(src_err.escape) || setjmp(dst_err.escape)) {
-        if (dst_created) {
-            jpeg_destroy_compress(&dst);
-        }
-        jpeg_destroy_decompress(&src);
-        free(job->out);
-        job->out = NULL;
+static int transcode_work(struct job *job, struct codecs *c) {
+    j_decompress_ptr src = &c->src;
+    j_compress_ptr dst = &c->dst;
+    if (job->orientation != 1 || !transcode_takes(src)) {
         return 0;
     }
-    jpeg_mem_src(&src, job->data, job->size);
-    jpeg_read_header(&src, TRUE);
-    if (job->orientation != 1 || !transcode_takes(&src)) {
-        jpeg_destroy_decompress(&src);
-        return 0;
-    }
-    src.raw_data_out = TRUE;
-    jpeg_start_decompress(&src);
-    const JDIMENSION width = src.output_width, height = src.output_height;
-    const int max_v = src.max_v_samp_factor;
-    const int step_h = src.max_h_samp_factor / src.comp_info[1].h_samp_factor;
-    const int step_v = max_v / src.comp_info[1].v_samp_factor;
+    src->raw_data_out = TRUE;
+    jpeg_start_decompress(src);
+    const JDIMENSION width = src->output_width, height = src->output_height;
+    const int max_v = src->max_v_samp_factor;
+    const int step_h = src->max_h_samp_factor / src->comp_info[1].h_samp_factor;
+    const int step_v = max_v / src->comp_info[1].v_samp_factor;
     /* Strides: whole blocks of the source, and of the output's 16x16 MCUs. */
     const JDIMENSION out_chroma_width = (width + 1) / 2;
     const JDIMENSION luma_stride = ((width + 15) / 16) * 16;
     const JDIMENSION chroma_stride = ((out_chroma_width + 7) / 8) * 8;
     const JDIMENSION in_chroma_width = (width + step_h - 1) / step_h;
-    const JDIMENSION in_chroma_stride = src.comp_info[1].width_in_blocks * DCTSIZE + DCTSIZE;
+    const JDIMENSION in_chroma_stride = src->comp_info[1].width_in_blocks * DCTSIZE + DCTSIZE;
     const int in_chroma_rows = GROUP_ROWS / step_v;
-    j_common_ptr pool = (j_common_ptr)&src;
-    JDIMENSION source_luma = src.comp_info[0].width_in_blocks * DCTSIZE;
-    JSAMPARRAY luma = (*src.mem->alloc_sarray)(
+    j_common_ptr pool = (j_common_ptr)src;
+    JDIMENSION source_luma = src->comp_info[0].width_in_blocks * DCTSIZE;
+    JSAMPARRAY luma = (*src->mem->alloc_sarray)(
         pool, JPOOL_IMAGE, source_luma > luma_stride ? source_luma : luma_stride, GROUP_ROWS);
     JSAMPARRAY in_chroma[2], out_chroma[2];
-    for (int c = 0; c < 2; c++) {
-        in_chroma[c] =
-            (*src.mem->alloc_sarray)(pool, JPOOL_IMAGE, in_chroma_stride, in_chroma_rows);
-        out_chroma[c] = (*src.mem->alloc_sarray)(pool, JPOOL_IMAGE, chroma_stride, DCTSIZE);
+    for (int k = 0; k < 2; k++) {
+        in_chroma[k] =
+            (*src->mem->alloc_sarray)(pool, JPOOL_IMAGE, in_chroma_stride, in_chroma_rows);
+        out_chroma[k] = (*src->mem->alloc_sarray)(pool, JPOOL_IMAGE, chroma_stride, DCTSIZE);
     }
 
-    jpeg_create_compress(&dst);
-    dst_created = 1;
-    dst.image_width = width;
-    dst.image_height = height;
-    dst.input_components = 3;
-    dst.in_color_space = JCS_YCbCr;
-    jpeg_set_defaults(&dst);
-    jpeg_set_quality(&dst, job->quality, TRUE);
-    dst.raw_data_in = TRUE;
-    dst.optimize_coding = TRUE;
-    dst.density_unit = src.density_unit;
-    dst.X_density = src.X_density;
-    dst.Y_density = src.Y_density;
-    jpeg_mem_dest(&dst, &job->out, &job->out_size);
-    jpeg_start_compress(&dst, TRUE);
+    jpeg_create_compress(dst);
+    c->dst_created = 1;
+    dst->image_width = width;
+    dst->image_height = height;
+    dst->input_components = 3;
+    dst->in_color_space = JCS_YCbCr;
+    jpeg_set_defaults(dst);
+    jpeg_set_quality(dst, job->quality, TRUE);
+    dst->raw_data_in = TRUE;
+    dst->optimize_coding = TRUE;
+    dst->density_unit = src->density_unit;
+    dst->X_density = src->X_density;
+    dst->Y_density = src->Y_density;
+    jpeg_mem_dest(dst, &job->out, &job->out_size);
+    jpeg_start_compress(dst, TRUE);
     if (job->icc != NULL) {
-        jpeg_write_icc_profile(&dst, job->icc, job->icc_size);
+        jpeg_write_icc_profile(dst, job->icc, job->icc_size);
     }
     const int read_rows = DCTSIZE * max_v;
     for (JDIMENSION top = 0; top < height; top += GROUP_ROWS) {
         int valid = height - top < GROUP_ROWS ? (int)(height - top) : GROUP_ROWS;
-        for (int r = 0; r < GROUP_ROWS && src.output_scanline < height; r += read_rows) {
+        for (int r = 0; r < GROUP_ROWS && src->output_scanline < height; r += read_rows) {
             JSAMPARRAY planes[3] = {luma + r, in_chroma[0] + r / step_v,
                                     in_chroma[1] + r / step_v};
-            jpeg_read_raw_data(&src, planes, (JDIMENSION)read_rows);
+            jpeg_read_raw_data(src, planes, (JDIMENSION)read_rows);
         }
         pad_plane(luma, GROUP_ROWS, width, luma_stride, valid);
-        for (int c = 0; c < 2; c++) {
-            pad_plane(in_chroma[c], in_chroma_rows, in_chroma_width,
+        for (int k = 0; k < 2; k++) {
+            pad_plane(in_chroma[k], in_chroma_rows, in_chroma_width,
                       in_chroma_width + (JDIMENSION)step_h, (valid + step_v - 1) / step_v);
-            downsample(in_chroma[c], out_chroma[c], out_chroma_width, 2 / step_h, 2 / step_v);
-            pad_plane(out_chroma[c], DCTSIZE, out_chroma_width, chroma_stride, DCTSIZE);
+            downsample(in_chroma[k], out_chroma[k], out_chroma_width, 2 / step_h, 2 / step_v);
+            pad_plane(out_chroma[k], DCTSIZE, out_chroma_width, chroma_stride, DCTSIZE);
         }
         JSAMPARRAY planes[3] = {luma, out_chroma[0], out_chroma[1]};
-        jpeg_write_raw_data(&dst, planes, GROUP_ROWS);
+        jpeg_write_raw_data(dst, planes, GROUP_ROWS);
     }
-    jpeg_finish_compress(&dst);
-    jpeg_destroy_compress(&dst);
-    jpeg_abort_decompress(&src);
-    jpeg_destroy_decompress(&src);
+    jpeg_finish_compress(dst);
     return 1;
 }
+
+/* 1: job->out holds the JPEG; 0: the source is not taken (or corrupt). */
+static int run_transcode(struct job *job) { return with_codecs(job, transcode_work); }
 
 /* The Python side of requantize and transcode: the same arguments, the work with the GIL
  * released. */
