@@ -56,12 +56,12 @@ async def until(condition: Callable[[], bool], what: str) -> None:
 
 
 def alive(pid: int) -> bool:
+    """Whether pid runs (a zombie does not); it may be reaped while we look."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
         return False
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().split(") ")[1][0] != "Z"
 
 
 async def decoding(worker: CodecWorker) -> int:
