@@ -5,7 +5,9 @@
  * and Cr planes (raw data: no upsampling, no colour conversion), halves the chroma planes
  * where they are finer than 4:2:0 (box averages rounded as libjpeg's downsamplers round),
  * and encodes them at the quality as 4:2:0 with optimal Huffman tables, an iMCU row at a
- * time, with the ICC profile given. It returns None for other sources and on any libjpeg
+ * time, with the ICC profile given. libjpeg's optimize_coding makes the tables, but its
+ * statistics pass is replaced by requantize's symbol counting (the same tables, byte for
+ * byte, in about a third of the instructions). It returns None for other sources and on any libjpeg
  * warning or error, as requantize does.
  *
  * requantize(data, quality, icc, orientation) reads a JPEG's quantised DCT coefficients
@@ -34,6 +36,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* jpegint.h (the encoder's entropy module, to replace its statistics pass) and jerror.h
+ * come with jpeglib.h when JPEG_INTERNALS is defined. */
+#define JPEG_INTERNALS
 #include <jpeglib.h>
 #ifdef __SSE2__
 #include <emmintrin.h>
@@ -480,6 +485,48 @@ static void pad_plane(JSAMPARRAY rows, int count, JDIMENSION width, JDIMENSION s
     }
 }
 
+#ifdef __SSE2__
+/* The start of a row downsample takes with SSE2: 16 outputs at a time, the same sums and
+ * biases as its loop (outputs at even x have the first bias, at odd x the second). */
+static JDIMENSION downsample_row_sse2(const JSAMPLE *a, const JSAMPLE *b, JSAMPLE *o,
+                                      JDIMENSION out_width, int step_h, int step_v) {
+    const __m128i zero = _mm_setzero_si128(), low_bytes = _mm_set1_epi16(0x00FF);
+    const int shift = step_h + step_v - 2;
+    const __m128i bias = shift == 2 ? _mm_set1_epi32(0x00020001) : _mm_set1_epi32(0x00010000);
+    JDIMENSION x = 0;
+    for (; x + 16 <= out_width; x += 16) {
+        __m128i sum[2];
+        if (step_h == 2) {
+            for (int h = 0; h < 2; h++) {
+                __m128i va = _mm_loadu_si128((const __m128i *)(a + 2 * x + 16 * h));
+                sum[h] = _mm_add_epi16(_mm_and_si128(va, low_bytes), _mm_srli_epi16(va, 8));
+                if (step_v == 2) {
+                    __m128i vb = _mm_loadu_si128((const __m128i *)(b + 2 * x + 16 * h));
+                    sum[h] = _mm_add_epi16(sum[h], _mm_add_epi16(_mm_and_si128(vb, low_bytes),
+                                                                 _mm_srli_epi16(vb, 8)));
+                }
+            }
+        } else {
+            __m128i va = _mm_loadu_si128((const __m128i *)(a + x));
+            __m128i vb = _mm_loadu_si128((const __m128i *)(b + x));
+            sum[0] = _mm_add_epi16(_mm_unpacklo_epi8(va, zero), _mm_unpacklo_epi8(vb, zero));
+            sum[1] = _mm_add_epi16(_mm_unpackhi_epi8(va, zero), _mm_unpackhi_epi8(vb, zero));
+        }
+        for (int h = 0; h < 2; h++) {
+            sum[h] = _mm_srli_epi16(_mm_add_epi16(sum[h], bias), shift);
+        }
+        _mm_storeu_si128((__m128i *)(o + x), _mm_packus_epi16(sum[0], sum[1]));
+    }
+    return x;
+}
+#else
+static JDIMENSION downsample_row_sse2(const JSAMPLE *a, const JSAMPLE *b, JSAMPLE *o,
+                                      JDIMENSION out_width, int step_h, int step_v) {
+    (void)a, (void)b, (void)o, (void)out_width, (void)step_h, (void)step_v;
+    return 0;
+}
+#endif
+
 /* Halves a chroma plane's resolution where it is finer than 4:2:0: a box average of 2x2,
  * 2x1 or 1x2 samples, with the alternating rounding bias of libjpeg's downsamplers, or a
  * copy where it is 4:2:0 already. */
@@ -488,29 +535,79 @@ static void downsample(JSAMPARRAY in, JSAMPARRAY out, JDIMENSION out_width, int 
     for (int r = 0; r < DCTSIZE; r++) {
         const JSAMPLE *a = in[r * step_v], *b = in[r * step_v + step_v - 1];
         JSAMPLE *o = out[r];
-        if (step_h == 2) {
-            int bias = step_v == 2 ? 1 : 0;
-            for (JDIMENSION x = 0; x < out_width; x++) {
-                int sum = a[2 * x] + a[2 * x + 1];
-                if (step_v == 2) {
-                    sum += b[2 * x] + b[2 * x + 1];
-                    o[x] = (JSAMPLE)((sum + bias) >> 2);
-                    bias ^= 3;
-                } else {
-                    o[x] = (JSAMPLE)((sum + bias) >> 1);
-                    bias ^= 1;
-                }
-            }
-        } else if (step_v == 2) {
-            int bias = 0;
-            for (JDIMENSION x = 0; x < out_width; x++) {
-                o[x] = (JSAMPLE)((a[x] + b[x] + bias) >> 1);
-                bias ^= 1;
-            }
-        } else {
+        if (step_h == 1 && step_v == 1) {
             memcpy(o, a, out_width);
+            continue;
+        }
+        JDIMENSION x = downsample_row_sse2(a, b, o, out_width, step_h, step_v);
+        for (; x < out_width; x++) {
+            int odd = (int)(x & 1);
+            if (step_h == 2 && step_v == 2) {
+                o[x] = (JSAMPLE)((a[2 * x] + a[2 * x + 1] + b[2 * x] + b[2 * x + 1] + 1 + odd) >> 2);
+            } else if (step_h == 2) {
+                o[x] = (JSAMPLE)((a[2 * x] + a[2 * x + 1] + odd) >> 1);
+            } else {
+                o[x] = (JSAMPLE)((a[x] + b[x] + odd) >> 1);
+            }
         }
     }
+}
+
+/* The statistics pass of libjpeg's optimize_coding, replaced: its own looks at each of a
+ * block's 64 coefficients in plain C, a fifth of a whole transcode's instructions; this
+ * finds the non-zero ones with SSE2 and counts only those, as requantize does. Installed
+ * on an encoder that has started its first pass (optimize_coding, one sequential scan):
+ * libjpeg's own encoder writes the output pass with the tables this makes. */
+struct gather {
+    long dc[NUM_HUFF_TBLS][257];
+    long ac[NUM_HUFF_TBLS][257];
+    struct symbols sym[MAX_COMPS_IN_SCAN];
+};
+
+static boolean gather_mcu(j_compress_ptr cinfo, JBLOCKROW *MCU_data) {
+    struct gather *g = cinfo->client_data;
+    for (int b = 0; b < cinfo->blocks_in_MCU; b++) {
+        JCOEF *coef = MCU_data[b][0];
+        if (!count(&g->sym[cinfo->MCU_membership[b]], coef, rescale(coef, NULL) & ~(uint64_t)1)) {
+            ERREXIT(cinfo, JERR_BAD_DCT_COEF);
+        }
+    }
+    return TRUE;
+}
+
+static void gather_finish(j_compress_ptr cinfo) {
+    struct gather *g = cinfo->client_data;
+    int dc_done = 0, ac_done = 0;
+    for (int ci = 0; ci < cinfo->comps_in_scan; ci++) {
+        int dc = cinfo->cur_comp_info[ci]->dc_tbl_no, ac = cinfo->cur_comp_info[ci]->ac_tbl_no;
+        if (!(dc_done >> dc & 1)) {
+            if (cinfo->dc_huff_tbl_ptrs[dc] == NULL) {
+                cinfo->dc_huff_tbl_ptrs[dc] = jpeg_alloc_huff_table((j_common_ptr)cinfo);
+            }
+            jpeg_gen_optimal_table(cinfo, cinfo->dc_huff_tbl_ptrs[dc], g->dc[dc]);
+            dc_done |= 1 << dc;
+        }
+        if (!(ac_done >> ac & 1)) {
+            if (cinfo->ac_huff_tbl_ptrs[ac] == NULL) {
+                cinfo->ac_huff_tbl_ptrs[ac] = jpeg_alloc_huff_table((j_common_ptr)cinfo);
+            }
+            jpeg_gen_optimal_table(cinfo, cinfo->ac_huff_tbl_ptrs[ac], g->ac[ac]);
+            ac_done |= 1 << ac;
+        }
+    }
+}
+
+static void install_gather(j_compress_ptr cinfo) {
+    struct gather *g =
+        (*cinfo->mem->alloc_small)((j_common_ptr)cinfo, JPOOL_IMAGE, sizeof(struct gather));
+    memset(g, 0, sizeof *g);
+    for (int ci = 0; ci < cinfo->comps_in_scan; ci++) {
+        g->sym[ci].dc = g->dc[cinfo->cur_comp_info[ci]->dc_tbl_no];
+        g->sym[ci].ac = g->ac[cinfo->cur_comp_info[ci]->ac_tbl_no];
+    }
+    cinfo->client_data = g;
+    cinfo->entropy->encode_mcu = gather_mcu;
+    cinfo->entropy->finish_pass = gather_finish;
 }
 
 static int transcode_work(struct job *job, struct codecs *c) {
@@ -558,6 +655,7 @@ static int transcode_work(struct job *job, struct codecs *c) {
     dst->Y_density = src->Y_density;
     jpeg_mem_dest(dst, &job->out, &job->out_size);
     jpeg_start_compress(dst, TRUE);
+    install_gather(dst);
     if (job->icc != NULL) {
         jpeg_write_icc_profile(dst, job->icc, job->icc_size);
     }
