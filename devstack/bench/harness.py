@@ -214,11 +214,11 @@ class Running:
         return [self.stack.services[n].grpc_target for n in self.ingest_names]
 
     def cpu(self) -> dict[str, float]:
-        """CPU seconds so far: ingest, processors (together), PostgreSQL, and this bench
-        process (image server threads, gRPC clients)."""
+        """CPU seconds so far: ingest, processors (together, codec workers included),
+        PostgreSQL, and this bench process (image server threads, gRPC clients)."""
         return {
             "ingest": sum(procstat.cpu_seconds(p) for p in self.ingest_pids),
-            "processors": sum(procstat.cpu_seconds(p) for p in self.processor_pids),
+            "processors": sum(procstat.tree_cpu_seconds(p) for p in self.processor_pids),
             "postgres": procstat.tree_cpu_seconds(self._postmaster) if self._postmaster else 0.0,
             "bench": bench_cpu_seconds(),
         }

@@ -30,15 +30,12 @@ def parent_of(pid: int) -> int:
 
 
 def tree_cpu_seconds(root: int) -> float:
-    """CPU seconds of root, its live children, and the children it has reaped (a
-    PostgreSQL postmaster and its backends)."""
+    """CPU seconds of root and every process below it, alive or reaped (a PostgreSQL
+    postmaster and its backends; a processor, its fork server and codec workers)."""
     total = cpu_seconds(root, children=True)
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for pid in descendants(root):
         try:
-            if parent_of(int(entry.name)) == root:
-                total += cpu_seconds(int(entry.name))
+            total += cpu_seconds(pid, children=True)
         except (OSError, ValueError, IndexError):
             continue  # gone meanwhile
     return total

@@ -3,9 +3,12 @@
 By default glibc gives each thread an arena of its own and hands every large
 buffer back to the kernel when it is freed, so each image's pixel buffers are page-faulted
 in again: at 12 MP that was ~27,000 faults and a third of the codec's time (`make bench`).
-One arena, large buffers from the heap and no trimming keep those pages mapped; a codec
-worker hands them back with trim() after an image larger than it usually sees, so that its
-resident memory stays bounded by the images it decodes now, not by the largest it ever did.
+One arena, large buffers from the heap and no trimming keep those pages mapped. After an
+image, a codec worker resident for more than TRIM_AFTER_BYTES beyond what it was when it
+started hands them back with trim(), so that its resident memory stays bounded by the
+images it decodes now, not by the largest it ever did. (Trimming after every image whose
+estimate was that large cost a 12 MP requantise 28 ms of page faults on the next one:
+65 ms of CPU per image instead of 36.)
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,15 @@ def _libc() -> ctypes.CDLL | None:
         return ctypes.CDLL(ctypes.util.find_library("c"))
     except (OSError, TypeError):
         return None
+
+
+def resident_bytes() -> int:
+    """This process's resident memory (/proc/self/statm); 0 where there is no /proc."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
 
 
 def trim() -> None:

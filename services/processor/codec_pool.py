@@ -40,7 +40,7 @@ from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
 
 from imgpipe.processor import metrics
-from imgpipe.processor.allocator import trim, tune_malloc
+from imgpipe.processor.allocator import resident_bytes, trim, tune_malloc
 from imgpipe.processor.budget import MIB, MemoryBudget, check_fits
 from imgpipe.processor.compress import Compressed, compress, limit_pillow
 from imgpipe.processor.errors import DecoderCrashed, OverCpuBudget
@@ -50,7 +50,9 @@ from imgpipe.processor.settings import DecodeSettings
 # Address space a worker needs beyond its decode: the interpreter, Pillow, the source and
 # output bytes.
 WORKER_BASE_BYTES = 512 * MIB
-# A worker gives freed memory back to the kernel after an image whose decode took more.
+# A worker gives its heap's free memory back to the kernel after an image when it is
+# resident for more than this beyond what it was when it started; less, it keeps for the
+# next image (no page faults to map it again).
 TRIM_AFTER_BYTES = 64 * MIB
 ATTEMPTS = 2
 
@@ -66,15 +68,13 @@ def _serve(conn: Connection, limits: DecodeSettings) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     address_space = limits.memory_bytes + WORKER_BASE_BYTES
     resource.setrlimit(resource.RLIMIT_AS, (address_space, resource.RLIM_INFINITY))
-    admitted = 0
+    started = resident_bytes()
 
     @contextmanager
     def admit(size: int) -> Iterator[None]:
-        nonlocal admitted
         check_fits(size, limits.memory_bytes)
         conn.send(size)
         conn.recv()
-        admitted = size
         yield
 
     while True:
@@ -95,9 +95,8 @@ def _serve(conn: Connection, limits: DecodeSettings) -> None:
         del data
         conn.send(reply)
         del reply
-        if admitted > TRIM_AFTER_BYTES:
+        if resident_bytes() > started + TRIM_AFTER_BYTES:
             trim()
-        admitted = 0
 
 
 # -- in the processor -------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from PIL import Image
 
 from devstack.hostile_payloads import scan_bomb
 from devstack.sample_images import encode, sample
-from imgpipe.processor.codec_pool import CodecPool, CodecWorker
+from imgpipe.processor.codec_pool import TRIM_AFTER_BYTES, CodecPool, CodecWorker
 from imgpipe.processor.compress import check_header
 from imgpipe.processor.errors import NotAnImage, OverCpuBudget
 from imgpipe.processor.settings import DecodeSettings
@@ -170,3 +170,40 @@ async def test_a_large_decode_holding_the_whole_budget_leaves_room_for_small_one
         large.cancel()
         await asyncio.gather(large, return_exceptions=True)
         await codec.close()
+
+
+def page_faults(pid: int) -> int:
+    """Minor page faults of pid so far (field 10 of /proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rpartition(")")[2].split()[7])
+
+
+def resident(pid: int) -> int:
+    with open(f"/proc/{pid}/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+async def test_a_worker_keeps_the_memory_of_a_12_mp_requantise_for_the_next_one(
+    pool: CodecPool,
+) -> None:
+    # Estimated at 96 MB (8 bytes a pixel); the requantiser's buffers are about 40 MB.
+    jpeg = encode(Image.new("RGB", (4000, 3000), (120, 30, 200)), "JPEG")
+    worker = pool.workers[0]
+    await pool.compress(jpeg, 50)
+    before = page_faults(worker.pid)
+    await pool.compress(jpeg, 50)
+    # Trimmed, the next image faults its ~40 MB in again: about 9,000 pages.
+    assert page_faults(worker.pid) - before < 1_000
+
+
+async def test_a_worker_gives_back_the_memory_of_a_larger_decode(pool: CodecPool) -> None:
+    worker = pool.workers[0]
+    await pool.compress(sample(64, 48, "PNG"), 50)
+    started = resident(worker.pid)
+    # A 6000 x 4000 PNG decodes to 72 MB of RGB before it is encoded.
+    result = await pool.compress(encode(Image.new("RGB", (6000, 4000), (9, 99, 199)), "PNG"), 50)
+    assert result.width == 6000
+    await until(
+        lambda: resident(worker.pid) < started + TRIM_AFTER_BYTES,
+        "the worker to be resident for less than TRIM_AFTER_BYTES more than before",
+    )
