@@ -34,6 +34,14 @@ def log_fields(**fields: Any) -> Iterator[None]:
         _FIELDS.reset(token)
 
 
+def note_fields(**fields: Any) -> None:
+    """Adds fields to the lines still to be written inside the innermost log_fields block
+    (a call's outcome, on the call's one log line); outside any block it does nothing."""
+    current = _FIELDS.get()
+    if isinstance(current, dict):
+        current.update(fields)
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {

@@ -1,13 +1,14 @@
 """Codec worker processes: every image is decoded and encoded in a child process that the
 processor can kill.
 
-A worker takes one image at a time over a pipe, asks the processor to admit its decode's
-memory estimate against the process's one MemoryBudget before decoding, and answers with
-the JPEG or the error. Each worker runs under limits of its own: RLIMIT_CPU, set before
-each image to the CPU the worker has used plus DecodeSettings.cpu_seconds (past that the
-kernel ends it with SIGXCPU: OverCpuBudget, permanent), and RLIMIT_AS of the codec memory
-budget plus WORKER_BASE_BYTES (a decode the estimate got wrong fails with MemoryError in
-that worker instead of taking the pod).
+A worker takes one image at a time over a pipe, with the memory the processor has admitted
+for its decode against the process's one MemoryBudget (the estimate from the header, read
+in the processor already); it asks for more before decoding when its own estimate is
+larger, and answers with the JPEG or the error. Each worker runs under limits of its own:
+RLIMIT_CPU, set before each image to the CPU the worker has used plus
+DecodeSettings.cpu_seconds (past that the kernel ends it with SIGXCPU: OverCpuBudget,
+permanent), and RLIMIT_AS of the codec memory budget plus WORKER_BASE_BYTES (a decode the
+estimate got wrong fails with MemoryError in that worker instead of taking the pod).
 
 When the call waiting on a worker is cancelled (its deadline passed, or ingest cancelled
 it) the worker is killed and replaced, so its CPU is free at once. A worker that dies
@@ -70,16 +71,19 @@ def _serve(conn: Connection, limits: DecodeSettings) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (address_space, resource.RLIM_INFINITY))
     started = resident_bytes()
 
+    admitted = 0
+
     @contextmanager
     def admit(size: int) -> Iterator[None]:
         check_fits(size, limits.memory_bytes)
-        conn.send(size)
-        conn.recv()
+        if size > admitted:
+            conn.send(size)
+            conn.recv()
         yield
 
     while True:
         try:
-            data, quality = conn.recv()
+            data, quality, admitted = conn.recv()
         except EOFError:
             return
         used = sum(os.times()[:2])
@@ -135,12 +139,14 @@ class CodecWorker:
         child.close()
         return process, conn
 
-    def run(self, data: bytes, quality: int) -> Compressed:
+    def run(self, data: bytes, quality: int, estimate: int) -> Compressed:
+        """The image compressed; estimate: its decode's memory as the processor reckons it
+        (0 if unknown), admitted before the worker gets the image."""
         if self._cancelled:  # killed by a cancel that came as its last image finished
             self._replace()
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                return self._attempt(data, quality)
+                return self._attempt(data, quality, estimate)
             except _WorkerDied as died:
                 cancelled = self._cancelled
                 self._replace()
@@ -160,17 +166,21 @@ class CodecWorker:
                     ) from None
         raise AssertionError("unreachable")
 
-    def _attempt(self, data: bytes, quality: int) -> Compressed:
-        """One image in the current worker: its admission requests (sizes), then the JPEG
-        or the error it raised, which is raised here."""
+    def _attempt(self, data: bytes, quality: int, estimate: int) -> Compressed:
+        """One image in the current worker: admitted for estimate, then for what it asks
+        beyond that (a size), then the JPEG or the error it raised, which is raised here."""
         admitted = 0
         try:
-            reply = self._exchange((data, quality))
+            if estimate:
+                self._admit(estimate)
+                admitted = estimate
+            reply = self._exchange((data, quality, admitted))
             while type(reply) is int:
-                if not self._budget.acquire(reply, lambda: self._cancelled):
-                    raise self._died()
+                if admitted:
+                    self._budget.release(admitted)
+                    admitted = 0
+                self._admit(reply)
                 admitted = reply
-                self.decoding = True
                 reply = self._exchange(True)
         finally:
             self.decoding = False
@@ -181,6 +191,11 @@ class CodecWorker:
         if not isinstance(reply, Compressed):
             raise TypeError(f"a codec worker answered {type(reply).__name__}")
         return reply
+
+    def _admit(self, size: int) -> None:
+        if not self._budget.acquire(size, lambda: self._cancelled):
+            raise self._died()
+        self.decoding = True
 
     def _exchange(self, message: object) -> object:
         try:
@@ -240,12 +255,14 @@ class CodecPool:
         estimate: the decode's memory, when known before (compress.check_header)."""
         if estimate is not None and self.budget.large(estimate):
             async with self._large:
-                return await self._compress(data, quality)
-        return await self._compress(data, quality)
+                return await self._compress(data, quality, estimate)
+        return await self._compress(data, quality, estimate or 0)
 
-    async def _compress(self, data: bytes, quality: int) -> Compressed:
+    async def _compress(self, data: bytes, quality: int, estimate: int) -> Compressed:
         worker = await self._idle.get()
-        job = asyncio.get_running_loop().run_in_executor(self._threads, worker.run, data, quality)
+        job = asyncio.get_running_loop().run_in_executor(
+            self._threads, worker.run, data, quality, estimate
+        )
         job.add_done_callback(lambda done: self._returned(worker, done))
         try:
             return await asyncio.shield(job)

@@ -110,12 +110,12 @@ def test_one_image_is_one_trace_across_ingest_and_the_processor(
     assert result.attributes["imgpipe.request_id"] == request_id
     (tmp_path / "trace.txt").write_text(render(trace, root))
 
-    # JSON log lines written inside a span carry its ids.
+    # JSON log lines written inside a span carry its ids: the image's one line, the call's.
     processor_log = (tmp_path / "logs" / "processor-1.log").read_text().splitlines()
     processed = [
         json.loads(line)
         for line in processor_log
-        if line.startswith("{") and json.loads(line).get("msg") == "image processed"
+        if line.startswith("{") and "output_bytes" in json.loads(line)
     ]
     assert [(p["trace_id"], p["span_id"]) for p in processed] == [(root.trace_id, server.span_id)]
 

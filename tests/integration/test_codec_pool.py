@@ -118,13 +118,20 @@ async def test_errors_come_back_from_the_worker_as_they_were_raised(pool: CodecP
     assert (await pool.compress(sample(64, 48, "GIF"), 50)).width == 64
 
 
-async def test_concurrent_decodes_are_admitted_within_the_memory_budget() -> None:
-    # Each 2000 x 1500 JPEG is estimated at 24 MB; a 40 MB budget admits one at a time.
+@pytest.mark.parametrize("known", [False, True], ids=["asked-by-worker", "estimated-before"])
+async def test_concurrent_decodes_are_admitted_within_the_memory_budget(known: bool) -> None:
+    """Each 2000 x 1500 JPEG is estimated at 24 MB; a 40 MB budget admits one at a time,
+    whether the worker asks for its decode's memory or the caller estimated it before."""
     limits = DecodeSettings(LIMITS.max_pixels, memory_bytes=40 * 1024 * 1024)
     codec = CodecPool(3, limits)
     try:
         images = [sample(2000, 1500, "JPEG", seed) for seed in range(6)]
-        results = await asyncio.gather(*(codec.compress(image, 50) for image in images))
+        results = await asyncio.gather(
+            *(
+                codec.compress(image, 50, check_header(image, limits) if known else None)
+                for image in images
+            )
+        )
         assert [r.width for r in results] == [2000] * 6
         assert codec.budget.peak == 2000 * 1500 * 8
     finally:
