@@ -1,11 +1,14 @@
 /* imgpipe.processor._jpeg: JPEG -> JPEG with libjpeg(-turbo), without RGB pixels.
  *
- * transcode(data, quality, icc, orientation) is the pixel path for the upright 8-bit YCbCr
- * JPEGs requantize does not take (4:4:4, 4:2:2, 4:4:0): it decodes the source to its Y, Cb
- * and Cr planes (raw data: no upsampling, no colour conversion), halves the chroma planes
- * where they are finer than 4:2:0 (box averages rounded as libjpeg's downsamplers round),
- * and encodes them at the quality as 4:2:0 with optimal Huffman tables, an iMCU row at a
- * time, with the ICC profile given. libjpeg's optimize_coding makes the tables, but its
+ * transcode(data, quality, icc, orientation) is the pixel path for the 8-bit YCbCr JPEGs
+ * requantize does not take (4:4:4, 4:2:2, 4:4:0, and turned ones that are not whole MCUs):
+ * it decodes the source to its Y, Cb and Cr planes (raw data: no upsampling, no colour
+ * conversion), turns them upright when the EXIF orientation says so (whole planes then),
+ * halves the chroma planes where they are finer than 4:2:0 (box averages rounded as
+ * libjpeg's downsamplers round), and encodes them at the quality as 4:2:0 with optimal
+ * Huffman tables, an iMCU row at a time, with the ICC profile given. It does not take a
+ * turn that would mirror subsampled chroma along an odd length (each chroma sample would
+ * land half a sample off its luma). libjpeg's optimize_coding makes the tables, but its
  * statistics pass is replaced by requantize's symbol counting (the same tables, byte for
  * byte, in about a third of the instructions). It returns None for other sources and on any libjpeg
  * warning or error, as requantize does.
@@ -31,6 +34,7 @@
 #include <Python.h>
 
 #include <setjmp.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -326,11 +330,13 @@ struct job {
     unsigned long out_size;
 };
 
-/* A source and a destination, created; the destination only once *created is set. */
+/* A source and a destination, created; the destination only once *created is set; and
+ * buffers of the work's own (malloc), freed with them unless the work freed them first. */
 struct codecs {
     struct jpeg_decompress_struct src;
     struct jpeg_compress_struct dst;
     volatile int dst_created;
+    void *volatile owned[3];
 };
 
 /* Work on a source whose header is read: 1 once job->out holds the JPEG (the work need not
@@ -346,6 +352,7 @@ static int with_codecs(struct job *job, codec_work work) {
     struct codecs c;
     struct error_manager src_err, dst_err;
     c.dst_created = 0;
+    memset((void *)c.owned, 0, sizeof c.owned);
     init_errors(&src_err);
     init_errors(&dst_err);
     c.src.err = &src_err.pub;
@@ -364,6 +371,9 @@ static int with_codecs(struct job *job, codec_work work) {
         jpeg_destroy_compress(&c.dst);
     }
     jpeg_destroy_decompress(&c.src);
+    for (int k = 0; k < 3; k++) {
+        free(c.owned[k]);
+    }
     return done;
 }
 
@@ -610,36 +620,69 @@ static void install_gather(j_compress_ptr cinfo) {
     cinfo->entropy->finish_pass = gather_finish;
 }
 
-static int transcode_work(struct job *job, struct codecs *c) {
-    j_decompress_ptr src = &c->src;
-    j_compress_ptr dst = &c->dst;
-    if (job->orientation != 1 || !transcode_takes(src)) {
-        return 0;
-    }
+/* Reading a source's planes as 4:2:0: an iMCU row of the output (GROUP_ROWS of luma, a
+ * block row of chroma) at a time, padded to whole blocks. */
+struct reader {
+    j_decompress_ptr src;
+    JDIMENSION width, height, chroma_width, luma_stride, chroma_stride;
+    int step_h, step_v;
+    JSAMPARRAY luma, in_chroma[2], out_chroma[2];
+};
+
+static void start_reading(struct reader *r, j_decompress_ptr src) {
     src->raw_data_out = TRUE;
     jpeg_start_decompress(src);
-    const JDIMENSION width = src->output_width, height = src->output_height;
-    const int max_v = src->max_v_samp_factor;
-    const int step_h = src->max_h_samp_factor / src->comp_info[1].h_samp_factor;
-    const int step_v = max_v / src->comp_info[1].v_samp_factor;
+    r->src = src;
+    r->width = src->output_width;
+    r->height = src->output_height;
+    r->step_h = src->max_h_samp_factor / src->comp_info[1].h_samp_factor;
+    r->step_v = src->max_v_samp_factor / src->comp_info[1].v_samp_factor;
     /* Strides: whole blocks of the source, and of the output's 16x16 MCUs. */
-    const JDIMENSION out_chroma_width = (width + 1) / 2;
-    const JDIMENSION luma_stride = ((width + 15) / 16) * 16;
-    const JDIMENSION chroma_stride = ((out_chroma_width + 7) / 8) * 8;
-    const JDIMENSION in_chroma_width = (width + step_h - 1) / step_h;
-    const JDIMENSION in_chroma_stride = src->comp_info[1].width_in_blocks * DCTSIZE + DCTSIZE;
-    const int in_chroma_rows = GROUP_ROWS / step_v;
-    j_common_ptr pool = (j_common_ptr)src;
+    r->chroma_width = (r->width + 1) / 2;
+    r->luma_stride = ((r->width + 15) / 16) * 16;
+    r->chroma_stride = ((r->chroma_width + 7) / 8) * 8;
+    JDIMENSION in_stride = src->comp_info[1].width_in_blocks * DCTSIZE + DCTSIZE;
     JDIMENSION source_luma = src->comp_info[0].width_in_blocks * DCTSIZE;
-    JSAMPARRAY luma = (*src->mem->alloc_sarray)(
-        pool, JPOOL_IMAGE, source_luma > luma_stride ? source_luma : luma_stride, GROUP_ROWS);
-    JSAMPARRAY in_chroma[2], out_chroma[2];
+    j_common_ptr pool = (j_common_ptr)src;
+    r->luma = (*src->mem->alloc_sarray)(
+        pool, JPOOL_IMAGE, source_luma > r->luma_stride ? source_luma : r->luma_stride,
+        GROUP_ROWS);
     for (int k = 0; k < 2; k++) {
-        in_chroma[k] =
-            (*src->mem->alloc_sarray)(pool, JPOOL_IMAGE, in_chroma_stride, in_chroma_rows);
-        out_chroma[k] = (*src->mem->alloc_sarray)(pool, JPOOL_IMAGE, chroma_stride, DCTSIZE);
+        r->in_chroma[k] =
+            (*src->mem->alloc_sarray)(pool, JPOOL_IMAGE, in_stride, GROUP_ROWS / r->step_v);
+        r->out_chroma[k] =
+            (*src->mem->alloc_sarray)(pool, JPOOL_IMAGE, r->chroma_stride, DCTSIZE);
     }
+}
 
+/* Reads the group of rows from top on into r->luma and r->out_chroma; how many of its
+ * luma rows are the image's (the rest repeat the last). */
+static int read_group(struct reader *r, JDIMENSION top) {
+    j_decompress_ptr src = r->src;
+    int valid = r->height - top < GROUP_ROWS ? (int)(r->height - top) : GROUP_ROWS;
+    const int read_rows = DCTSIZE * src->max_v_samp_factor;
+    for (int row = 0; row < GROUP_ROWS && src->output_scanline < r->height; row += read_rows) {
+        JSAMPARRAY planes[3] = {r->luma + row, r->in_chroma[0] + row / r->step_v,
+                                r->in_chroma[1] + row / r->step_v};
+        jpeg_read_raw_data(src, planes, (JDIMENSION)read_rows);
+    }
+    pad_plane(r->luma, GROUP_ROWS, r->width, r->luma_stride, valid);
+    JDIMENSION in_width = (r->width + r->step_h - 1) / r->step_h;
+    for (int k = 0; k < 2; k++) {
+        pad_plane(r->in_chroma[k], GROUP_ROWS / r->step_v, in_width,
+                  in_width + (JDIMENSION)r->step_h, (valid + r->step_v - 1) / r->step_v);
+        downsample(r->in_chroma[k], r->out_chroma[k], r->chroma_width, 2 / r->step_h,
+                   2 / r->step_v);
+        pad_plane(r->out_chroma[k], DCTSIZE, r->chroma_width, r->chroma_stride, DCTSIZE);
+    }
+    return valid;
+}
+
+/* A 4:2:0 YCbCr encoder of width x height with optimal Huffman tables, started. */
+static void start_writing(struct job *job, struct codecs *c, JDIMENSION width,
+                          JDIMENSION height, int transposed) {
+    j_decompress_ptr src = &c->src;
+    j_compress_ptr dst = &c->dst;
     jpeg_create_compress(dst);
     c->dst_created = 1;
     dst->image_width = width;
@@ -651,33 +694,196 @@ static int transcode_work(struct job *job, struct codecs *c) {
     dst->raw_data_in = TRUE;
     dst->optimize_coding = TRUE;
     dst->density_unit = src->density_unit;
-    dst->X_density = src->X_density;
-    dst->Y_density = src->Y_density;
+    dst->X_density = transposed ? src->Y_density : src->X_density;
+    dst->Y_density = transposed ? src->X_density : src->Y_density;
     jpeg_mem_dest(dst, &job->out, &job->out_size);
     jpeg_start_compress(dst, TRUE);
     install_gather(dst);
     if (job->icc != NULL) {
         jpeg_write_icc_profile(dst, job->icc, job->icc_size);
     }
-    const int read_rows = DCTSIZE * max_v;
-    for (JDIMENSION top = 0; top < height; top += GROUP_ROWS) {
-        int valid = height - top < GROUP_ROWS ? (int)(height - top) : GROUP_ROWS;
-        for (int r = 0; r < GROUP_ROWS && src->output_scanline < height; r += read_rows) {
-            JSAMPARRAY planes[3] = {luma + r, in_chroma[0] + r / step_v,
-                                    in_chroma[1] + r / step_v};
-            jpeg_read_raw_data(src, planes, (JDIMENSION)read_rows);
+}
+
+/* A whole plane of width x height samples, rows stride apart. */
+struct plane {
+    JSAMPLE *data;
+    JDIMENSION width, height, stride;
+};
+
+/* A plane from the libjpeg pool, freed with the codecs. */
+static struct plane pool_plane(j_common_ptr pool, JDIMENSION width, JDIMENSION height,
+                               JDIMENSION stride) {
+    struct plane p = {NULL, width, height, stride};
+    p.data = (*pool->mem->alloc_large)(pool, JPOOL_PERMANENT, (size_t)stride * height);
+    return p;
+}
+
+/* A plane of the work's own, freed as soon as it is not needed (owned[k] = NULL then). */
+static struct plane owned_plane(struct codecs *c, int k, JDIMENSION width, JDIMENSION height) {
+    struct plane p = {NULL, width, height, width};
+    p.data = malloc((size_t)width * height);
+    if (p.data == NULL) {
+        ERREXIT1(&c->src, JERR_OUT_OF_MEMORY, 0);
+    }
+    c->owned[k] = p.data;
+    return p;
+}
+
+/* count row pointers into a plane from row top on; rows past the last repeat it. */
+static void plane_rows(const struct plane *p, JDIMENSION top, int count, JSAMPROW *rows) {
+    for (int r = 0; r < count; r++) {
+        JDIMENSION y = top + (JDIMENSION)r < p->height ? top + (JDIMENSION)r : p->height - 1;
+        rows[r] = p->data + (size_t)y * p->stride;
+    }
+}
+
+/* Tiles of TURN_TILE x TURN_TILE samples keep a transposition's reads and writes within a
+ * few cache lines. */
+#define TURN_TILE 32
+
+/* from turned upright into to: to's sample at (x', y') is from's at (x, y), where (x', y')
+ * is (x, y) mirrored along each source axis the turn flips, then swapped if it
+ * transposes (as requantize turns blocks). Pads each of to's rows right to its stride with
+ * the row's last sample. */
+static void turn_plane(const struct plane *from, struct plane *to, struct turn turn) {
+    /* Where a source row's first sample lands, and the step between its samples'. */
+    const ptrdiff_t along = turn.transpose ? (ptrdiff_t)to->stride : 1;
+    const ptrdiff_t across = turn.transpose ? 1 : (ptrdiff_t)to->stride;
+    const ptrdiff_t step = turn.flip_x ? -along : along;
+    for (JDIMENSION ty = 0; ty < from->height; ty += TURN_TILE) {
+        JDIMENSION y_end = ty + TURN_TILE < from->height ? ty + TURN_TILE : from->height;
+        for (JDIMENSION tx = 0; tx < from->width; tx += TURN_TILE) {
+            JDIMENSION x_end = tx + TURN_TILE < from->width ? tx + TURN_TILE : from->width;
+            for (JDIMENSION y = ty; y < y_end; y++) {
+                const JSAMPLE *row = from->data + (size_t)y * from->stride;
+                ptrdiff_t a = turn.flip_x ? (ptrdiff_t)(from->width - 1 - tx) : (ptrdiff_t)tx;
+                ptrdiff_t b = turn.flip_y ? (ptrdiff_t)(from->height - 1 - y) : (ptrdiff_t)y;
+                JSAMPLE *out = to->data + a * along + b * across;
+                for (JDIMENSION x = tx; x < x_end; x++, out += step) {
+                    *out = row[x];
+                }
+            }
         }
-        pad_plane(luma, GROUP_ROWS, width, luma_stride, valid);
+    }
+    for (JDIMENSION y = 0; y < to->height; y++) {
+        JSAMPLE *row = to->data + (size_t)y * to->stride;
+        memset(row + to->width, row[to->width - 1], to->stride - to->width);
+    }
+}
+
+/* Whether a turned source's chroma stays aligned with its luma: along an axis where chroma
+ * is subsampled and the image is an odd number of pixels long, mirroring would put each
+ * chroma sample half a sample off the luma it covers. */
+static int turn_keeps_chroma(const struct jpeg_decompress_struct *src, struct turn turn) {
+    const jpeg_component_info *chroma = &src->comp_info[1];
+    int halved_x = chroma->h_samp_factor < src->max_h_samp_factor;
+    int halved_y = chroma->v_samp_factor < src->max_v_samp_factor;
+    return !(turn.flip_x && halved_x && src->image_width % 2) &&
+           !(turn.flip_y && halved_y && src->image_height % 2);
+}
+
+/* Upright: each group of rows is encoded as it is read. */
+static void transcode_upright(struct job *job, struct codecs *c, struct reader *r) {
+    start_writing(job, c, r->width, r->height, 0);
+    for (JDIMENSION top = 0; top < r->height; top += GROUP_ROWS) {
+        read_group(r, top);
+        JSAMPARRAY planes[3] = {r->luma, r->out_chroma[0], r->out_chroma[1]};
+        jpeg_write_raw_data(&c->dst, planes, GROUP_ROWS);
+    }
+}
+
+/* Turned: the whole planes are read at the source's own sampling (the decoder's buffers
+ * are freed then), turned upright into a second set (the first freed then), and encoded
+ * from those, the chroma halved to 4:2:0 an MCU row at a time. At most 6 bytes a pixel
+ * (4:4:4) beside the encoder's coefficients. */
+static void transcode_turned(struct job *job, struct codecs *c, struct turn turn) {
+    j_decompress_ptr src = &c->src;
+    src->raw_data_out = TRUE;
+    jpeg_start_decompress(src);
+    const JDIMENSION width = src->output_width, height = src->output_height;
+    const int step_h = src->max_h_samp_factor / src->comp_info[1].h_samp_factor;
+    const int step_v = src->max_v_samp_factor / src->comp_info[1].v_samp_factor;
+    const JDIMENSION chroma_w = (width + step_h - 1) / step_h;
+    const JDIMENSION chroma_h = (height + step_v - 1) / step_v;
+    /* The decoder's rows: whole blocks, an iMCU row at a time. */
+    const int rows_per_read = DCTSIZE * src->max_v_samp_factor;
+    j_common_ptr pool = (j_common_ptr)src;
+    JSAMPARRAY buffer[3];
+    for (int k = 0; k < 3; k++) {
+        JDIMENSION w = src->comp_info[k].width_in_blocks * DCTSIZE;
+        buffer[k] = (*src->mem->alloc_sarray)(pool, JPOOL_IMAGE, w,
+                                              (JDIMENSION)(k ? rows_per_read / step_v
+                                                             : rows_per_read));
+    }
+    struct plane read[3] = {owned_plane(c, 0, width, height),
+                            owned_plane(c, 1, chroma_w, chroma_h),
+                            owned_plane(c, 2, chroma_w, chroma_h)};
+    while (src->output_scanline < height) {
+        JDIMENSION top = src->output_scanline;
+        jpeg_read_raw_data(src, buffer, (JDIMENSION)rows_per_read);
+        for (int k = 0; k < 3; k++) {
+            JDIMENSION first = k ? top / (JDIMENSION)step_v : top;
+            JDIMENSION rows = (JDIMENSION)(k ? rows_per_read / step_v : rows_per_read);
+            for (JDIMENSION row = 0; row < rows && first + row < read[k].height; row++) {
+                memcpy(read[k].data + (size_t)(first + row) * read[k].stride, buffer[k][row],
+                       read[k].width);
+            }
+        }
+    }
+    jpeg_finish_decompress(src);
+
+    const JDIMENSION out_w = turn.transpose ? height : width;
+    const JDIMENSION out_h = turn.transpose ? width : height;
+    /* The turned chroma's sampling, and its rows padded for a box average of 2. */
+    const int turned_h = turn.transpose ? step_v : step_h;
+    const int turned_v = turn.transpose ? step_h : step_v;
+    const JDIMENSION turned_cw = turn.transpose ? chroma_h : chroma_w;
+    const JDIMENSION turned_ch = turn.transpose ? chroma_w : chroma_h;
+    struct plane upright[3] = {
+        pool_plane(pool, out_w, out_h, ((out_w + 15) / 16) * 16),
+        pool_plane(pool, turned_cw, turned_ch, turned_cw + 2),
+        pool_plane(pool, turned_cw, turned_ch, turned_cw + 2),
+    };
+    for (int k = 0; k < 3; k++) {
+        turn_plane(&read[k], &upright[k], turn);
+        free(c->owned[k]);
+        c->owned[k] = NULL;
+    }
+
+    start_writing(job, c, out_w, out_h, turn.transpose);
+    const JDIMENSION out_cw = (out_w + 1) / 2;
+    const JDIMENSION out_stride = ((out_cw + 7) / 8) * 8;
+    JSAMPARRAY out_chroma[2];
+    for (int k = 0; k < 2; k++) {
+        out_chroma[k] = (*src->mem->alloc_sarray)(pool, JPOOL_PERMANENT, out_stride, DCTSIZE);
+    }
+    for (JDIMENSION top = 0; top < out_h; top += GROUP_ROWS) {
+        JSAMPROW luma[GROUP_ROWS], chroma[GROUP_ROWS];
+        plane_rows(&upright[0], top, GROUP_ROWS, luma);
         for (int k = 0; k < 2; k++) {
-            pad_plane(in_chroma[k], in_chroma_rows, in_chroma_width,
-                      in_chroma_width + (JDIMENSION)step_h, (valid + step_v - 1) / step_v);
-            downsample(in_chroma[k], out_chroma[k], out_chroma_width, 2 / step_h, 2 / step_v);
-            pad_plane(out_chroma[k], DCTSIZE, out_chroma_width, chroma_stride, DCTSIZE);
+            plane_rows(&upright[k + 1], top / (JDIMENSION)turned_v, GROUP_ROWS / turned_v,
+                       chroma);
+            downsample(chroma, out_chroma[k], out_cw, 2 / turned_h, 2 / turned_v);
+            pad_plane(out_chroma[k], DCTSIZE, out_cw, out_stride, DCTSIZE);
         }
         JSAMPARRAY planes[3] = {luma, out_chroma[0], out_chroma[1]};
-        jpeg_write_raw_data(dst, planes, GROUP_ROWS);
+        jpeg_write_raw_data(&c->dst, planes, GROUP_ROWS);
     }
-    jpeg_finish_compress(dst);
+}
+
+static int transcode_work(struct job *job, struct codecs *c) {
+    struct turn turn = turns[job->orientation];
+    if (!transcode_takes(&c->src) || !turn_keeps_chroma(&c->src, turn)) {
+        return 0;
+    }
+    if (job->orientation == 1) {
+        struct reader r;
+        start_reading(&r, &c->src);
+        transcode_upright(job, c, &r);
+    } else {
+        transcode_turned(job, c, turn);
+    }
+    jpeg_finish_compress(&c->dst);
     return 1;
 }
 

@@ -3,9 +3,11 @@
 A 4:2:0 YCbCr or greyscale JPEG is requantised in the DCT domain (_jpeg.requantize: its
 coefficients rescaled to the target tables, no pixels decoded; a greyscale one stays
 greyscale), turned upright there too when its EXIF orientation says so and it is whole
-MCUs. An upright YCbCr JPEG of another sampling (4:4:4, 4:2:2, 4:4:0) is transcoded
-(_jpeg.transcode: decoded to its Y, Cb and Cr planes, chroma halved to 4:2:0, encoded; no
-RGB). Every other source is decoded and encoded again with Pillow (the pixel path).
+MCUs. Another YCbCr JPEG (4:4:4, 4:2:2, 4:4:0, or one turned that is not whole MCUs) is
+transcoded (_jpeg.transcode: decoded to its Y, Cb and Cr planes, turned upright, chroma
+halved to 4:2:0, encoded; no RGB), unless a turn would mirror its subsampled chroma along
+an odd length. Every other source is decoded and encoded again with Pillow (the pixel
+path).
 
 The format comes from the first bytes (formats.detect) and only that format's Pillow plugin
 opens them. Any input it cannot turn into an image is a permanent error (NotAnImage,
@@ -53,7 +55,6 @@ ORIENTATION = 0x0112
 UPRIGHT = 1
 ORIENTATIONS = range(1, 9)  # the EXIF orientations; Pillow's exif_transpose ignores others
 TRANSPOSING = range(5, 9)  # the orientations that swap width and height
-TURNING = range(2, 9)  # the orientations exif_transpose acts on
 
 
 @dataclass(frozen=True)
@@ -149,15 +150,14 @@ def _jpeg_to_jpeg(
     data: bytes, quality: int, icc: bytes | None, orientation: int
 ) -> tuple[bytes, str] | None:
     """The JPEG and the stage that made it, without RGB pixels: requantised, or else
-    transcoded (upright sources only); None when neither takes the source."""
+    transcoded; None when neither takes the source."""
     if orientation in ORIENTATIONS:
         jpeg = requantize(data, quality, icc, orientation)
         if jpeg is not None:
             return jpeg, "requantize"
-    if orientation not in TURNING:
-        jpeg = transcode(data, quality, icc)
-        if jpeg is not None:
-            return jpeg, "transcode"
+    jpeg = transcode(data, quality, icc, orientation)
+    if jpeg is not None:
+        return jpeg, "transcode"
     return None
 
 
