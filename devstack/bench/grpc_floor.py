@@ -1,11 +1,16 @@
-"""The floor under WatchStatus: a bare grpc.aio server streaming the same pre-serialised
-bytes to many streams, with no database, no watch logic and no serialiser, in a process
-of its own; its CPU per message is what grpc.aio itself costs on this machine."""
+"""Floors: what grpc.aio and aiohttp themselves cost on this machine, each in a process of
+its own with nothing of imgpipe's around them.
+
+Under WatchStatus: a bare grpc.aio server streaming the same pre-serialised bytes to many
+streams, with no database, no watch logic and no serialiser. Under ProcessImage: a bare
+grpc.aio server answering unary calls with the same bytes, and an aiohttp client fetching a
+source from the loopback image server."""
 
 from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import resource
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -62,3 +67,92 @@ def server_us_per_message(streams: int, messages: int) -> float:
     finally:
         server.kill()
         server.join()
+
+
+UNARY_CONCURRENCY = 8  # calls in flight, as ingest keeps a processor busy
+
+
+async def _serve_unary(port: Any) -> None:
+    async def call(_request: bytes, _context: Any) -> bytes:
+        return MESSAGE
+
+    server = grpc.aio.server()
+    handler = grpc.unary_unary_rpc_method_handler(call)
+    service = grpc.method_handlers_generic_handler(METHOD.split("/")[1], {"Call": handler})
+    server.add_generic_rpc_handlers((service,))
+    port.value = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    await server.wait_for_termination()
+
+
+def _unary_server(port: Any) -> None:
+    asyncio.run(_serve_unary(port))
+
+
+async def _call(target: str, calls: int) -> None:
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = channel.unary_unary(METHOD.replace("Stream", "Call"), None, None)
+        slots = asyncio.Semaphore(UNARY_CONCURRENCY)
+
+        async def one() -> None:
+            async with slots:
+                await call(b"")
+
+        await asyncio.gather(*(one() for _ in range(calls)))
+
+
+def unary_server_us_per_call(calls: int) -> float:
+    """Server CPU µs per unary call, UNARY_CONCURRENCY at once."""
+    spawn = multiprocessing.get_context("spawn")
+    port = spawn.Value("i", 0)
+    server = spawn.Process(target=_unary_server, args=(port,), daemon=True)
+    server.start()
+    try:
+        while port.value == 0 and server.is_alive():
+            server.join(0.05)
+        target = f"127.0.0.1:{port.value}"
+        asyncio.run(_call(target, UNARY_CONCURRENCY))  # connected and warm
+        pid = server.pid or 0
+        before = procstat.cpu_seconds(pid)
+        asyncio.run(_call(target, calls))
+        return 1e6 * (procstat.cpu_seconds(pid) - before) / calls
+    finally:
+        server.kill()
+        server.join()
+
+
+async def _fetch(url: str, fetches: int) -> float:
+    import aiohttp  # the processor's client, imported in the child only
+
+    async with aiohttp.ClientSession() as session:
+
+        async def one() -> None:
+            async with session.get(url) as response:
+                await response.read()
+
+        await one()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        before = usage.ru_utime + usage.ru_stime
+        slots = asyncio.Semaphore(UNARY_CONCURRENCY)
+
+        async def limited() -> None:
+            async with slots:
+                await one()
+
+        await asyncio.gather(*(limited() for _ in range(fetches)))
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return 1e6 * (usage.ru_utime + usage.ru_stime - before) / fetches
+
+
+def _fetcher(url: str, fetches: int, result: Any) -> None:
+    result.value = asyncio.run(_fetch(url, fetches))
+
+
+def fetch_client_us(url: str, fetches: int) -> float:
+    """Client CPU µs per aiohttp GET of url (read whole), UNARY_CONCURRENCY at once."""
+    spawn = multiprocessing.get_context("spawn")
+    result = spawn.Value("d", 0.0)
+    client = spawn.Process(target=_fetcher, args=(url, fetches, result), daemon=True)
+    client.start()
+    client.join()
+    return float(result.value)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import statistics
 
-from devstack.bench import procstat
+from devstack.bench import grpc_floor, procstat
 from devstack.bench.config import Config, Kind
 from devstack.bench.corpus import Source
 from devstack.bench.figures import Section, ratios
@@ -114,6 +114,23 @@ def e2e_section(
         )
         if kind.name == config.memory_kind:
             record_memory(config, run, memory, "as_is", "as is")
+    # What a processor's call and fetch cost before any of imgpipe's own work (the codec,
+    # storage, the worker pipe, logs, metrics, tracing).
+    calls = config.e2e_images["small"] * 10
+    small = next(kind for kind in config.e2e_kinds if kind.name == "small")
+    url = h.urls(corpus[small.name], 1, "floor")[0]
+    section.add(
+        "floor.grpc_unary_us",
+        "the floor: bare grpc.aio unary call, server CPU",
+        "µs",
+        [grpc_floor.unary_server_us_per_call(calls) for _ in range(config.e2e_runs)],
+    )
+    section.add(
+        "floor.fetch_us",
+        f"the floor: aiohttp GET of a {small.title} source, client CPU",
+        "µs",
+        [grpc_floor.fetch_client_us(url, calls) for _ in range(config.e2e_runs)],
+    )
 
 
 def record_memory(config: Config, run: Running, memory: Section, key: str, title: str) -> None:
