@@ -76,6 +76,8 @@ EXPECTED = [
             "events_per_image",
         )
     ],
+    "e2e.floor.grpc_unary_us",
+    "e2e.floor.fetch_us",
     "scaling.one.images_per_s",
     "scaling.n.images_per_s",
     "scaling.ratio",
