@@ -932,15 +932,56 @@ static PyObject *transcode(PyObject *self, PyObject *args) {
     return call(args, run_transcode);
 }
 
+/* scan_count(data): the scans (SOS markers) of a JPEG without decoding it: the segments up
+ * to the first scan are walked (an EXIF thumbnail's scans are not counted), then every SOS
+ * marker after it is counted (entropy-coded data never holds one: an 0xFF in it is followed
+ * by 0x00 or a restart marker); 0 before any scan. With memchr: a few GB/s, where Python's
+ * bytes.count of the two bytes did about 1 GB/s, twice per image in the processor. */
+static PyObject *scan_count(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer data;
+    if (!PyArg_ParseTuple(args, "y*", &data)) {
+        return NULL;
+    }
+    const unsigned char *bytes = data.buf, *end = bytes + data.len;
+    size_t size = (size_t)data.len, position = 2;
+    long scans = 0;
+    while (position + 4 <= size && bytes[position] == 0xFF) {
+        unsigned char marker = bytes[position + 1];
+        if (marker == 0xFF) { /* a fill byte */
+            position++;
+            continue;
+        }
+        if (marker == 0xDA) {
+            scans = 1;
+            const unsigned char *at = bytes + position + 2;
+            while (at < end && (at = memchr(at, 0xFF, (size_t)(end - at))) != NULL) {
+                if (at + 1 < end && at[1] == 0xDA) {
+                    scans++;
+                }
+                at++;
+            }
+            break;
+        }
+        position += 2 + (size_t)((bytes[position + 2] << 8) | bytes[position + 3]);
+    }
+    PyBuffer_Release(&data);
+    return PyLong_FromLong(scans);
+}
+
 static PyMethodDef methods[] = {
+    {"scan_count", scan_count, METH_VARARGS,
+     "scan_count(data) -> int: the scans (SOS markers) of a JPEG after its header, counted "
+     "without decoding."},
     {"requantize", requantize, METH_VARARGS,
      "requantize(data, quality, icc=None, orientation=1) -> bytes | None: a 4:2:0 YCbCr or "
      "greyscale JPEG's coefficients turned upright per the EXIF orientation, rescaled to the "
      "quality's tables, Huffman-optimised; None if not taken."},
     {"transcode", transcode, METH_VARARGS,
-     "transcode(data, quality, icc=None, orientation=1) -> bytes | None: an upright YCbCr "
-     "JPEG of another sampling decoded to its planes (no colour conversion), its chroma "
-     "halved to 4:2:0, encoded at the quality, Huffman-optimised; None if not taken."},
+     "transcode(data, quality, icc=None, orientation=1) -> bytes | None: a YCbCr JPEG "
+     "decoded to its planes (no colour conversion), turned upright per the EXIF orientation, "
+     "its chroma halved to 4:2:0, encoded at the quality, Huffman-optimised; None if not "
+     "taken."},
     {NULL, NULL, 0, NULL},
 };
 

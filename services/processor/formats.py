@@ -14,6 +14,7 @@ import struct
 
 from PIL import Image
 
+from imgpipe.processor._jpeg import scan_count
 from imgpipe.processor.errors import NotAnImage, TooManyScans, UnsafeCodec
 
 ALLOWED_NAMES = "JPEG, PNG, WebP, GIF, BMP or TIFF"
@@ -195,30 +196,12 @@ def check_codec(image: Image.Image) -> None:
             )
 
 
-def jpeg_scan_count(data: bytes) -> int:
-    """The scans (SOS markers) of a JPEG, counted without decoding: the segments up to the
-    first scan are walked (so an EXIF thumbnail's scan is not counted), and SOS markers
-    after it are counted (entropy-coded data never holds one: an 0xFF in it is followed by
-    0x00 or a restart marker)."""
-    position = 2
-    size = len(data)
-    while position + 4 <= size and data[position] == 0xFF:
-        marker = data[position + 1]
-        if marker == 0xFF:  # fill byte
-            position += 1
-            continue
-        if marker == 0xDA:
-            return 1 + data.count(b"\xff\xda", position + 2)
-        (length,) = struct.unpack_from(">H", data, position + 2)
-        position += 2 + length
-    return 0
-
-
 def check_scans(data: bytes, max_scans: int) -> None:
-    """Refuses (TooManyScans) a JPEG of more than max_scans scans: each scan of a
-    progressive JPEG is a pass over every coefficient, so thousands of (empty) scans in a
-    few KB cost tens of CPU-seconds. Encoders write 10 or so."""
-    scans = jpeg_scan_count(data)
+    """Refuses (TooManyScans) a JPEG of more than max_scans scans (counted by
+    _jpeg.scan_count, without decoding): each scan of a progressive JPEG is a pass over
+    every coefficient, so thousands of (empty) scans in a few KB cost tens of CPU-seconds.
+    Encoders write 10 or so."""
+    scans = scan_count(data)
     if scans > max_scans:
         raise TooManyScans(f"the JPEG has {scans} scans, more than the limit of {max_scans}")
 

@@ -11,6 +11,7 @@ from PIL import Image, ImageCms
 
 from devstack.hostile_payloads import progressive_cmyk, rle_bmp, scan_bomb
 from devstack.sample_images import encode, photo_like
+from imgpipe.processor._jpeg import scan_count
 from imgpipe.processor.budget import MIB, MemoryBudget, check_fits, decode_bytes
 from imgpipe.processor.compress import check_header, compress
 from imgpipe.processor.errors import (
@@ -20,7 +21,7 @@ from imgpipe.processor.errors import (
     TooManyScans,
     UnsafeCodec,
 )
-from imgpipe.processor.formats import MAX_ICC_BYTES, jpeg_scan_count, usable_icc, webp_size
+from imgpipe.processor.formats import MAX_ICC_BYTES, usable_icc, webp_size
 from imgpipe.processor.settings import DecodeSettings
 
 LIMITS = DecodeSettings(max_pixels=100_000_000)
@@ -32,16 +33,31 @@ def opened(data: bytes) -> Image.Image:
 
 def test_scans_are_counted_from_the_headers_without_decoding() -> None:
     image = photo_like(64, 48)
-    assert jpeg_scan_count(encode(image, "JPEG")) == 1
+    assert scan_count(encode(image, "JPEG")) == 1
     progressive = encode(image, "JPEG", progressive=True)
-    assert jpeg_scan_count(progressive) == 10  # libjpeg's default progression
+    assert scan_count(progressive) == 10  # libjpeg's default progression
     # An EXIF thumbnail (a JPEG in an APP1 segment, scan included) is not counted.
     exif = Image.Exif()
     exif[0x010F] = "maker"
     thumbnail = encode(photo_like(16, 12), "JPEG")
     with_app1 = progressive[:2] + b"\xff\xe1" + struct.pack(">H", len(thumbnail) + 2) + thumbnail
-    assert jpeg_scan_count(with_app1 + progressive[2:]) == 10
-    assert jpeg_scan_count(scan_bomb(4000, 4000, 5000)) > 5000
+    assert scan_count(with_app1 + progressive[2:]) == 10
+    assert scan_count(scan_bomb(4000, 4000, 5000)) > 5000
+
+
+@pytest.mark.parametrize(
+    ("data", "scans"),
+    [
+        (b"", 0),
+        (b"\xff\xd8", 0),
+        (b"\xff\xd8\xff\xe0\xff\xff", 0),  # a segment running past the end
+        (b"\xff\xd8\xff\xda\x00\x08", 1),
+        (b"\xff\xd8\xff\xda\x00\x08\x01\xff", 1),  # an 0xFF as the last byte
+        (b"\xff\xd8\xff\xff\xda\x00\x08\xff\xda\xff\x00\xff\xda", 3),  # a fill byte
+    ],
+)
+def test_scan_counting_stops_at_the_end_of_the_bytes(data: bytes, scans: int) -> None:
+    assert scan_count(data) == scans
 
 
 def test_a_scan_bomb_is_refused_before_it_is_decoded() -> None:
