@@ -166,6 +166,7 @@ class IngestApp:
                 sender,
                 max_attempts=attempts,
                 concurrency=settings.webhooks.concurrency,
+                lease_seconds=settings.webhooks.lease_seconds,
             ).run(),
         )
         self.retention = RetentionSweeper(self.store, purger, settings.retention)

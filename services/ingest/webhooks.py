@@ -48,6 +48,11 @@ ENDPOINT_BUSY_DELAY = 1.0
 MAX_ERROR_LENGTH = 500
 
 
+# Beyond a POST's timeout, what an attempt may spend reading its payload and recording its
+# outcome.
+LEASE_MARGIN_SECONDS = 10.0
+
+
 @dataclass(frozen=True)
 class WebhookSettings:
     secret: str = ""
@@ -63,6 +68,13 @@ class WebhookSettings:
     @property
     def backoff(self) -> Backoff:
         return Backoff(first=self.retry_base_seconds, cap=self.retry_cap_seconds, jitter=0.5)
+
+    @property
+    def lease_seconds(self) -> float:
+        """How long an attempt holds its outbox row: its POST's timeout and time for the
+        database on either side. After a crash mid-attempt, the delivery is tried again
+        that long after the attempt began."""
+        return self.timeout_seconds + LEASE_MARGIN_SECONDS
 
 
 def _endpoint(url: str) -> str:

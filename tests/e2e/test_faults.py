@@ -284,6 +284,9 @@ def test_a_crash_between_terminal_and_webhook_delivery_still_delivers(
         "IMGPIPE_ALLOW_PRIVATE_NETWORKS": "true",
         "IMGPIPE_WEBHOOK_RETRY_BASE_SECONDS": "0.5",
         "IMGPIPE_WEBHOOK_RETRY_CAP_SECONDS": "1",
+        # The attempt the kill interrupts holds its row for this + 10 s (the lease); with
+        # the default 10 s timeout that left a few seconds of the wait below.
+        "IMGPIPE_WEBHOOK_TIMEOUT": "2",
     }
     urls = serve_batch(image_server, 4)
     try:
