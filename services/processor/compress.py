@@ -5,9 +5,9 @@ coefficients rescaled to the target tables, no pixels decoded; a greyscale one s
 greyscale), turned upright there too when its EXIF orientation says so and it is whole
 MCUs. Another YCbCr JPEG (4:4:4, 4:2:2, 4:4:0, or one turned that is not whole MCUs) is
 transcoded (_jpeg.transcode: decoded to its Y, Cb and Cr planes, turned upright, chroma
-halved to 4:2:0, encoded; no RGB), unless a turn would mirror its subsampled chroma along
-an odd length. Every other source is decoded and encoded again with Pillow (the pixel
-path).
+halved to 4:2:0, encoded; no RGB), unless it is turned 4:4:4 or a turn would mirror its
+subsampled chroma along an odd length. Every other source is decoded and encoded again
+with Pillow (the pixel path).
 
 The format comes from the first bytes (formats.detect) and only that format's Pillow plugin
 opens them. Any input it cannot turn into an image is a permanent error (NotAnImage,

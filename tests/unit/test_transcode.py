@@ -73,10 +73,17 @@ def test_a_440_source_is_transcoded() -> None:
 def test_compress_transcodes_444_jpegs_and_leaves_the_rest() -> None:
     source = encode(photo_like(64, 48), "JPEG", subsampling=0)
     assert [stage for stage, _, _ in compress(source, 50, LIMITS).stages] == ["transcode"]
-    turned = encode(photo_like(64, 48), "JPEG", subsampling=0, exif=_orientation(6))
+    turned = encode(photo_like(64, 48), "JPEG", subsampling=1, exif=_orientation(6))
     result = compress(turned, 50, LIMITS)
     assert [stage for stage, _, _ in result.stages] == ["transcode"]
     assert (result.width, result.height) == (48, 64)
+    # A turned 4:4:4 source: Pillow turns it faster than three full planes are turned.
+    turned_444 = encode(photo_like(64, 48), "JPEG", subsampling=0, exif=_orientation(6))
+    assert transcode(turned_444, 50, None, 6) is None
+    assert [stage for stage, _, _ in compress(turned_444, 50, LIMITS).stages] == [
+        "decode",
+        "encode",
+    ]
     cmyk = encode(photo_like(64, 48).convert("CMYK"), "JPEG")
     assert transcode(cmyk, 50) is None
     grey = encode(photo_like(64, 48).convert("L"), "JPEG")
@@ -103,7 +110,7 @@ def _pixel_path(source: bytes) -> bytes:
     return out.getvalue()
 
 
-@pytest.mark.parametrize("subsampling", [0, 1, 2], ids=["444", "422", "420"])
+@pytest.mark.parametrize("subsampling", [1, 2], ids=["422", "420"])
 @pytest.mark.parametrize("orientation", range(2, 9))
 def test_a_turned_source_is_turned_as_well_as_the_pixel_path_turns_it(
     subsampling: int, orientation: int
