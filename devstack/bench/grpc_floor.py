@@ -11,27 +11,38 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import resource
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
 
 from devstack.bench import procstat
 
-METHOD = "/bench.Floor/Stream"
+SERVICE = "bench.Floor"
+STREAM = f"/{SERVICE}/Stream"
+CALL = f"/{SERVICE}/Call"
 # About the size of one WatchStatus message about an image.
 MESSAGE = b"\x08\x2a\x10\x02\x1a\x06\x08\x3c\x10\x2a\x18\x00" + b"x" * 120
+UNARY_CONCURRENCY = 8  # calls in flight, as ingest keeps a processor busy
 
 
 async def _serve(count: int, port: Any) -> None:
+    """Stream: count MESSAGEs; Call: one MESSAGE. No serialiser either way."""
+
     async def stream(_request: bytes, _context: Any) -> AsyncIterator[bytes]:
         for _ in range(count):
             yield MESSAGE
 
+    async def call(_request: bytes, _context: Any) -> bytes:
+        return MESSAGE
+
     server = grpc.aio.server()
-    handler = grpc.unary_stream_rpc_method_handler(stream)
-    service = grpc.method_handlers_generic_handler(METHOD.split("/")[1], {"Stream": handler})
-    server.add_generic_rpc_handlers((service,))
+    handlers = {
+        "Stream": grpc.unary_stream_rpc_method_handler(stream),
+        "Call": grpc.unary_unary_rpc_method_handler(call),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     port.value = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     await server.wait_for_termination()
@@ -41,9 +52,25 @@ def _server(count: int, port: Any) -> None:
     asyncio.run(_serve(count, port))
 
 
+@contextmanager
+def _floor_server(count: int) -> Iterator[tuple[str, int]]:
+    """The bare server in a process of its own: its target and pid."""
+    spawn = multiprocessing.get_context("spawn")
+    port = spawn.Value("i", 0)
+    server = spawn.Process(target=_server, args=(count, port), daemon=True)
+    server.start()
+    try:
+        while port.value == 0 and server.is_alive():
+            server.join(0.05)
+        yield f"127.0.0.1:{port.value}", server.pid or 0
+    finally:
+        server.kill()
+        server.join()
+
+
 async def _receive(target: str, streams: int) -> int:
     async with grpc.aio.insecure_channel(target) as channel:
-        call = channel.unary_stream(METHOD, None, None)
+        call = channel.unary_stream(STREAM, None, None)
 
         async def one() -> int:
             return sum([1 async for _ in call(b"")])
@@ -53,45 +80,15 @@ async def _receive(target: str, streams: int) -> int:
 
 def server_us_per_message(streams: int, messages: int) -> float:
     """Server CPU µs per message, `streams` streams of `messages` messages each."""
-    spawn = multiprocessing.get_context("spawn")
-    port = spawn.Value("i", 0)
-    server = spawn.Process(target=_server, args=(messages, port), daemon=True)
-    server.start()
-    try:
-        while port.value == 0 and server.is_alive():
-            server.join(0.05)
-        pid = server.pid or 0
+    with _floor_server(messages) as (target, pid):
         before = procstat.cpu_seconds(pid)
-        received = asyncio.run(_receive(f"127.0.0.1:{port.value}", streams))
+        received = asyncio.run(_receive(target, streams))
         return 1e6 * (procstat.cpu_seconds(pid) - before) / received
-    finally:
-        server.kill()
-        server.join()
-
-
-UNARY_CONCURRENCY = 8  # calls in flight, as ingest keeps a processor busy
-
-
-async def _serve_unary(port: Any) -> None:
-    async def call(_request: bytes, _context: Any) -> bytes:
-        return MESSAGE
-
-    server = grpc.aio.server()
-    handler = grpc.unary_unary_rpc_method_handler(call)
-    service = grpc.method_handlers_generic_handler(METHOD.split("/")[1], {"Call": handler})
-    server.add_generic_rpc_handlers((service,))
-    port.value = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    await server.wait_for_termination()
-
-
-def _unary_server(port: Any) -> None:
-    asyncio.run(_serve_unary(port))
 
 
 async def _call(target: str, calls: int) -> None:
     async with grpc.aio.insecure_channel(target) as channel:
-        call = channel.unary_unary(METHOD.replace("Stream", "Call"), None, None)
+        call = channel.unary_unary(CALL, None, None)
         slots = asyncio.Semaphore(UNARY_CONCURRENCY)
 
         async def one() -> None:
@@ -103,22 +100,11 @@ async def _call(target: str, calls: int) -> None:
 
 def unary_server_us_per_call(calls: int) -> float:
     """Server CPU µs per unary call, UNARY_CONCURRENCY at once."""
-    spawn = multiprocessing.get_context("spawn")
-    port = spawn.Value("i", 0)
-    server = spawn.Process(target=_unary_server, args=(port,), daemon=True)
-    server.start()
-    try:
-        while port.value == 0 and server.is_alive():
-            server.join(0.05)
-        target = f"127.0.0.1:{port.value}"
+    with _floor_server(0) as (target, pid):
         asyncio.run(_call(target, UNARY_CONCURRENCY))  # connected and warm
-        pid = server.pid or 0
         before = procstat.cpu_seconds(pid)
         asyncio.run(_call(target, calls))
         return 1e6 * (procstat.cpu_seconds(pid) - before) / calls
-    finally:
-        server.kill()
-        server.join()
 
 
 async def _fetch(url: str, fetches: int) -> float:
