@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import random
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 
@@ -24,7 +25,10 @@ def photo_like(width: int, height: int, seed: int = 0, mode: str = "RGB") -> Ima
         colour = (rng.randrange(256), rng.randrange(256), rng.randrange(256))
         draw.ellipse((x0, y0, x1, y1), fill=colour)
     img = img.filter(ImageFilter.GaussianBlur(radius=max(1, min(width, height) // 200)))
-    noise = Image.effect_noise((width, height), 24).convert("RGB")
+    # Seeded here: Pillow's effect_noise draws from C's rand(), whose state is whatever the
+    # process's earlier calls left, so one size gave other pixels in another test order.
+    grain = np.random.default_rng(seed).normal(128, 24, (height, width))
+    noise = Image.fromarray(grain.clip(0, 255).astype(np.uint8), "L").convert("RGB")
     img = Image.blend(img, noise, 0.12)
     if mode == "RGBA":
         alpha = Image.radial_gradient("L").resize((width, height))
