@@ -11,8 +11,8 @@ RSS is its baseline plus 1.25 x the budget.
 
 from __future__ import annotations
 
+import asyncio
 import math
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 
@@ -89,9 +89,21 @@ def check_fits(size: int, total: int) -> None:
         )
 
 
+def checked(total: int) -> Admit:
+    """An admission that only refuses what could never fit (compress() run on its own)."""
+
+    @contextmanager
+    def admit(size: int) -> Iterator[None]:
+        check_fits(size, total)
+        yield
+
+    return admit
+
+
 class MemoryBudget:
-    """Bytes the decodes in flight may hold together. A decode waits until its estimate
-    fits; one larger than total is refused (OverMemoryBudget).
+    """Bytes the decodes in flight may hold together, used from one event loop. A decode
+    waits until its estimate fits; one larger than total is refused (OverMemoryBudget,
+    check_fits).
 
     Small decodes (at most a quarter of total) have a reserve of a quarter of total on top
     of it, which large ones never take: however much of the budget large decodes hold, a
@@ -104,39 +116,24 @@ class MemoryBudget:
         self._free = total + self.reserve
         # The most bytes admitted at once so far.
         self.peak = 0
-        self._changed = threading.Condition()
+        self._released = asyncio.Event()
 
     def large(self, size: int) -> bool:
         """Whether a decode of size bytes is a large one, kept out of the reserve."""
         return size > self.reserve
 
-    @contextmanager
-    def admit(self, size: int) -> Iterator[None]:
-        check_fits(size, self.total)
-        self.acquire(size, lambda: False)
-        try:
-            yield
-        finally:
-            self.release(size)
+    def fits(self, size: int) -> bool:
+        """Whether size bytes could be taken now."""
+        return self._free >= size + (self.reserve if self.large(size) else 0)
 
-    def acquire(self, size: int, abandoned: Callable[[], bool]) -> bool:
-        """Blocks until size bytes are free and takes them (True), or until abandoned()
-        is true after a wake() (False, nothing taken)."""
-        needed = size + (self.reserve if self.large(size) else 0)
-        with self._changed:
-            self._changed.wait_for(lambda: abandoned() or self._free >= needed)
-            if self._free < needed:
-                return False
-            self._free -= size
-            self.peak = max(self.peak, self.total + self.reserve - self._free)
-            return True
+    async def acquire(self, size: int) -> None:
+        """Waits until size bytes are free and takes them; cancel the wait to give up."""
+        while not self.fits(size):
+            self._released.clear()
+            await self._released.wait()
+        self._free -= size
+        self.peak = max(self.peak, self.total + self.reserve - self._free)
 
     def release(self, size: int) -> None:
-        with self._changed:
-            self._free += size
-            self._changed.notify_all()
-
-    def wake(self) -> None:
-        """Has every waiting acquire() look at its abandoned() again."""
-        with self._changed:
-            self._changed.notify_all()
+        self._free += size
+        self._released.set()

@@ -35,7 +35,6 @@ import resource
 import signal
 import traceback
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerContext
@@ -48,6 +47,7 @@ from imgpipe.processor.compress import Compressed, compress, limit_pillow
 from imgpipe.processor.errors import DecoderCrashed, OverCpuBudget
 from imgpipe.processor.formats import PILLOW_PLUGINS
 from imgpipe.processor.settings import DecodeSettings
+from imgpipe.processor.worker_pipe import WorkerGone, WorkerPipe
 
 # Address space a worker needs beyond its decode: the interpreter, Pillow, the source and
 # output bytes.
@@ -120,14 +120,10 @@ def _widen(end: Connection) -> None:
         fcntl.fcntl(end.fileno(), F_SETPIPE_SZ, PIPE_BYTES)
 
 
-class _WorkerDied(Exception):
-    def __init__(self, exitcode: int | None) -> None:
-        super().__init__(exitcode)
-        self.exitcode = exitcode
-
-
 class CodecWorker:
-    """One worker process and the pipe to it. run() blocks: it runs in the pool's threads."""
+    """One worker process and the pipes to it, driven by the event loop; one caller at a
+    time (the pool's). A worker killed or dead is replaced before its next image, in a
+    thread (starting a process waits on the fork server)."""
 
     def __init__(
         self, context: ForkServerContext, limits: DecodeSettings, budget: MemoryBudget
@@ -135,16 +131,18 @@ class CodecWorker:
         self._context = context
         self._limits = limits
         self._budget = budget
-        self._cancelled = False
         # True from the moment its image is admitted until the reply or its death.
         self.decoding = False
-        self._process, self._to_worker, self._from_worker = self._start()
+        # Killed or dead: replaced before its next image.
+        self._stale = False
+        self._replacing: asyncio.Future[int | None] | None = None
+        self._process, self._pipe = self._start()
 
     @property
     def pid(self) -> int:
         return self._process.pid or 0
 
-    def _start(self) -> tuple[BaseProcess, Connection, Connection]:
+    def _start(self) -> tuple[BaseProcess, WorkerPipe]:
         inbox, to_worker = self._context.Pipe(duplex=False)
         from_worker, outbox = self._context.Pipe(duplex=False)
         for end in (to_worker, outbox):
@@ -155,51 +153,53 @@ class CodecWorker:
         process.start()
         inbox.close()
         outbox.close()
-        return process, to_worker, from_worker
+        return process, WorkerPipe(to_worker, from_worker)
 
-    def run(self, data: bytes, quality: int, estimate: int) -> Compressed:
+    async def run(self, data: bytes, quality: int, estimate: int) -> Compressed:
         """The image compressed; estimate: its decode's memory as the processor reckons it
-        (0 if unknown), admitted before the worker gets the image."""
-        if self._cancelled:  # killed by a cancel that came as its last image finished
-            self._replace()
+        (0 if unknown), admitted before the worker gets the image. Cancelling the call kills
+        the worker, so its CPU is free at once."""
         for attempt in range(1, ATTEMPTS + 1):
+            if self._stale:
+                await self._replace()
             try:
-                return self._attempt(data, quality, estimate)
-            except _WorkerDied as died:
-                cancelled = self._cancelled
-                self._replace()
-                if cancelled:
-                    metrics.CODEC_RESTARTS.labels("cancelled").inc()
-                    raise
-                if died.exitcode == -signal.SIGXCPU:
-                    metrics.CODEC_RESTARTS.labels("cpu_budget").inc()
-                    raise OverCpuBudget(
-                        f"decoding the image took more than the codec CPU budget of "
-                        f"{self._limits.cpu_seconds} s"
-                    ) from None
-                metrics.CODEC_RESTARTS.labels("died").inc()
-                if attempt == ATTEMPTS:
-                    raise DecoderCrashed(
-                        f"the codec worker died on the image twice (exit {died.exitcode})"
-                    ) from None
+                return await self._attempt(data, quality, estimate)
+            except WorkerGone:
+                self._stale = True
+            except asyncio.CancelledError:
+                self._kill()
+                metrics.CODEC_RESTARTS.labels("cancelled").inc()
+                raise
+            exitcode = await self._replace()
+            if exitcode == -signal.SIGXCPU:
+                metrics.CODEC_RESTARTS.labels("cpu_budget").inc()
+                raise OverCpuBudget(
+                    f"decoding the image took more than the codec CPU budget of "
+                    f"{self._limits.cpu_seconds} s"
+                )
+            metrics.CODEC_RESTARTS.labels("died").inc()
+            if attempt == ATTEMPTS:
+                raise DecoderCrashed(f"the codec worker died on the image twice (exit {exitcode})")
         raise AssertionError("unreachable")
 
-    def _attempt(self, data: bytes, quality: int, estimate: int) -> Compressed:
+    async def _attempt(self, data: bytes, quality: int, estimate: int) -> Compressed:
         """One image in the current worker: admitted for estimate, then for what it asks
         beyond that (a size), then the JPEG or the error it raised, which is raised here."""
         admitted = 0
         try:
             if estimate:
-                self._admit(estimate)
+                await self._admit(estimate)
                 admitted = estimate
-            reply = self._exchange((data, quality, admitted))
+            await self._pipe.send((data, quality, admitted))
+            reply = await self._pipe.receive()
             while type(reply) is int:
                 if admitted:
                     self._budget.release(admitted)
                     admitted = 0
-                self._admit(reply)
+                await self._admit(reply)
                 admitted = reply
-                reply = self._exchange(True)
+                await self._pipe.send(True)
+                reply = await self._pipe.receive()
         finally:
             self.decoding = False
             if admitted:
@@ -210,42 +210,34 @@ class CodecWorker:
             raise TypeError(f"a codec worker answered {type(reply).__name__}")
         return reply
 
-    def _admit(self, size: int) -> None:
-        if not self._budget.acquire(size, lambda: self._cancelled):
-            raise self._died()
+    async def _admit(self, size: int) -> None:
+        await self._budget.acquire(size)
         self.decoding = True
 
-    def _exchange(self, message: object) -> object:
-        try:
-            self._to_worker.send(message)
-            reply: object = self._from_worker.recv()
-        except (EOFError, OSError):
-            raise self._died() from None
-        return reply
-
-    def _close_pipes(self) -> None:
-        self._to_worker.close()
-        self._from_worker.close()
-
-    def _died(self) -> _WorkerDied:
-        self._process.kill()
-        self._process.join()
-        return _WorkerDied(self._process.exitcode)
-
-    def cancel(self) -> None:
-        """Kills the worker from outside run(); run() then replaces it and raises."""
-        self._cancelled = True
-        self._budget.wake()
+    def _kill(self) -> None:
+        self._stale = True
         self._process.kill()
 
-    def _replace(self) -> None:
-        self._close_pipes()
-        self._process, self._to_worker, self._from_worker = self._start()
-        self._cancelled = False
+    async def _replace(self) -> int | None:
+        """Reaps the worker (killing it if need be) and starts another; the old one's exit
+        code. It runs on when the caller is cancelled; a caller meanwhile waits for it."""
+        if self._replacing is None or self._replacing.done():
+            self._replacing = asyncio.ensure_future(asyncio.to_thread(self._restart))
+        return await asyncio.shield(self._replacing)
+
+    def _restart(self) -> int | None:
+        """Blocking: runs in a thread."""
+        old = self._process
+        old.kill()
+        old.join()
+        self._pipe.close()
+        self._process, self._pipe = self._start()
+        self._stale = False
+        return old.exitcode
 
     def close(self) -> None:
-        """Closes the pipes (the worker exits at EOF) and waits for the worker."""
-        self._close_pipes()
+        """Blocking: closes the pipes (the worker exits at EOF) and waits for the worker."""
+        self._pipe.close()
         self._process.join(timeout=5)
         if self._process.is_alive():
             self._process.kill()
@@ -266,7 +258,6 @@ class CodecPool:
         context.set_forkserver_preload(["imgpipe.processor.main", __name__, *PILLOW_PLUGINS])
         self.budget = MemoryBudget(limits.memory_bytes)
         self.workers = [CodecWorker(context, limits, self.budget) for _ in range(workers)]
-        self._threads = ThreadPoolExecutor(workers, thread_name_prefix="codec")
         self._idle: asyncio.Queue[CodecWorker] = asyncio.Queue()
         for worker in self.workers:
             self._idle.put_nowait(worker)
@@ -282,27 +273,14 @@ class CodecPool:
 
     async def _compress(self, data: bytes, quality: int, estimate: int) -> Compressed:
         worker = await self._idle.get()
-        job = asyncio.get_running_loop().run_in_executor(
-            self._threads, worker.run, data, quality, estimate
-        )
-        job.add_done_callback(lambda done: self._returned(worker, done))
         try:
-            return await asyncio.shield(job)
-        except asyncio.CancelledError:
-            if not job.done():
-                worker.cancel()
-            raise
-
-    def _returned(self, worker: CodecWorker, job: asyncio.Future[Compressed]) -> None:
-        # The error of a cancelled call's job has no one left to read it.
-        if not job.cancelled():
-            job.exception()
-        self._idle.put_nowait(worker)
+            return await worker.run(data, quality, estimate)
+        finally:
+            self._idle.put_nowait(worker)
 
     async def close(self) -> None:
         await asyncio.to_thread(self._close)
 
     def _close(self) -> None:
-        self._threads.shutdown()
         for worker in self.workers:
             worker.close()

@@ -30,8 +30,8 @@ from PIL import Image, ImageOps
 from imgpipe.processor._jpeg import requantize, transcode
 from imgpipe.processor.budget import (
     Admit,
-    MemoryBudget,
     check_fits,
+    checked,
     decode_bytes,
     webp_decode_bytes,
 )
@@ -96,7 +96,7 @@ def compress(
         icc = usable_icc(source.info.get("icc_profile"))
         orientation = _orientation(source)
         rotated = orientation != UPRIGHT
-        with (admit or MemoryBudget(limits.memory_bytes).admit)(decode_bytes(source, rotated)):
+        with (admit or checked(limits.memory_bytes))(decode_bytes(source, rotated)):
             if detected == "JPEG":
                 done = _jpeg_to_jpeg(data, quality or DEFAULT_QUALITY, icc, orientation)
                 if done is not None:

@@ -3,6 +3,7 @@ memory estimate and its admission, the codecs a BMP or TIFF may use, the ICC pro
 
 from __future__ import annotations
 
+import asyncio
 import io
 import struct
 
@@ -97,21 +98,29 @@ def test_a_decode_over_the_memory_budget_is_refused() -> None:
         compress(progressive_cmyk(6000, 4000), quality=50, limits=limits)
 
 
-def test_admission_holds_each_estimate_for_as_long_as_its_decode() -> None:
+async def test_admission_holds_each_estimate_until_it_is_released() -> None:
     budget = MemoryBudget(100)
     with pytest.raises(OverMemoryBudget):
         check_fits(101, budget.total)
-    with budget.admit(60), budget.admit(40):
-        assert budget.peak == 100
-        # Large decodes (over a quarter) hold the whole budget: a small one still fits, in
-        # the reserve that large ones never take.
-        with budget.admit(25):
-            assert budget.peak == 125
-            # What does not fit now waits, and gives up once abandoned.
-            assert not budget.acquire(1, lambda: True)
-        assert not budget.acquire(26, lambda: True)
-    assert budget.acquire(100, lambda: False)
-    budget.release(100)
+    await budget.acquire(60)
+    await budget.acquire(40)
+    assert budget.peak == 100
+    # Large decodes (over a quarter) hold the whole budget: a small one still fits, in the
+    # reserve that large ones never take.
+    assert budget.fits(25)
+    await budget.acquire(25)
+    assert budget.peak == 125
+    assert not budget.fits(1)
+    budget.release(25)
+    assert budget.fits(25)
+    assert not budget.fits(26)
+    # A decode that does not fit waits until enough is released.
+    waiting = asyncio.create_task(budget.acquire(100))
+    budget.release(60)
+    assert not budget.fits(100)
+    budget.release(40)
+    await asyncio.wait_for(waiting, 10)
+    assert (budget.fits(25), budget.fits(26)) == (True, False)  # the reserve is left
 
 
 def test_rle_bmp_is_refused_and_uncompressed_bmp_taken() -> None:
