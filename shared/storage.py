@@ -5,10 +5,11 @@ The methods block; callers run them in an executor, never on the event loop.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import itertools
 import os
 import shutil
-import tempfile
 from datetime import timedelta
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -164,12 +165,20 @@ class S3Storage:
         return len(names)
 
 
+# Numbers the objects FileStorage writes in this process (every instance), for their
+# partial files' names.
+_WRITES = itertools.count()
+
+
 class FileStorage:
     """A local directory; ingest's HTTP side serves it at /objects/ for `make run`."""
 
     def __init__(self, root: Path, public_base_url: str | None) -> None:
         self._root = root
         self._public_base_url = public_base_url.rstrip("/") if public_base_url else None
+        # file:// URLs start with the root as the kernel names it (links resolved), found
+        # once rather than with a walk of the path per object.
+        self._root_uri = root.resolve().as_uri()
 
     def _path(self, key: str) -> Path:
         return self._root / _check_key(key)
@@ -181,15 +190,21 @@ class FileStorage:
         self.put_file(key, io.BytesIO(data), len(data), content_type)
 
     def put_file(self, key: str, source: BinaryIO, length: int, content_type: str) -> None:
-        path = self._path(key)
+        path = os.path.join(self._root, _check_key(key))
+        # Written under a name of its own, then renamed: a reader never sees half an object.
+        partial = f"{os.path.dirname(path)}/.tmp-{os.getpid()}-{next(_WRITES)}"
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # Write then rename, so a reader never sees half an object.
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            with os.fdopen(fd, "wb") as out:
+            try:
+                out = open(partial, "xb")  # noqa: SIM115  # closed below, before the rename
+            except FileNotFoundError:  # the object's folder is new (or was deleted)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                out = open(partial, "xb")  # noqa: SIM115
+            with out:
                 shutil.copyfileobj(source, out)
-            os.replace(tmp, path)
+            os.replace(partial, path)
         except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
             raise StorageError(f"put {key}: {exc}") from exc
 
     def get(self, key: str) -> bytes:
@@ -206,7 +221,7 @@ class FileStorage:
     def plain_url(self, key: str) -> str:
         if self._public_base_url:
             return f"{self._public_base_url}/{quote(key)}"
-        return self._path(key).resolve().as_uri()
+        return f"{self._root_uri}/{quote(_check_key(key))}"
 
     def copy(self, source_key: str, key: str) -> None:
         self.put(key, self.get(source_key), "")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import shutil
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -195,6 +196,10 @@ async def test_file_storage(
     assert response.output_bytes == stored.stat().st_size
     with Image.open(stored) as image:
         assert image.size == (64, 48)
+    # The request's folder deleted (DeleteRequest, retention): the next object makes it again.
+    shutil.rmtree(stored.parent)
+    await processor.process(image_server.add("/b.jpg", sample(32, 24, "JPEG")), key)
+    assert [p.name for p in stored.parent.iterdir()] == [stored.name]  # no partial file left
 
 
 @pytest.mark.parametrize(
