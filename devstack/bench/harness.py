@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import resource
 import shutil
+import tempfile
 import threading
 import time
 import uuid
@@ -328,13 +330,14 @@ class Harness:
         extra_env: Mapping[str, str] | None = None,
         ingests: int = 1,
     ) -> Iterator[Running]:
-        """A stack on a fresh database and a fresh object directory (file:// storage)."""
+        """A stack on a fresh database and a fresh object directory (file:// storage, in
+        memory where the machine has a tmpfs: a store's disk is not the stack's CPU, and an
+        ext4 create, write and rename took about 0.2 ms of kernel CPU per object)."""
         self._count += 1
         db_name = f"bench_{self._count}_{name}"
         asyncio.run(_admin(self.database.dsn, f"CREATE DATABASE {db_name}"))
         dsn = with_database(self.database.dsn, db_name)
-        objects = self.workdir / "objects" / name
-        objects.mkdir(parents=True, exist_ok=True)
+        objects = Path(tempfile.mkdtemp(prefix=f"imgpipe-bench-{name}-", dir=_objects_dir()))
         stack = Stack(
             dsn,
             {"IMGPIPE_STORAGE_URL": objects.as_uri()},
@@ -351,3 +354,11 @@ class Harness:
             drop = f"DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"
             asyncio.run(_admin(self.database.dsn, drop))
             shutil.rmtree(objects, ignore_errors=True)
+
+
+SHARED_MEMORY = Path("/dev/shm")
+
+
+def _objects_dir() -> Path | None:
+    """tmpfs when the machine has one; else the system's temporary directory."""
+    return SHARED_MEMORY if SHARED_MEMORY.is_dir() and os.access(SHARED_MEMORY, os.W_OK) else None
