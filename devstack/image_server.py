@@ -38,7 +38,7 @@ class Route:
     gate: threading.Event | None = None
 
 
-class _QuietServer(ThreadingHTTPServer):
+class QuietServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def handle_error(self, request: object, client_address: object) -> None:
@@ -82,7 +82,7 @@ class ImageServer:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self._httpd = _QuietServer((host, port), Handler)
+        self._httpd = QuietServer((host, port), Handler)
         self._httpd.daemon_threads = True
         bound_host, bound_port = self._httpd.server_address[:2]
         self.host, self.port = str(bound_host), int(bound_port)

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from concurrent import futures
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -24,7 +24,7 @@ import grpc
 
 from devstack.bench import procstat
 from devstack.bench.corpus import Source
-from devstack.image_server import ImageServer
+from devstack.image_server import ImageServer, QuietServer
 from devstack.postgres import PostgresServer, PrivateCluster
 from devstack.stack import INGEST, Stack
 from imgpipe.v1 import (
@@ -97,8 +97,7 @@ class GatedImageServer:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
+        self._httpd = QuietServer(("127.0.0.1", 0), Handler)
         self.port = int(self._httpd.server_address[1])
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
