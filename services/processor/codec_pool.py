@@ -27,7 +27,9 @@ threads or sockets.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fcntl
+import hashlib
 import math
 import multiprocessing
 import os
@@ -88,7 +90,7 @@ def _serve(inbox: Connection, outbox: Connection, limits: DecodeSettings) -> Non
 
     while True:
         try:
-            data, quality, admitted = inbox.recv()
+            data, quality, admitted, digest = inbox.recv()
         except EOFError:
             return
         used = sum(os.times()[:2])
@@ -98,6 +100,8 @@ def _serve(inbox: Connection, outbox: Connection, limits: DecodeSettings) -> Non
         reply: Compressed | BaseException
         try:
             reply = compress(data, quality, limits, admit)
+            if digest:
+                reply = dataclasses.replace(reply, source_sha256=hashlib.sha256(data).digest())
         except Exception as exc:
             traceback.clear_frames(exc.__traceback__)
             reply = exc.with_traceback(None)
@@ -155,15 +159,16 @@ class CodecWorker:
         outbox.close()
         return process, WorkerPipe(to_worker, from_worker)
 
-    async def run(self, data: bytes, quality: int, estimate: int) -> Compressed:
+    async def run(self, data: bytes, quality: int, estimate: int, digest: bool) -> Compressed:
         """The image compressed; estimate: its decode's memory as the processor reckons it
-        (0 if unknown), admitted before the worker gets the image. Cancelling the call kills
+        (0 if unknown), admitted before the worker gets the image; digest: whether the
+        worker also hashes the source (Compressed.source_sha256). Cancelling the call kills
         the worker, so its CPU is free at once."""
         for attempt in range(1, ATTEMPTS + 1):
             if self._stale:
                 await self._replace()
             try:
-                return await self._attempt(data, quality, estimate)
+                return await self._attempt(data, quality, estimate, digest)
             except WorkerGone:
                 self._stale = True
             except asyncio.CancelledError:
@@ -182,7 +187,7 @@ class CodecWorker:
                 raise DecoderCrashed(f"the codec worker died on the image twice (exit {exitcode})")
         raise AssertionError("unreachable")
 
-    async def _attempt(self, data: bytes, quality: int, estimate: int) -> Compressed:
+    async def _attempt(self, data: bytes, quality: int, estimate: int, digest: bool) -> Compressed:
         """One image in the current worker: admitted for estimate, then for what it asks
         beyond that (a size), then the JPEG or the error it raised, which is raised here."""
         admitted = 0
@@ -190,7 +195,7 @@ class CodecWorker:
             if estimate:
                 await self._admit(estimate)
                 admitted = estimate
-            await self._pipe.send((data, quality, admitted))
+            await self._pipe.send((data, quality, admitted, digest))
             reply = await self._pipe.receive()
             while type(reply) is int:
                 if admitted:
@@ -263,18 +268,22 @@ class CodecPool:
             self._idle.put_nowait(worker)
         self._large = asyncio.Semaphore(max(1, workers - 1))
 
-    async def compress(self, data: bytes, quality: int, estimate: int | None = None) -> Compressed:
+    async def compress(
+        self, data: bytes, quality: int, estimate: int | None = None, *, digest: bool = False
+    ) -> Compressed:
         """The image as a JPEG, from a worker; cancelling the call kills that worker.
-        estimate: the decode's memory, when known before (compress.check_header)."""
+        estimate: the decode's memory, when known before (compress.check_header); digest:
+        the worker hashes the source too, where the processor would need a thread to keep
+        its event loop going (Compressed.source_sha256)."""
         if estimate is not None and self.budget.large(estimate):
             async with self._large:
-                return await self._compress(data, quality, estimate)
-        return await self._compress(data, quality, estimate or 0)
+                return await self._compress(data, quality, estimate, digest)
+        return await self._compress(data, quality, estimate or 0, digest)
 
-    async def _compress(self, data: bytes, quality: int, estimate: int) -> Compressed:
+    async def _compress(self, data: bytes, quality: int, estimate: int, digest: bool) -> Compressed:
         worker = await self._idle.get()
         try:
-            return await worker.run(data, quality, estimate)
+            return await worker.run(data, quality, estimate, digest)
         finally:
             self._idle.put_nowait(worker)
 

@@ -68,6 +68,8 @@ class Compressed:
     # "transcode", or "decode" then "encode"; for the traces of the process that asked, as
     # compress may run in another process (codec_pool).
     stages: tuple[tuple[str, int, int], ...] = ()
+    # SHA-256 of the source bytes, when the codec worker was asked for it (codec_pool).
+    source_sha256: bytes = b""
 
 
 def limit_pillow(max_pixels: int) -> None:

@@ -164,22 +164,24 @@ class Pipeline:
                 source_url, previous.validators if previous else Validators()
             )
         digest = b""
-        if fetched.body is not None:
-            digest = await _sha256(fetched.body)
-        if previous is not None and (fetched.body is None or digest == previous.content_sha256):
-            reused = await self._reuse(previous, fetched, output_key)
-            if reused is not None:
-                return reused
-        if fetched.body is None:  # unchanged, but its earlier output is gone: fetch it all
-            with metrics.FETCH_SECONDS.time(), TRACER.start_as_current_span("fetch"):
-                fetched = await self._fetcher.fetch(source_url)
-            assert fetched.body is not None  # an unconditional fetch has a body
-            digest = await _sha256(fetched.body)
+        if previous is not None:
+            # Whether the source changed decides whether to encode at all: hashed here.
+            digest = await _sha256(fetched.body) if fetched.body is not None else b""
+            if fetched.body is None or digest == previous.content_sha256:
+                reused = await self._reuse(previous, fetched, output_key)
+                if reused is not None:
+                    return reused
+            if fetched.body is None:  # unchanged, but its earlier output is gone: fetch it all
+                with metrics.FETCH_SECONDS.time(), TRACER.start_as_current_span("fetch"):
+                    fetched = await self._fetcher.fetch(source_url)
         data = fetched.body
+        assert data is not None  # only a conditional fetch answers without a body
         metrics.INPUT_BYTES.inc(len(data))
         with metrics.COMPRESS_SECONDS.time():
             estimate = check_header(data, self._decode)
-            compressed = await self._codec.compress(data, quality, estimate)
+            # Not hashed yet: the codec worker hashes it beside compressing it, where the
+            # processor would need a thread to keep its event loop going.
+            compressed = await self._codec.compress(data, quality, estimate, digest=not digest)
         # The codec runs in a worker process; its stages become spans here, as it timed them.
         for stage, start, end in compressed.stages:
             TRACER.start_span(stage, start_time=start).end(end_time=end)
@@ -200,7 +202,7 @@ class Pipeline:
             height=compressed.height,
             source_format=compressed.source_format,
             validators=fetched.validators,
-            content_sha256=digest,
+            content_sha256=digest or compressed.source_sha256,
         )
 
     async def _reuse(self, previous: Previous, fetched: Fetched, output_key: str) -> Result | None:
