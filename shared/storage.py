@@ -1,6 +1,8 @@
 """Object storage: one interface, two backends (S3 through the minio SDK, and a directory).
 
-The methods block; callers run them in an executor, never on the event loop.
+The methods block, and callers run them in an executor, never on the event loop; but put,
+the one call per image, is a coroutine that needs no thread: S3 gets an HTTP PUT (aiohttp)
+to a URL the SDK presigned, a directory gets the bytes written at once.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 from urllib.parse import quote, urlsplit
 
+import aiohttp
 from minio import Minio
 from minio.commonconfig import CopySource
 from minio.deleteobjects import DeleteObject
@@ -24,14 +27,20 @@ from imgpipe.common.config import S3Settings
 from imgpipe.common.errors import SettingsError, StorageError
 
 PRESIGN_TTL = timedelta(days=7)  # the longest SigV4 allows
+# A put's presigned URL is used at once.
+PUT_URL_TTL = timedelta(minutes=15)
+PUT_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
 
 
 class Storage(Protocol):
     def ensure_ready(self) -> None:
         """Creates the bucket or directory when missing."""
 
-    def put(self, key: str, data: bytes, content_type: str) -> None:
-        """Writes data at key, replacing what was there."""
+    async def put(self, key: str, data: bytes, content_type: str) -> None:
+        """Writes data at key, replacing what was there; from the event loop."""
+
+    async def close(self) -> None:
+        """Closes what put opened."""
 
     def put_file(self, key: str, source: BinaryIO, length: int, content_type: str) -> None:
         """Writes length bytes read from source at key, without holding them all at once."""
@@ -78,6 +87,7 @@ class S3Storage:
         )
         self._bucket = bucket
         self._prefix = prefix.strip("/")
+        self._session: aiohttp.ClientSession | None = None
         self._public_base_url = public_base_url.rstrip("/") if public_base_url else None
 
     def _name(self, key: str) -> str:
@@ -94,8 +104,22 @@ class S3Storage:
         except Exception as exc:
             raise StorageError(f"bucket {self._bucket}: {exc}") from exc
 
-    def put(self, key: str, data: bytes, content_type: str) -> None:
-        self.put_file(key, io.BytesIO(data), len(data), content_type)
+    async def put(self, key: str, data: bytes, content_type: str) -> None:
+        url = self._client.presigned_put_object(self._bucket, self._name(key), PUT_URL_TTL)
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=PUT_TIMEOUT)
+        headers = {"Content-Type": content_type}
+        try:
+            async with self._session.put(url, data=data, headers=headers) as response:
+                if response.status >= 300:
+                    error = _s3_error(response.status, await response.text())
+                    raise StorageError(f"put {key}: {error}")
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise StorageError(f"put {key}: {exc!r}") from exc
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
 
     def put_file(self, key: str, source: BinaryIO, length: int, content_type: str) -> None:
         try:
@@ -186,8 +210,12 @@ class FileStorage:
     def ensure_ready(self) -> None:
         self._root.mkdir(parents=True, exist_ok=True)
 
-    def put(self, key: str, data: bytes, content_type: str) -> None:
+    async def put(self, key: str, data: bytes, content_type: str) -> None:
+        # A local directory: written at once, as a thread would take longer to hand over.
         self.put_file(key, io.BytesIO(data), len(data), content_type)
+
+    async def close(self) -> None:
+        pass
 
     def put_file(self, key: str, source: BinaryIO, length: int, content_type: str) -> None:
         path = os.path.join(self._root, _check_key(key))
@@ -224,7 +252,8 @@ class FileStorage:
         return f"{self._root_uri}/{quote(_check_key(key))}"
 
     def copy(self, source_key: str, key: str) -> None:
-        self.put(key, self.get(source_key), "")
+        data = self.get(source_key)
+        self.put_file(key, io.BytesIO(data), len(data), "")
 
     def delete_prefix(self, prefix: str) -> int:
         folder = self._path(prefix)
@@ -246,3 +275,10 @@ def open_storage(url: str, s3: S3Settings, public_base_url: str | None = None) -
     if parts.scheme == "file" and parts.path and not parts.netloc:
         return FileStorage(Path(parts.path), public_base_url)
     raise SettingsError(f"IMGPIPE_STORAGE_URL must be s3://BUCKET[/PREFIX] or file:///DIR: {url!r}")
+
+
+def _s3_error(status: int, body: str) -> str:
+    """HTTP status and S3's error code (its XML's <Code>), if the body names one."""
+    start, end = body.find("<Code>"), body.find("</Code>")
+    code = body[start + len("<Code>") : end] if 0 <= start < end else ""
+    return f"HTTP {status} {code}".rstrip()

@@ -43,11 +43,12 @@ class ProcessorApp:
         await service.serve_http()
         codec = CodecPool(settings.workers, settings.decode)
         service.on_stop("codec", codec.close)
-        # Storage calls wait on the network: their own threads, one per call in flight, so
-        # they never hold up compression nor wait behind it.
+        # Storage calls but the put wait on the network in threads of their own, one per call
+        # in flight, so they never hold up compression nor wait behind it.
         storage_executor = service.executor("storage", settings.max_in_flight)
         common = settings.common
         storage = open_storage(common.storage_url, common.s3, common.public_base_url)
+        service.on_stop("storage", storage.close)
         await asyncio.get_running_loop().run_in_executor(storage_executor, storage.ensure_ready)
         fetcher = Fetcher(settings.fetch, max_connections=settings.max_in_flight)
         service.on_stop("fetcher", fetcher.close)

@@ -1,4 +1,4 @@
-"""One image end to end: validate, fetch, compress (codec workers), store (storage executor).
+"""One image end to end: validate, fetch, compress (codec workers), store.
 
 With the previous output of the same source and options (ingest remembers it), the fetch is
 conditional, and an unchanged source (304, or the same bytes) is not encoded again: the
@@ -158,7 +158,6 @@ class Pipeline:
     async def _run(
         self, source_url: str, output_key: str, quality: int, previous: Previous | None
     ) -> Result:
-        loop = asyncio.get_running_loop()
         with metrics.FETCH_SECONDS.time(), TRACER.start_as_current_span("fetch"):
             fetched = await self._fetcher.fetch(
                 source_url, previous.validators if previous else Validators()
@@ -187,15 +186,13 @@ class Pipeline:
             TRACER.start_span(stage, start_time=start).end(end_time=end)
         try:
             with TRACER.start_as_current_span("store", attributes={"imgpipe.key": output_key}):
-                output_url = await loop.run_in_executor(
-                    self._storage_executor, self._store, output_key, compressed.jpeg
-                )
+                await self._storage.put(output_key, compressed.jpeg, CONTENT_TYPE)
         except StorageError as exc:
             raise StorageUnavailable(f"storing {output_key} failed: {exc}") from exc
         metrics.OUTPUT_BYTES.inc(len(compressed.jpeg))
         return Result(
             output_key=output_key,
-            output_url=output_url,
+            output_url=self._storage.url_for(output_key),
             input_bytes=len(data),
             output_bytes=len(compressed.jpeg),
             width=compressed.width,
@@ -242,9 +239,4 @@ class Pipeline:
             self._storage.get(key)  # KeyError when it is gone
         else:
             self._storage.copy(source_key, key)
-        return self._storage.url_for(key)
-
-    def _store(self, key: str, jpeg: bytes) -> str:
-        """Blocking: runs in the storage executor."""
-        self._storage.put(key, jpeg, CONTENT_TYPE)
         return self._storage.url_for(key)

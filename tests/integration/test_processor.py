@@ -25,7 +25,7 @@ from devstack.image_server import ImageServer
 from devstack.ports import free_port
 from devstack.sample_images import sample
 from imgpipe.common.config import S3Settings
-from imgpipe.common.errors import SettingsError
+from imgpipe.common.errors import SettingsError, StorageError
 from imgpipe.common.service import add_ops_routes
 from imgpipe.common.storage import open_storage
 from imgpipe.processor.main import ProcessorApp
@@ -176,8 +176,19 @@ async def test_success_stores_a_jpeg_in_s3(
         assert (image.format, image.size) == ("JPEG", (160, 120))
     assert key in response.output_url
     async with aiohttp.ClientSession() as http, http.get(response.output_url) as fetched:
-        assert fetched.status == 200
+        assert (fetched.status, fetched.content_type) == (200, "image/jpeg")
         assert await fetched.read() == stored
+
+
+async def test_a_put_that_s3_refuses_is_a_storage_error_with_its_code(
+    s3_env: dict[str, str],
+) -> None:
+    storage = open_storage("s3://imgpipe-no-such-bucket", S3Settings.from_env(s3_env))
+    try:
+        with pytest.raises(StorageError, match=r"put r/1-0\.jpg: HTTP 404 NoSuchBucket"):
+            await storage.put("r/1-0.jpg", b"jpeg", "image/jpeg")
+    finally:
+        await storage.close()
 
 
 async def test_file_storage(
