@@ -12,12 +12,14 @@ import io
 import itertools
 import os
 import shutil
+import ssl
 from datetime import timedelta
 from pathlib import Path
 from typing import BinaryIO, Protocol
 from urllib.parse import quote, urlsplit
 
 import aiohttp
+import certifi
 from minio import Minio
 from minio.commonconfig import CopySource
 from minio.deleteobjects import DeleteObject
@@ -107,7 +109,8 @@ class S3Storage:
     async def put(self, key: str, data: bytes, content_type: str) -> None:
         url = self._client.presigned_put_object(self._bucket, self._name(key), PUT_URL_TTL)
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=PUT_TIMEOUT)
+            connector = aiohttp.TCPConnector(ssl=_sdk_trust())
+            self._session = aiohttp.ClientSession(connector=connector, timeout=PUT_TIMEOUT)
         headers = {"Content-Type": content_type}
         try:
             async with self._session.put(url, data=data, headers=headers) as response:
@@ -282,3 +285,12 @@ def _s3_error(status: int, body: str) -> str:
     start, end = body.find("<Code>"), body.find("</Code>")
     code = body[start + len("<Code>") : end] if 0 <= start < end else ""
     return f"HTTP {status} {code}".rstrip()
+
+
+def _sdk_trust() -> ssl.SSLContext:
+    """What verifies an S3 endpoint's certificate for put: the system's CAs (and
+    SSL_CERT_FILE, which OpenSSL reads) plus certifi's bundle, which the minio SDK trusts
+    for every other call."""
+    context = ssl.create_default_context()
+    context.load_verify_locations(certifi.where())
+    return context
