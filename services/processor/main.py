@@ -48,7 +48,7 @@ class ProcessorApp:
         storage_executor = service.executor("storage", settings.max_in_flight)
         common = settings.common
         storage = open_storage(common.storage_url, common.s3, common.public_base_url)
-        service.on_stop("storage", storage.close)
+        service.on_stop("storage session", storage.close)
         await asyncio.get_running_loop().run_in_executor(storage_executor, storage.ensure_ready)
         fetcher = Fetcher(settings.fetch, max_connections=settings.max_in_flight)
         service.on_stop("fetcher", fetcher.close)

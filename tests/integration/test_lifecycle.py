@@ -85,7 +85,7 @@ def test_processor_that_cannot_listen_on_grpc_stops_what_started(
     assert code == 1
     assert any(line["msg"] == "processor failed to start" for line in lines)
     started = assert_stopped_in_reverse(lines)
-    assert started == ["http", "codec", "storage", "fetcher"]
+    assert started == ["http", "codec", "storage", "storage session", "fetcher"]
 
 
 async def test_ingest_that_cannot_listen_on_grpc_closes_its_pool(
@@ -135,7 +135,15 @@ async def test_sigterm_stops_every_part_in_reverse_and_exits_0(
     started = assert_stopped_in_reverse(lines)
     assert started[-1] == "serving"  # not serving is the first step of the stop
     if name == "imgpipe-processor":
-        assert started == ["http", "codec", "storage", "fetcher", "grpc", "serving"]
+        assert started == [
+            "http",
+            "codec",
+            "storage",
+            "storage session",
+            "fetcher",
+            "grpc",
+            "serving",
+        ]
     else:
         stopped = parts(lines, "part stopped")
         for drained in ("http", "grpc", "dispatcher-drain"):
