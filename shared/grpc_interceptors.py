@@ -6,6 +6,7 @@ a try/except, a timer) wraps the behaviour rather than running in intercept_serv
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -59,24 +60,16 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if handler.unary_stream is not None:
             stream: Callable[..., AsyncIterator[Any] | Awaitable[None]] = handler.unary_stream
 
-            async def messages(request: Any, context: Context) -> AsyncIterator[Any]:
-                produced = stream(request, context)
-                if inspect.isawaitable(produced):
-                    # A handler that sends with context.write() (grpc's own Health.Watch)
-                    # is a coroutine, not an async generator.
-                    await produced
-                    return
-                async for message in produced:
-                    yield message
-
             async def stream_wrapper(request: Any, context: Context) -> AsyncIterator[Any]:
-                scope = self.around(method, request, context)
-                if scope is None:
-                    async for message in messages(request, context):
-                        yield message
-                    return
-                async with scope:
-                    async for message in messages(request, context):
+                # One generator per interceptor: every message passes through each.
+                async with self.around(method, request, context) or contextlib.nullcontext():
+                    produced = stream(request, context)
+                    if inspect.isawaitable(produced):
+                        # A handler that sends with context.write() (grpc's own Health.Watch)
+                        # is a coroutine, not an async generator.
+                        await produced
+                        return
+                    async for message in produced:
                         yield message
 
             return grpc.unary_stream_rpc_method_handler(

@@ -202,6 +202,9 @@ class Runner:
                 if "watchers" in only:
                     with self.section("watchers") as watchers:
                         watchers_section(config, corpus, run, watchers)
+                        watchers_section(
+                            config, corpus, run, watchers, "paced", config.watch_paced_per_second
+                        )
         if "watchers" in only:
             with (
                 h.stack("replicas", config.processors, env, ingests=2) as run,

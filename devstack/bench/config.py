@@ -53,6 +53,8 @@ class Config:
     watcher_channels: int = 5  # per client process
     watch_images: int = 60
     watch_runs: int = 2
+    # The paced round: the request's images finish this many a second.
+    watch_paced_per_second: float = 10.0
     # Section 7: processor peak RSS after a batch of the largest images.
     memory_kind: str = "large"
     memory_images: int = 24
@@ -124,6 +126,7 @@ QUICK = Config(
     watcher_channels=2,
     watch_images=6,
     watch_runs=1,
+    watch_paced_per_second=20.0,
     memory_images=6,
     throttle_images=30,
     throttle_per_second=5.0,

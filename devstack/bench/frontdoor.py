@@ -175,6 +175,8 @@ class WatchPlan:
     processes: int
     channels_per_process: int
     images: int
+    # Seconds between the sources' answers once the gate opens; 0: all at once.
+    interval: float = 0.0
 
 
 def _start_clients(run: Running, request_id: str, plan: WatchPlan) -> list[tuple[Any, Any]]:
@@ -291,29 +293,45 @@ def watchers_section(
     run: Running,
     section: Section,
     prefix: str = "",
+    per_second: float = 0.0,
 ) -> None:
     """On the matched stack (no call refused, so no extra events from refusals); prefix
-    names a run on a stack of several ingest replicas."""
+    names a run on a stack of several ingest replicas ("replicas") or a run whose images
+    finish per_second ("paced") instead of all at once."""
     replicas = len(run.ingest_targets)
     watchers = config.watchers * (10 if replicas > 1 else 1)
     plan = WatchPlan(
-        watchers, config.watcher_processes, config.watcher_channels, config.watch_images
+        watchers,
+        config.watcher_processes,
+        config.watcher_channels,
+        config.watch_images,
+        1 / per_second if per_second else 0.0,
+    )
+    released = (
+        f"answered at {per_second:g} a second ({per_second * watchers:,.0f} messages a second "
+        "to send)"
+        if per_second
+        else "answered all at once"
     )
     section.notes.append(
         f"{prefix or 'one ingest'}: {watchers} WatchStatus streams from {plan.processes} "
         f"client processes ({plan.channels_per_process} channels each) over {replicas} "
         f"ingest replica(s), on one request of {plan.images} tiny images whose sources are "
-        "held back until every watcher has its snapshot; lag = receipt (client clock) - "
-        "events.created_at, for events committed after all had connected"
+        f"held back until every watcher has its snapshot, then {released}; lag = receipt "
+        "(client clock) - events.created_at, for events committed after all had connected"
     )
     body = corpus["tiny"][0].path.read_bytes()
     results: list[dict[str, float]] = []
     for _ in range(config.watch_runs):
-        with GatedImageServer(body) as gated:
+        with GatedImageServer(body, plan.interval) as gated:
             results.append(_watch_run(run, gated, plan))
     section.extra[f"{prefix or 'one'}_runs"] = results
     key = f"{prefix}." if prefix else ""
-    label = f"{watchers:,} over {replicas} replicas: " if prefix else ""
+    label = {
+        "": "",
+        "replicas": f"{watchers:,} over {replicas} replicas: ",
+        "paced": f"{per_second:g} images/s: ",
+    }[prefix]
 
     def add(name: str, title: str, unit: str, goal: str = "", positive: bool = True) -> None:
         values = [r[name] for r in results]
@@ -342,7 +360,7 @@ def watchers_section(
         )
     add("client_us_per_message", "  client CPU per message received", "µs")
     add("lag_p50_ms", "lag p50, commit -> receipt", "ms")
-    add("lag_p99_ms", "lag p99", "ms", goal="" if prefix else "< 250")
+    add("lag_p99_ms", "lag p99", "ms", goal="" if prefix == "replicas" else "< 250")
     add(
         "rss_per_watcher_kib",
         "ingest RSS per watcher (VmRSS delta / watchers)",

@@ -77,17 +77,29 @@ async def _admin(dsn: str, statement: str) -> None:
 
 
 class GatedImageServer:
-    """Serves one body at every path, but only once the gate is open: requests wait."""
+    """Serves one body at every path, but only once the gate is open: requests wait. With an
+    interval, an origin that answers one request per interval once the gate is open."""
 
-    def __init__(self, body: bytes) -> None:
+    def __init__(self, body: bytes, interval: float = 0.0) -> None:
         self.gate = threading.Event()
         gate = self.gate
+        turns = threading.Lock()
+        next_turn = [0.0]
+
+        def wait_turn() -> None:
+            with turns:
+                now = time.monotonic()
+                turn = max(now, next_turn[0])
+                next_turn[0] = turn + interval
+            time.sleep(turn - now)
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:
                 gate.wait(timeout=120)
+                if interval:
+                    wait_turn()
                 self.send_response(200)
                 self.send_header("Content-Type", "image/jpeg")
                 self.send_header("Content-Length", str(len(body)))

@@ -12,6 +12,7 @@ import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -31,6 +32,15 @@ LISTENER_APPLICATION_NAME = "imgpipe-ingest-listen"
 RECONNECT = Backoff(first=0.2, cap=5.0, jitter=0.0)
 
 
+@dataclass
+class _Watched:
+    """A request's watchers in this process: how many, and the one event their feed waits
+    on."""
+
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    count: int = 0
+
+
 def _resolve(future: asyncio.Future[None], _conn: Any) -> None:
     if not future.done():
         future.set_result(None)
@@ -43,34 +53,34 @@ class Notifier:
         self.work = asyncio.Event()
         # One event per outbox kind (the NOTIFY payload names the kind).
         self.outbox: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
-        self._watchers: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
+        self._watched: dict[str, _Watched] = {}
         metrics.WATCHERS.set_function(lambda: self.watcher_count)
 
     @contextlib.contextmanager
     def subscribe(self, request_id: str) -> Iterator[asyncio.Event]:
-        """An event set whenever request_id may have new events."""
-        wake = asyncio.Event()
-        self._watchers[request_id].add(wake)
+        """An event set whenever request_id may have new events. The watchers of a request
+        share it, so one reader clears it and reads for all of them (its feed)."""
+        watched = self._watched.get(request_id)
+        if watched is None:
+            watched = self._watched[request_id] = _Watched()
+        watched.count += 1
         try:
-            yield wake
+            yield watched.wake
         finally:
-            watchers = self._watchers.get(request_id)
-            if watchers is not None:
-                watchers.discard(wake)
-                if not watchers:
-                    del self._watchers[request_id]
+            watched.count -= 1
+            if not watched.count:
+                del self._watched[request_id]
 
     @property
     def watcher_count(self) -> int:
-        return sum(len(w) for w in self._watchers.values())
+        return sum(w.count for w in self._watched.values())
 
     def wake_all(self) -> None:
         self.work.set()
         for wake in self.outbox.values():
             wake.set()
-        for watchers in self._watchers.values():
-            for wake in watchers:
-                wake.set()
+        for watched in self._watched.values():
+            watched.wake.set()
 
     def _on_notify(self, _conn: object, _pid: int, channel: str, payload: object) -> None:
         payload = str(payload)
@@ -82,8 +92,9 @@ class Notifier:
             # Images finished somewhere in the fleet: a claim held back by a host's or a
             # tenant's cap on images in flight may find room now.
             self.work.set()
-            for wake in self._watchers.get(payload, ()):
-                wake.set()
+            watched = self._watched.get(payload)
+            if watched is not None:
+                watched.wake.set()
 
     async def run(self) -> None:
         """Keeps the LISTEN connection open until cancelled."""

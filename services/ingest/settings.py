@@ -92,7 +92,8 @@ class Settings:
             watch=WatchSettings(
                 poll_interval=env_float(
                     env, "IMGPIPE_WATCH_POLL_INTERVAL", WatchSettings.poll_interval, minimum=0.01
-                )
+                ),
+                window=env_int(env, "IMGPIPE_WATCH_WINDOW", WatchSettings.window, minimum=1),
             ),
             csv_limits=CsvLimits(
                 max_bytes=max_csv_bytes,

@@ -1,15 +1,20 @@
 """WatchStatus: a snapshot (or a resume point), then every event in order from the events
-table, woken by notifications and by a slow poll. A watcher holds no buffer: it reads
-pages of events when it is ready for them, so a slow reader costs nothing but its cursor.
-Watchers of one request that ask for the same page, or open their streams, at once share
-one query, and every event's message is encoded once and its bytes shared by all its
-watchers."""
+table, woken by notifications and by a slow poll.
+
+The watchers of one request in a process share its feed: one reader that reads each change
+once and keeps the newest events, then wakes them all at once, so an event costs one query
+and one wake-up per watcher. A watcher holds no buffer of its own: one that falls behind the
+feed's window reads its own pages when it is ready for them, so a slow reader costs nothing
+but its cursor. Watchers that ask for the same page, or open their streams, at once share one
+query, and every event's message is encoded once and its bytes shared by all its watchers."""
 
 from __future__ import annotations
 
 import asyncio
+import bisect
+import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
@@ -24,6 +29,8 @@ from imgpipe.ingest.store import Store
 class WatchSettings:
     poll_interval: float = 2.0
     page_size: int = 500
+    # Events a feed keeps for its watchers (the newest).
+    window: int = 2000
 
 
 T = TypeVar("T")
@@ -39,6 +46,32 @@ class EventReader:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._reading: dict[Hashable, asyncio.Future[Any]] = {}
+        self._feeds: dict[uuid.UUID, Feed] = {}
+
+    @contextlib.contextmanager
+    def follow(
+        self,
+        request_id: uuid.UUID,
+        after: int,
+        total: int,
+        wake: asyncio.Event,
+        settings: WatchSettings,
+    ) -> Iterator[Feed]:
+        """The request's feed, shared with its other watchers here (started at `after` by
+        the first); wake is set when the request may have new events."""
+        feed = self._feeds.get(request_id)
+        if feed is None or feed.failed is not None:
+            feed = Feed(self, request_id, after, total, wake, settings)
+            self._feeds[request_id] = feed
+        feed.watchers += 1
+        try:
+            yield feed
+        finally:
+            feed.watchers -= 1
+            if not feed.watchers:
+                feed.close()
+                if self._feeds.get(request_id) is feed:
+                    del self._feeds[request_id]
 
     async def events_after(
         self, request_id: uuid.UUID, after: int, limit: int, total: int
@@ -100,6 +133,73 @@ def snapshot(status: RequestStatus) -> Event:
     )
 
 
+class Feed:
+    """One request's events as this process reads them: a task reads each change once,
+    keeps the newest settings.window events and wakes every watcher through one event."""
+
+    def __init__(
+        self,
+        reader: EventReader,
+        request_id: uuid.UUID,
+        after: int,
+        total: int,
+        wake: asyncio.Event,
+        settings: WatchSettings,
+    ) -> None:
+        self.watchers = 0
+        # The events after `base`, in order; every one after it is here or not read yet.
+        self.base = after
+        self.events: list[Event] = []
+        # Replaced by a new one, and set, whenever events arrive or the feed fails.
+        self.changed = asyncio.Event()
+        self.failed: Exception | None = None
+        self._reader = reader
+        self._request_id = request_id
+        self._total = total
+        self._wake = wake
+        self._settings = settings
+        self._task = asyncio.create_task(self._read())
+
+    def after(self, sequence: int) -> list[Event]:
+        """The events after sequence that the feed has (sequence >= base)."""
+        return self.events[bisect.bisect_right(self.events, sequence, key=_sequence) :]
+
+    def close(self) -> None:
+        self._task.cancel()
+
+    async def _read(self) -> None:
+        settings = self._settings
+        try:
+            while True:
+                self._wake.clear()
+                last = self.events[-1].sequence if self.events else self.base
+                events = await self._reader.events_after(
+                    self._request_id, last, settings.page_size, self._total
+                )
+                if events:
+                    self.events += events
+                    if len(self.events) > settings.window:
+                        cut = len(self.events) - settings.window
+                        self.base = self.events[cut - 1].sequence
+                        del self.events[:cut]
+                    self._publish()
+                    if events[-1].state.terminal:
+                        return
+                if len(events) < settings.page_size:
+                    await wait_event(self._wake, settings.poll_interval)
+        except Exception as exc:  # its watchers end with it (DatabaseUnavailable and such)
+            self.failed = exc
+            self._publish()
+
+    def _publish(self) -> None:
+        changed, self.changed = self.changed, asyncio.Event()
+        changed.set()
+
+
+def _sequence(event: Event) -> int:
+    return event.sequence
+
+
 async def watch(
     reader: EventReader,
     notifier: Notifier,
@@ -120,14 +220,22 @@ async def watch(
             return
         after = after_sequence
     total = status.progress.total
-    with notifier.subscribe(str(request_id)) as wake:
+    with (
+        notifier.subscribe(str(request_id)) as wake,
+        reader.follow(request_id, after, total, wake, settings) as feed,
+    ):
         while True:
-            wake.clear()
-            events = await reader.events_after(request_id, after, settings.page_size, total)
+            changed = feed.changed
+            if after < feed.base:  # behind the feed's window
+                events = await reader.events_after(request_id, after, settings.page_size, total)
+            else:
+                events = feed.after(after)
             for event in events:
                 yield event, False
                 after = event.sequence
                 if event.state.terminal:
                     return
-            if len(events) < settings.page_size:
-                await wait_event(wake, settings.poll_interval)
+            if not events:
+                if feed.failed is not None:
+                    raise feed.failed
+                await changed.wait()

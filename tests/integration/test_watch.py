@@ -13,6 +13,7 @@ import pytest
 
 from devstack.bench.harness import ParkedProcessor
 from devstack.image_server import ImageServer
+from devstack.postgres import PostgresServer, PrivateCluster
 from devstack.sample_images import sample
 from imgpipe.ingest.model import ImageState, Outcome
 from imgpipe.ingest.store import Lease
@@ -237,3 +238,55 @@ async def test_resume_inside_a_coalesced_batch_gives_exactly_the_rest(
         resumed = await collect(ingest.stub, submitted.request_id, k)
         assert [m.sequence for m in resumed] == list(range(k + 1, 8))
         assert without_snapshot_flag(resumed) == without_snapshot_flag(rest[k - 2 :])
+
+
+async def test_watchers_behind_the_feeds_window_read_their_own_pages_and_miss_nothing(
+    start_ingest: IngestFactory, image_server: ImageServer
+) -> None:
+    # A window of one event: a watcher that is not at the newest event reads from the
+    # table, as one that stops reading must.
+    ingest = await start_ingest({**IN_FLIGHT, "IMGPIPE_WATCH_WINDOW": "1"}, processor=True)
+    submitted = await ingest.stub.Submit(ingest_pb2.SubmitRequest(csv=batch(image_server, 500)))
+    stalled = ingest.stub.WatchStatus(
+        ingest_pb2.WatchStatusRequest(request_id=submitted.request_id, after_sequence=1)
+    )
+    first = await stalled.read()
+    assert isinstance(first, Message)
+    live = await collect(ingest.stub, submitted.request_id, after=1)
+    rest = []
+    while isinstance(message := await stalled.read(), Message):
+        rest.append(message)
+    assert_exact([first, *rest], 2)
+    assert_exact(live, 2)
+    assert without_snapshot_flag([first, *rest]) == without_snapshot_flag(live)
+    assert live[-1].state == requests_pb2.REQUEST_STATE_COMPLETED
+
+
+async def test_a_watch_ends_unavailable_while_the_database_is_down_and_resumes_after(
+    pg_server: PostgresServer, start_ingest: IngestFactory, image_server: ImageServer
+) -> None:
+    if not isinstance(pg_server, PrivateCluster):
+        pytest.skip("needs the private PostgreSQL cluster (DATABASE_URL was given)")
+    ingest = await start_ingest({**IN_FLIGHT, "IMGPIPE_WATCH_POLL_INTERVAL": "0.1"}, processor=True)
+    submitted = await ingest.stub.Submit(
+        ingest_pb2.SubmitRequest(csv=batch(image_server, 20, delay=0.1))
+    )
+    call = ingest.stub.WatchStatus(ingest_pb2.WatchStatusRequest(request_id=submitted.request_id))
+    snapshot = await call.read()
+    assert isinstance(snapshot, Message) and snapshot.snapshot
+    got = [snapshot]
+    await asyncio.to_thread(pg_server.stop)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            while isinstance(message := await call.read(), Message):
+                got.append(message)
+        assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await asyncio.to_thread(pg_server.start)
+    rest = await eventually(
+        lambda: collect(ingest.stub, submitted.request_id, after=got[-1].sequence),
+        what="the rest of the events once the database is back",
+        ignoring=(grpc.aio.AioRpcError,),
+    )
+    assert_exact([*got[1:], *rest], got[0].sequence + 1)
+    assert rest[-1].state == requests_pb2.REQUEST_STATE_COMPLETED
