@@ -97,7 +97,7 @@ class GatedImageServer:
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:
-                gate.wait(timeout=120)
+                gate.wait(timeout=600)
                 if interval:
                     wait_turn()
                 self.send_response(200)

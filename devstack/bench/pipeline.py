@@ -16,6 +16,15 @@ COMPONENTS = ("processors", "ingest", "postgres", "bench")
 IMGPIPE = ("processors", "ingest", "postgres")
 # Ingest's calls in flight and each processor's slots in the scaling runs (one setting).
 SCALING_IN_FLIGHT = 8
+# The watcher rounds hold their sources until every stream is open: fetches, calls and
+# leases that outlast the hold, so that no image is retried meanwhile (a retry is an event,
+# sent to every stream open so far, which slows the opening of the rest).
+HELD_SOURCES_ENV = {
+    "IMGPIPE_FETCH_READ_TIMEOUT": "600",
+    "IMGPIPE_FETCH_TOTAL_TIMEOUT": "600",
+    "IMGPIPE_CALL_TIMEOUT": "660",
+    "IMGPIPE_LEASE_SECONDS": "720",
+}
 
 
 def warm_up(h: Harness, corpus: dict[str, list[Source]], run: Running, config: Config) -> None:
@@ -308,7 +317,7 @@ def matched_env(config: Config) -> dict[str, str]:
     4 x IMGPIPE_WORKERS, workers = cores); one variable sets both sides, so the processors
     get the same number each: twice what they need, and no call is ever refused."""
     slots = config.processors * 4 * (os.cpu_count() or 1)
-    return {"IMGPIPE_MAX_IN_FLIGHT": str(slots)}
+    return {"IMGPIPE_MAX_IN_FLIGHT": str(slots), **HELD_SOURCES_ENV}
 
 
 def matched_variant(
