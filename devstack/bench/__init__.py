@@ -7,7 +7,8 @@
 3. scaling: 1 processor vs N;
 4. Submit latency for 1,000- and 10,000-row CSVs;
 5. dispatch: ingest CPU seconds per image;
-6. watchers: 1,000 WatchStatus streams on one ingest;
+6. watchers: 1,000 WatchStatus streams on one ingest, its events all at once and paced;
+   10,000 over two ingest replicas;
 7. memory: processor peak RSS with its pool full of large images;
 8. output: bytes out / bytes in, PSNR and SSIM at quality 50;
 
