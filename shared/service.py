@@ -25,6 +25,7 @@ from contextlib import AsyncExitStack
 from typing import Any, Protocol, TypeVar
 
 import grpc
+import uvloop
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -224,13 +225,13 @@ async def _serve(app: App) -> int:
 
 
 def run(app: App) -> None:
-    """Runs app until SIGTERM or SIGINT; exits 0 after a clean stop, 1 when it could not
-    start (whatever had started is stopped first). Traces (when the OTEL_* settings ask
-    for them) are on for the whole run and flushed at its end."""
+    """Runs app on uvloop's event loop until SIGTERM or SIGINT; exits 0 after a clean
+    stop, 1 when it could not start (whatever had started is stopped first). Traces (when
+    the OTEL_* settings ask for them) are on for the whole run and flushed at its end."""
     service = app.service
     tracing.start_tracing(service.settings.tracing, f"imgpipe-{service.name}")
     try:
-        code = asyncio.run(_serve(app))
+        code = uvloop.run(_serve(app))
     finally:
         tracing.stop_tracing()
     sys.exit(code)

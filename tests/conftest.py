@@ -1,16 +1,19 @@
 """Fixtures for the real parts: PostgreSQL (a fresh migrated database per test), an S3
-server over HTTP (moto) and a loopback image server."""
+server over HTTP (moto) and a loopback image server; async tests on the services' event
+loop (uvloop)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+import uvloop
 from moto.server import ThreadedMotoServer
 
 from devstack.image_server import ImageServer
@@ -25,6 +28,13 @@ from support.pki import make_pki
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Every async test and fixture runs on the event loop the services run on."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 import grpc
+import uvloop
 
 from devstack.bench import grpc_floor, procstat
 from devstack.bench.config import Config
@@ -165,8 +166,9 @@ async def _client(target: str, request_id: str, count: int, channels: int, pipe:
 
 
 def watch_client(target: str, request_id: str, count: int, channels: int, pipe: Any) -> None:
-    """A client process's body (spawned): count streams over `channels` channels."""
-    asyncio.run(_client(target, request_id, count, channels, pipe))
+    """A client process's body (spawned): count streams over `channels` channels, on
+    uvloop's event loop (it receives with less CPU than asyncio's own)."""
+    uvloop.run(_client(target, request_id, count, channels, pipe))
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """Floors: what grpc.aio and aiohttp themselves cost on this machine, each in a process of
-its own with nothing of imgpipe's around them.
+its own with nothing of imgpipe's around them, on the services' event loop (uvloop).
 
 Under WatchStatus: a bare grpc.aio server streaming the same pre-serialised bytes to many
 streams, with no database, no watch logic and no serialiser. Under ProcessImage: a bare
@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import grpc
+import uvloop
 
 from devstack.bench import procstat
 
@@ -49,7 +50,7 @@ async def _serve(count: int, port: Any) -> None:
 
 
 def _server(count: int, port: Any) -> None:
-    asyncio.run(_serve(count, port))
+    uvloop.run(_serve(count, port))
 
 
 @contextmanager
@@ -131,7 +132,7 @@ async def _fetch(url: str, fetches: int) -> float:
 
 
 def _fetcher(url: str, fetches: int, result: Any) -> None:
-    result.value = asyncio.run(_fetch(url, fetches))
+    result.value = uvloop.run(_fetch(url, fetches))
 
 
 def fetch_client_us(url: str, fetches: int) -> float:
