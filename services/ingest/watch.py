@@ -37,11 +37,11 @@ T = TypeVar("T")
 
 
 class EventReader:
-    """Reads what watchers need: pages of events and the request's status. Concurrent
-    reads of the same page (many watchers woken by the same NOTIFY) or of the same status
-    (watchers opening their streams at once) become one query whose result they all get.
-    A status read that started before a watcher asked is as good as its own: the events
-    after the sequence it reports follow."""
+    """Reads what watchers need: pages of events and the request's status, and holds the
+    feed of each request watched here. Concurrent reads of the same page (watchers behind
+    their feed at the same place) or of the same status (watchers opening their streams at
+    once) become one query whose result they all get. A status read that started before a
+    watcher asked is as good as its own: the events after the sequence it reports follow."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
