@@ -83,7 +83,6 @@ class ImageServer:
                 pass
 
         self._httpd = QuietServer((host, port), Handler)
-        self._httpd.daemon_threads = True
         bound_host, bound_port = self._httpd.server_address[:2]
         self.host, self.port = str(bound_host), int(bound_port)
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
