@@ -355,7 +355,7 @@ class Harness:
             processors=processors,
             ingests=ingests,
             log_dir=self.workdir / "logs" / name,
-            extra_env=dict(extra_env or {}),
+            extra_env={**UNCAPPED_HOST_ENV, **(extra_env or {})},
         )
         try:
             stack.start()
@@ -367,6 +367,9 @@ class Harness:
             shutil.rmtree(objects, ignore_errors=True)
 
 
+# Every source of the bench is on one loopback server: the per-host cap on images in flight
+# (16 by default, fleet-wide) would be what every stack measures, so it is off.
+UNCAPPED_HOST_ENV = {"IMGPIPE_HOST_MAX_IN_FLIGHT": "0"}
 SHARED_MEMORY = Path("/dev/shm")
 
 

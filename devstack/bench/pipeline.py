@@ -96,8 +96,8 @@ def e2e_section(
     n = config.processors
     section.notes += [
         f"{n} processors (IMGPIPE_WORKERS = cores), 1 ingest, private PostgreSQL, file:// "
-        "storage in tmpfs, sources from the loopback image server; one WatchStatus watcher "
-        "per request",
+        "storage in tmpfs, sources from the loopback image server (one host: every stack of "
+        "the bench runs with IMGPIPE_HOST_MAX_IN_FLIGHT=0); one WatchStatus watcher per request",
         f"bare loop: simplejpeg on {n} processes (multiprocessing), files in memory; "
         "bare CPU/image / stack CPU/image = the bare loop's CPU ms per image over imgpipe's "
         "(processors + ingest + PostgreSQL; the bench's image server and client excluded)",

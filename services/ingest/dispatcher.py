@@ -1,6 +1,6 @@
-"""The dispatcher: claims queued images under a lease in batches, calls a processor for
-each, records the outcomes in batches behind the lease fence (row by row), and returns
-expired leases to the queue.
+"""The dispatcher: claims queued images under a lease in batches, a batch ahead of the
+calls it makes; calls a processor for each; records the outcomes in batches behind the
+lease fence (row by row); and returns expired leases to the queue.
 
 A result waits in memory until its batch is written: a crash loses it, and the image comes
 back when its lease runs out (the next attempt overwrites the same key), so nothing is lost."""
@@ -21,6 +21,7 @@ from imgpipe.common import tracing
 from imgpipe.common.backoff import Backoff
 from imgpipe.common.waiting import wait_event
 from imgpipe.ingest import metrics
+from imgpipe.ingest.call_limit import CallLimit
 from imgpipe.ingest.errors import DatabaseUnavailable
 from imgpipe.ingest.model import Claim, ImageState, Outcome
 from imgpipe.ingest.notifications import Notifier
@@ -40,6 +41,11 @@ BUSY_RETRY = Backoff(first=0.05, cap=1.0, jitter=0.5)
 # bytes).
 RECORD_LINGER = 0.02
 RECORD_BATCH = 128
+# A claimed image whose lease ran out while it waited for a call goes back to the queue,
+# its attempt not counted.
+LEASE_RAN_OUT = Outcome(
+    ImageState.QUEUED, error="lease ran out waiting for a call", refund_attempt=True
+)
 
 
 @dataclass(frozen=True)
@@ -150,12 +156,15 @@ class Dispatcher:
         self._owner = owner
         self._settings = settings
         self._recorder = Recorder(store, settings.poll_interval)
+        # Every claimed image not recorded yet: calling, or waiting for one of the calls.
         self._in_flight: dict[asyncio.Task[None], Claim] = {}
+        self._calls = CallLimit(settings.max_in_flight)
         self._slot_freed = asyncio.Event()
         self._claiming = True
         # Set while processors answer RESOURCE_EXHAUSTED: claiming pauses until then.
         self._busy_until = 0.0
-        metrics.IN_FLIGHT.set_function(lambda: len(self._in_flight))
+        metrics.IN_FLIGHT.set_function(lambda: self._calls.calling)
+        metrics.CALL_LIMIT.set_function(lambda: self._calls.limit)
 
     async def run(self) -> None:
         """Claims and dispatches until stop_claiming(); records and sweeps beside it until
@@ -193,11 +202,13 @@ class Dispatcher:
 
     async def _claim_forever(self) -> None:
         settings = self._settings
-        # Claims wait for a quarter of the slots (or the batch) to be free, so that each
-        # statement takes several images, unless nothing at all is in flight.
-        enough = min(settings.claim_batch, max(1, settings.max_in_flight // 4))
         while self._claiming:
-            free = settings.max_in_flight - len(self._in_flight)
+            # The dispatcher holds a batch more than it calls at once, so a claim takes a
+            # whole batch while the calls go on: each claim waits for a batch to be free
+            # (unless nothing is held at all).
+            calls = int(self._calls.limit)
+            enough = min(settings.claim_batch, calls)
+            free = calls + enough - len(self._in_flight)
             if free <= 0 or (free < enough and self._in_flight):
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
@@ -225,9 +236,12 @@ class Dispatcher:
             metrics.ATTEMPTS.inc(len(claims))
             previous = await self._previous_outputs(claims)
             claimed = (claim_started, time.time_ns())
+            # Calls end before the lease does (on this replica's clock), leaving time to
+            # record their outcomes.
+            lease_end = time.monotonic() + settings.lease_seconds * 0.9
             for claim in claims:
                 task = asyncio.create_task(
-                    self._process(claim, claimed, previous.get(claim.image_id))
+                    self._process(claim, claimed, lease_end, previous.get(claim.image_id))
                 )
                 self._in_flight[task] = claim
                 task.add_done_callback(self._done)
@@ -250,21 +264,37 @@ class Dispatcher:
         self._in_flight.pop(task, None)
         self._slot_freed.set()
 
-    async def _call(self, request: processor_pb2.ProcessImageRequest) -> Any:
-        """ProcessImage; while processors answer RESOURCE_EXHAUSTED (full), waits and asks
-        again here, in memory, as long as a whole call still fits in the lease: a full
-        processor costs no database write and no event."""
+    async def _call(
+        self, request: processor_pb2.ProcessImageRequest, lease_end: float
+    ) -> Any | None:
+        """ProcessImage, once one of the calls is free, within what is left of the lease
+        (lease_end, on the monotonic clock); None if nothing is left. While processors
+        answer RESOURCE_EXHAUSTED (full), waits and asks again here, in memory, as long as
+        a whole call still fits in the lease: a full processor costs no database write and
+        no event."""
         settings = self._settings
-        last_start = time.monotonic() + settings.lease_seconds - settings.call_timeout - 1.0
         retry = 0
         while True:
-            try:
-                return await self._stub.ProcessImage(request, timeout=settings.call_timeout)
-            except grpc.aio.AioRpcError as exc:
-                retry += 1
-                wait = BUSY_RETRY.delay(retry)
-                if exc.code() != BUSY or time.monotonic() + wait > last_start:
-                    raise
+            async with self._calls.call():
+                left = lease_end - time.monotonic()
+                if left <= 0:
+                    return None
+                try:
+                    response = await self._stub.ProcessImage(
+                        request, timeout=min(settings.call_timeout, left)
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != BUSY:
+                        self._calls.taken()
+                        raise
+                    self._calls.refused()
+                    retry += 1
+                    wait = BUSY_RETRY.delay(retry)
+                    if time.monotonic() + wait > lease_end - settings.call_timeout:
+                        raise
+                else:
+                    self._calls.taken()
+                    return response
             metrics.OUTCOMES.labels("busy").inc()
             await asyncio.sleep(wait)
 
@@ -272,6 +302,7 @@ class Dispatcher:
         self,
         claim: Claim,
         claimed: tuple[int, int],
+        lease_end: float,
         previous: processor_pb2.PreviousOutput | None,
     ) -> None:
         """One attempt at one image, as one trace (when tracing): its claim (the batch's
@@ -287,7 +318,7 @@ class Dispatcher:
             "image attempt", context=Context(), attributes=attributes, start_time=claimed[0]
         ):
             tracing.TRACER.start_span("claim", start_time=claimed[0]).end(end_time=claimed[1])
-            outcome = await self._attempt(claim, previous)
+            outcome = await self._attempt(claim, lease_end, previous)
             # The recorder writes outcomes many to a statement, later: this span marks the
             # hand-over, not the write.
             with tracing.TRACER.start_as_current_span(
@@ -296,7 +327,7 @@ class Dispatcher:
                 self._recorder.add(claim, outcome)
 
     async def _attempt(
-        self, claim: Claim, previous: processor_pb2.PreviousOutput | None
+        self, claim: Claim, lease_end: float, previous: processor_pb2.PreviousOutput | None
     ) -> Outcome:
         request = processor_pb2.ProcessImageRequest(
             source_url=claim.input_url,
@@ -305,7 +336,7 @@ class Dispatcher:
             previous=previous,
         )
         try:
-            response = await self._call(request)
+            response = await self._call(request, lease_end)
         except grpc.aio.AioRpcError as exc:
             throttled = throttled_for(exc)
             outcome = self._settings.retry.after_error(
@@ -322,6 +353,8 @@ class Dispatcher:
             elif outcome.refund_attempt:
                 self._busy_until = time.monotonic() + outcome.retry_after
         else:
+            if response is None:
+                return LEASE_RAN_OUT
             if response.reused:
                 metrics.SOURCES_REUSED.inc()
             outcome = Outcome(

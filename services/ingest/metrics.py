@@ -11,6 +11,11 @@ OUTCOMES = Counter(
     ["outcome"],
 )
 IN_FLIGHT = Gauge("imgpipe_ingest_in_flight", "Processor calls in flight from this replica.")
+CALL_LIMIT = Gauge(
+    "imgpipe_ingest_call_limit",
+    "Processor calls this replica makes at once now (IMGPIPE_MAX_IN_FLIGHT at most; lower "
+    "while processors answer that they are full).",
+)
 QUEUE_DEPTH = Gauge("imgpipe_ingest_queue_depth", "Images queued (all replicas), sampled.")
 OLDEST_QUEUED_SECONDS = Gauge(
     "imgpipe_ingest_oldest_queued_seconds",

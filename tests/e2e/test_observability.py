@@ -22,6 +22,7 @@ INGEST_FAMILIES = {
     "imgpipe_ingest_attempts",
     "imgpipe_ingest_image_outcomes",
     "imgpipe_ingest_in_flight",
+    "imgpipe_ingest_call_limit",
     "imgpipe_ingest_queue_depth",
     "imgpipe_ingest_lease_expiries",
     "imgpipe_ingest_fenced_results",

@@ -1,5 +1,5 @@
-"""The dispatcher with a real processor: fairness across requests, and LISTEN/NOTIFY
-surviving the loss of its connection."""
+"""The dispatcher with a real processor: fairness across requests, calls adapted to what the
+processors take, and LISTEN/NOTIFY surviving the loss of its connection."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from devstack.image_server import ImageServer
 from devstack.sample_images import sample
@@ -64,9 +65,9 @@ async def test_a_small_request_is_not_starved_by_a_large_one(
         )
     finally:
         await conn.close()
-    # Round-robin: one big claim per small claim, plus what was in flight (2) when the
-    # small one arrived and when its last image was claimed.
-    assert overtaken <= 5 + 2 + 2
+    # Round-robin: one big claim per small claim, plus what was held (2 in flight and a
+    # batch of 2 ahead) when the small one arrived and when its last image was claimed.
+    assert overtaken <= 5 + 4 + 4
     assert big_done < 200  # the small request finished while the big one was still running
 
 
@@ -126,6 +127,33 @@ async def test_a_full_processor_is_asked_again_in_memory_not_through_the_queue(
     assert {i.attempts for p in status.products for i in p.images} == {1}
     # Created, started, one outcome per image, terminal: no requeue events.
     assert status.sequence == 1 + 1 + 12 + 1
+
+
+def _busy_answers() -> float:
+    sample = REGISTRY.get_sample_value("imgpipe_ingest_image_outcomes_total", {"outcome": "busy"})
+    return sample or 0.0
+
+
+async def test_calls_come_down_to_what_a_smaller_fleet_takes(
+    start_ingest: IngestFactory, image_server: ImageServer
+) -> None:
+    """Ingest may make 16 calls at once, the one processor takes 1: after the first
+    refusals, ingest calls about one at a time, so few calls are refused."""
+    ingest = await start_ingest(
+        {"IMGPIPE_MAX_IN_FLIGHT": "16"},
+        processor=True,
+        processor_env={"IMGPIPE_MAX_IN_FLIGHT": "1"},
+    )
+    before = _busy_answers()
+    images = 40
+    submitted = await ingest.stub.Submit(
+        ingest_pb2.SubmitRequest(csv=batch_csv(serve(image_server, "fleet", images, 0.01)))
+    )
+    status = await ingest.terminal_status(submitted.request_id)
+    assert status.state == requests_pb2.REQUEST_STATE_COMPLETED
+    assert {i.attempts for p in status.products for i in p.images} == {1}
+    # The 15 calls of the first round, then a probe for more now and then.
+    assert _busy_answers() - before < images
 
 
 async def test_a_claim_held_back_by_the_host_cap_goes_on_as_soon_as_an_image_finishes(

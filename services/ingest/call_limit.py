@@ -1,0 +1,70 @@
+"""How many processor calls one ingest replica makes at once: at most IMGPIPE_MAX_IN_FLIGHT,
+and fewer while the processors answer RESOURCE_EXHAUSTED (full), so that a fleet smaller
+than the setting is not asked again and again.
+
+The limit adapts as TCP's congestion window does: each refused call takes one off it, and
+each call taken adds GROWTH / limit, so that it grows by one every limit / GROWTH calls. It
+settles near what the processors take together (about one call in limit / GROWTH is
+refused, as it probes for more), and follows them when they are scaled up or down."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from collections.abc import AsyncIterator
+
+GROWTH = 0.25
+
+
+class CallLimit:
+    def __init__(self, ceiling: int) -> None:
+        self.ceiling = ceiling
+        self.limit = float(ceiling)
+        self.calling = 0
+        # Callers waiting for a call, first come first served.
+        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    @contextlib.asynccontextmanager
+    async def call(self) -> AsyncIterator[None]:
+        """Holds one of the calls for the block, waiting for one first if none is free."""
+        await self._acquire()
+        try:
+            yield
+        finally:
+            self.calling -= 1
+            self._hand_over()
+
+    def refused(self) -> None:
+        """A call was refused because the processors were full."""
+        self.limit = max(1.0, self.limit - 1.0)
+
+    def taken(self) -> None:
+        """A call was taken (whatever its outcome)."""
+        self.limit = min(float(self.ceiling), self.limit + GROWTH / self.limit)
+        self._hand_over()
+
+    async def _acquire(self) -> None:
+        if not self._waiting and self.calling < int(self.limit):
+            self.calling += 1
+            return
+        turn = asyncio.get_running_loop().create_future()
+        self._waiting.append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                # Handed a call just as it was cancelled: pass it on.
+                self.calling -= 1
+                self._hand_over()
+            else:
+                with contextlib.suppress(ValueError):  # already passed over
+                    self._waiting.remove(turn)
+            raise
+
+    def _hand_over(self) -> None:
+        while self._waiting and self.calling < int(self.limit):
+            turn = self._waiting.popleft()
+            if not turn.done():
+                self.calling += 1
+                turn.set_result(None)
