@@ -15,7 +15,6 @@ import uuid
 from collections.abc import Iterator, Mapping
 from concurrent import futures
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -24,7 +23,7 @@ import grpc
 
 from devstack.bench import procstat
 from devstack.bench.corpus import Source
-from devstack.image_server import ImageServer, QuietServer
+from devstack.image_server import ImageServer, QuietServer, SourceHandler
 from devstack.postgres import PostgresServer, PrivateCluster
 from devstack.stack import INGEST, Stack
 from imgpipe.v1 import (
@@ -93,9 +92,7 @@ class GatedImageServer:
                 next_turn[0] = turn + interval
             time.sleep(turn - now)
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
+        class Handler(SourceHandler):
             def do_GET(self) -> None:
                 gate.wait(timeout=600)
                 if interval:
@@ -105,9 +102,6 @@ class GatedImageServer:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
 
         self._httpd = QuietServer(("127.0.0.1", 0), Handler)
         self.port = int(self._httpd.server_address[1])

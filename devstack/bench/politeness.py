@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import asyncpg
 
@@ -27,6 +27,7 @@ from devstack.bench.corpus import Source
 from devstack.bench.figures import Section
 from devstack.bench.harness import Harness
 from devstack.bench.pipeline import IMGPIPE
+from devstack.image_server import SourceHandler
 
 HOSTS = ("127.0.0.1", "127.0.0.2", "127.0.0.3")  # the last one throttles
 
@@ -55,9 +56,7 @@ def source_server(host: str, body: bytes, per_second: float) -> Iterator[str]:
             window["count"] += 1
             return window["count"] <= per_second
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
+    class Handler(SourceHandler):
         def do_GET(self) -> None:
             if allowed():
                 self.send_response(200)
@@ -70,9 +69,6 @@ def source_server(host: str, body: bytes, per_second: float) -> Iterator[str]:
                 self.send_header("Retry-After", "1")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
-
-        def log_message(self, format: str, *args: object) -> None:
-            """Quiet."""
 
     server = _Quiet((host, 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
