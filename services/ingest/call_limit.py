@@ -26,11 +26,17 @@ class CallLimit:
         self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
 
     @contextlib.asynccontextmanager
-    async def call(self) -> AsyncIterator[None]:
-        """Holds one of the calls for the block, waiting for one first if none is free."""
-        await self._acquire()
+    async def call(self, within: float) -> AsyncIterator[bool]:
+        """Holds one of the calls for the block (True), waiting for one first if none is
+        free; False, holding none, if none was free within `within` seconds."""
         try:
-            yield
+            async with asyncio.timeout(within):
+                await self._acquire()
+        except TimeoutError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             self.calling -= 1
             self._hand_over()

@@ -41,8 +41,8 @@ BUSY_RETRY = Backoff(first=0.05, cap=1.0, jitter=0.5)
 # bytes).
 RECORD_LINGER = 0.02
 RECORD_BATCH = 128
-# A claimed image whose lease ran out while it waited for a call goes back to the queue,
-# its attempt not counted.
+# A claimed image whose lease ran out while it waited for a call (or cut its call short)
+# goes back to the queue, its attempt not counted.
 LEASE_RAN_OUT = Outcome(
     ImageState.QUEUED, error="lease ran out waiting for a call", refund_attempt=True
 )
@@ -268,24 +268,27 @@ class Dispatcher:
         self, request: processor_pb2.ProcessImageRequest, lease_end: float
     ) -> Any | None:
         """ProcessImage, once one of the calls is free, within what is left of the lease
-        (lease_end, on the monotonic clock); None if nothing is left. While processors
-        answer RESOURCE_EXHAUSTED (full), waits and asks again here, in memory, as long as
-        a whole call still fits in the lease: a full processor costs no database write and
-        no event."""
+        (lease_end, on the monotonic clock); None if none was free before its end, or if the
+        call, cut short by it, ran out of time. While
+        processors answer RESOURCE_EXHAUSTED (full), waits and asks again here, in memory,
+        as long as a whole call still fits in the lease: a full processor costs no database
+        write and no event."""
         settings = self._settings
         retry = 0
         while True:
-            async with self._calls.call():
+            async with self._calls.call(within=lease_end - time.monotonic()) as free:
                 left = lease_end - time.monotonic()
-                if left <= 0:
+                if not free or left <= 0:
                     return None
+                timeout = min(settings.call_timeout, left)
                 try:
-                    response = await self._stub.ProcessImage(
-                        request, timeout=min(settings.call_timeout, left)
-                    )
+                    response = await self._stub.ProcessImage(request, timeout=timeout)
                 except grpc.aio.AioRpcError as exc:
                     if exc.code() != BUSY:
                         self._calls.taken()
+                        cut_short = timeout < settings.call_timeout
+                        if cut_short and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                            return None  # the lease's fault, not the image's
                         raise
                     self._calls.refused()
                     retry += 1

@@ -156,6 +156,40 @@ async def test_calls_come_down_to_what_a_smaller_fleet_takes(
     assert _busy_answers() - before < images
 
 
+async def test_an_image_whose_lease_runs_out_waiting_for_a_call_goes_back_unspent(
+    start_ingest: IngestFactory, image_server: ImageServer, database_url: str
+) -> None:
+    """Ingest claims for 4 calls and a batch ahead (8 images); the processor takes one
+    image at a time, each half a second: the images at the back would outwait their 2 s
+    leases, so they go back to the queue when their leases run short, not spending an
+    attempt, and come back."""
+    ingest = await start_ingest(
+        {
+            "IMGPIPE_MAX_IN_FLIGHT": "4",
+            "IMGPIPE_LEASE_SECONDS": "2",
+            "IMGPIPE_SWEEP_INTERVAL": "0.1",
+        },
+        processor=True,
+        processor_env={"IMGPIPE_MAX_IN_FLIGHT": "1"},
+    )
+    submitted = await ingest.stub.Submit(
+        ingest_pb2.SubmitRequest(csv=batch_csv(serve(image_server, "queue", 8, 0.5)))
+    )
+    status = await ingest.terminal_status(submitted.request_id)
+    assert status.state == requests_pb2.REQUEST_STATE_COMPLETED
+    assert {i.attempts for p in status.products for i in p.images} == {1}
+    conn = await asyncpg.connect(database_url)
+    try:
+        handed_back = await conn.fetchval(
+            "SELECT count(*) FROM events WHERE request_id = $1 AND error = $2",
+            submitted.request_id,
+            "lease ran out waiting for a call",
+        )
+    finally:
+        await conn.close()
+    assert handed_back >= 1
+
+
 async def test_a_claim_held_back_by_the_host_cap_goes_on_as_soon_as_an_image_finishes(
     start_ingest: IngestFactory, image_server: ImageServer
 ) -> None:

@@ -5,7 +5,8 @@ from imgpipe.ingest.call_limit import GROWTH, CallLimit
 
 
 async def _hold(limit: CallLimit, started: list[int], n: int, release: asyncio.Event) -> None:
-    async with limit.call():
+    async with limit.call(within=60) as free:
+        assert free
         started.append(n)
         await release.wait()
 
@@ -76,4 +77,20 @@ async def test_a_waiter_cancelled_gives_its_turn_to_the_next() -> None:
     assert waiting[0].cancelled() and limit.calling == 1
     release[2].set()
     await asyncio.gather(first, waiting[1])
+    assert limit.calling == 0
+
+
+async def test_a_caller_gives_up_when_no_call_is_free_within_its_time() -> None:
+    limit = CallLimit(1)
+    started: list[int] = []
+    release = asyncio.Event()
+    holder = asyncio.create_task(_hold(limit, started, 0, release))
+    await _until(lambda: started == [0])
+    async with limit.call(within=0.01) as free:
+        assert not free
+        assert limit.calling == 1  # the holder's only
+    release.set()
+    await holder
+    async with limit.call(within=0.01) as free:
+        assert free and limit.calling == 1
     assert limit.calling == 0
