@@ -111,6 +111,20 @@ async def test_dispatch_and_watch_survive_the_listen_connection_being_killed(
     assert received[-1].progress.succeeded_images == 40
 
 
+async def completed_on_first_attempts(
+    ingest: RunningIngest, image_server: ImageServer, prefix: str, count: int, delay: float
+) -> ingest_pb2.GetStatusResponse:
+    """A request of count images served after delay seconds each, once it is done: every
+    image succeeded, on its first attempt."""
+    submitted = await ingest.stub.Submit(
+        ingest_pb2.SubmitRequest(csv=batch_csv(serve(image_server, prefix, count, delay)))
+    )
+    status = await ingest.terminal_status(submitted.request_id)
+    assert status.state == requests_pb2.REQUEST_STATE_COMPLETED
+    assert {i.attempts for p in status.products for i in p.images} == {1}
+    return status
+
+
 async def test_a_full_processor_is_asked_again_in_memory_not_through_the_queue(
     start_ingest: IngestFactory, image_server: ImageServer
 ) -> None:
@@ -119,12 +133,7 @@ async def test_a_full_processor_is_asked_again_in_memory_not_through_the_queue(
         processor=True,
         processor_env={"IMGPIPE_MAX_IN_FLIGHT": "1"},
     )
-    submitted = await ingest.stub.Submit(
-        ingest_pb2.SubmitRequest(csv=batch_csv(serve(image_server, "full", 12, 0.05)))
-    )
-    status = await ingest.terminal_status(submitted.request_id)
-    assert status.state == requests_pb2.REQUEST_STATE_COMPLETED
-    assert {i.attempts for p in status.products for i in p.images} == {1}
+    status = await completed_on_first_attempts(ingest, image_server, "full", 12, 0.05)
     # Created, started, one outcome per image, terminal: no requeue events.
     assert status.sequence == 1 + 1 + 12 + 1
 
@@ -146,12 +155,7 @@ async def test_calls_come_down_to_what_a_smaller_fleet_takes(
     )
     before = _busy_answers()
     images = 40
-    submitted = await ingest.stub.Submit(
-        ingest_pb2.SubmitRequest(csv=batch_csv(serve(image_server, "fleet", images, 0.01)))
-    )
-    status = await ingest.terminal_status(submitted.request_id)
-    assert status.state == requests_pb2.REQUEST_STATE_COMPLETED
-    assert {i.attempts for p in status.products for i in p.images} == {1}
+    await completed_on_first_attempts(ingest, image_server, "fleet", images, 0.01)
     # The 15 calls of the first round, then a probe for more now and then.
     assert _busy_answers() - before < images
 
@@ -172,17 +176,12 @@ async def test_an_image_whose_lease_runs_out_waiting_for_a_call_goes_back_unspen
         processor=True,
         processor_env={"IMGPIPE_MAX_IN_FLIGHT": "1"},
     )
-    submitted = await ingest.stub.Submit(
-        ingest_pb2.SubmitRequest(csv=batch_csv(serve(image_server, "queue", 8, 0.5)))
-    )
-    status = await ingest.terminal_status(submitted.request_id)
-    assert status.state == requests_pb2.REQUEST_STATE_COMPLETED
-    assert {i.attempts for p in status.products for i in p.images} == {1}
+    status = await completed_on_first_attempts(ingest, image_server, "queue", 8, 0.5)
     conn = await asyncpg.connect(database_url)
     try:
         handed_back = await conn.fetchval(
             "SELECT count(*) FROM events WHERE request_id = $1 AND error = $2",
-            submitted.request_id,
+            status.request_id,
             "lease ran out waiting for a call",
         )
     finally:
