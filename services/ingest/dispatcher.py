@@ -268,11 +268,11 @@ class Dispatcher:
         self, request: processor_pb2.ProcessImageRequest, lease_end: float
     ) -> Any | None:
         """ProcessImage, once one of the calls is free, within what is left of the lease
-        (lease_end, on the monotonic clock); None if none was free before its end, or if the
-        call, cut short by it, ran out of time. While
-        processors answer RESOURCE_EXHAUSTED (full), waits and asks again here, in memory,
-        as long as a whole call still fits in the lease: a full processor costs no database
-        write and no event."""
+        (lease_end, on the monotonic clock); None if no call was free before its end, or if
+        the call, cut short by it, ran out of time. While processors answer
+        RESOURCE_EXHAUSTED (full), waits and asks again here, in memory, as long as a whole
+        call still fits in the lease: a full processor costs no database write and no
+        event."""
         settings = self._settings
         retry = 0
         while True:
