@@ -62,8 +62,9 @@ async def _submits(
 def submit_section(config: Config, h: Harness, section: Section) -> None:
     section.notes.append(
         "ingest in front of a parked processor (takes calls, never answers) with "
-        "IMGPIPE_MAX_IN_FLIGHT=1: the dispatcher claims one image and rests, so nothing "
-        "but Submit runs; latency = the client's Submit call (CSV upload, parse, COPY, commit)"
+        "IMGPIPE_MAX_IN_FLIGHT=1: the dispatcher claims two images (one call, one held) and "
+        "rests, so nothing but Submit runs; latency = the client's Submit call (CSV upload, "
+        "parse, COPY, commit)"
     )
     env = {
         "IMGPIPE_MAX_IN_FLIGHT": "1",
