@@ -19,7 +19,7 @@ from opentelemetry.context import Context
 
 from imgpipe.common import tracing
 from imgpipe.common.backoff import Backoff
-from imgpipe.common.waiting import wait_event
+from imgpipe.common.waiting import wait_any, wait_event
 from imgpipe.ingest import metrics
 from imgpipe.ingest.call_limit import CallLimit
 from imgpipe.ingest.errors import DatabaseUnavailable
@@ -40,6 +40,9 @@ BUSY_RETRY = Backoff(first=0.05, cap=1.0, jitter=0.5)
 # statement records at most (its NOTIFY names their requests within PostgreSQL's 8000
 # bytes).
 RECORD_LINGER = 0.02
+# After a claim that found nothing, the first pause before finished images elsewhere are
+# worth another claim (seconds; doubling with each such claim in a row, up to the poll).
+EMPTY_CLAIM_PAUSE = 0.02
 RECORD_BATCH = 128
 # A claimed image whose lease ran out while it waited for a call (or cut its call short)
 # goes back to the queue, its attempt not counted.
@@ -202,6 +205,7 @@ class Dispatcher:
 
     async def _claim_forever(self) -> None:
         settings = self._settings
+        empty = 0  # claims in a row that found nothing
         while self._claiming:
             # The dispatcher holds a batch more than it calls at once, so a claim takes a
             # whole batch while the calls go on: each claim waits for a batch to be free
@@ -218,6 +222,7 @@ class Dispatcher:
                 await asyncio.sleep(pause)
                 continue
             self._notifier.work.clear()
+            self._notifier.room.clear()
             want = min(free, settings.claim_batch)
             claim_started = time.time_ns()
             try:
@@ -234,6 +239,7 @@ class Dispatcher:
                 await asyncio.sleep(settings.poll_interval)
                 continue
             metrics.ATTEMPTS.inc(len(claims))
+            metrics.CLAIMS.labels("some" if claims else "none").inc()
             previous = await self._previous_outputs(claims)
             claimed = (claim_started, time.time_ns())
             # Calls end before the lease does (on this replica's clock), leaving time to
@@ -246,7 +252,19 @@ class Dispatcher:
                 self._in_flight[task] = claim
                 task.add_done_callback(self._done)
             if len(claims) < want and self._claiming:
-                await wait_event(self._notifier.work, settings.poll_interval)
+                empty = 0 if claims else empty + 1
+                await self._until_more(empty)
+
+    async def _until_more(self, empty: int) -> None:
+        """Waits for new work (a Submit), or for images to finish anywhere in the fleet (a
+        claim held back by a cap may find room), or poll_interval. Every replica hears of
+        every batch recorded, so after `empty` claims in a row that found nothing, finished
+        images wake it only after a pause that doubles with each (new work does not wait)."""
+        notifier, poll = self._notifier, self._settings.poll_interval
+        pause = min(poll, EMPTY_CLAIM_PAUSE * 2 ** (empty - 1)) if empty else 0.0
+        if pause and await wait_event(notifier.work, pause):
+            return
+        await wait_any((notifier.work, notifier.room), poll - pause)
 
     async def _previous_outputs(
         self, claims: list[Claim]

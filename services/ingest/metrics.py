@@ -10,6 +10,11 @@ OUTCOMES = Counter(
     "Ends of attempts: succeeded, failed (for good), retried, busy (processor full).",
     ["outcome"],
 )
+CLAIMS = Counter(
+    "imgpipe_ingest_claims",
+    "Claim statements made, by whether they found images (some) or not (none).",
+    ["found"],
+)
 IN_FLIGHT = Gauge("imgpipe_ingest_in_flight", "Processor calls in flight from this replica.")
 CALL_LIMIT = Gauge(
     "imgpipe_ingest_call_limit",

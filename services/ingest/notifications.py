@@ -50,7 +50,11 @@ class Notifier:
     def __init__(self, dsn: str, *, health_check_interval: float = 5.0) -> None:
         self._dsn = dsn
         self._interval = health_check_interval
+        # Set by new work (a Submit).
         self.work = asyncio.Event()
+        # Set when images finish anywhere in the fleet: a claim held back by a host's or a
+        # tenant's cap on images in flight may find room now.
+        self.room = asyncio.Event()
         # One event per outbox kind (the NOTIFY payload names the kind).
         self.outbox: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self._watched: dict[str, _Watched] = {}
@@ -77,6 +81,7 @@ class Notifier:
 
     def wake_all(self) -> None:
         self.work.set()
+        self.room.set()
         for wake in self.outbox.values():
             wake.set()
         for watched in self._watched.values():
@@ -89,9 +94,7 @@ class Notifier:
         elif channel == OUTBOX:
             self.outbox[payload].set()
         elif channel == EVENTS:
-            # Images finished somewhere in the fleet: a claim held back by a host's or a
-            # tenant's cap on images in flight may find room now.
-            self.work.set()
+            self.room.set()
             watched = self._watched.get(payload)
             if watched is not None:
                 watched.wake.set()

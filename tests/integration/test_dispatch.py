@@ -143,6 +143,37 @@ def _busy_answers() -> float:
     return sample or 0.0
 
 
+def _claims_that_found_nothing() -> float:
+    sample = REGISTRY.get_sample_value("imgpipe_ingest_claims_total", {"found": "none"})
+    return sample or 0.0
+
+
+async def test_images_finishing_one_by_one_do_not_each_cost_a_claim(
+    start_ingest: IngestFactory, image_server: ImageServer
+) -> None:
+    """60 images, all claimed at once (no cap), finishing 50 ms apart: each finished image
+    wakes the dispatcher (a cap might have room now), but after claims that found nothing
+    it waits longer each time before claiming again, up to the poll interval (1 s)."""
+    ingest = await start_ingest(
+        {
+            "IMGPIPE_MAX_IN_FLIGHT": "64",
+            "IMGPIPE_HOST_MAX_IN_FLIGHT": "0",
+            "IMGPIPE_POLL_INTERVAL": "1",
+        },
+        processor=True,
+        processor_env={"IMGPIPE_MAX_IN_FLIGHT": "64"},
+    )
+    body = sample(64, 48, "JPEG", seed=1)
+    images = 60
+    urls = [image_server.add(f"/spread/{n}.jpg", body, delay=0.05 * (n + 1)) for n in range(images)]
+    before = _claims_that_found_nothing()
+    submitted = await ingest.stub.Submit(ingest_pb2.SubmitRequest(csv=batch_csv(urls)))
+    status = await ingest.terminal_status(submitted.request_id)
+    assert status.state == requests_pb2.REQUEST_STATE_COMPLETED
+    # One wake for each record statement (about one an image) would be a claim each.
+    assert _claims_that_found_nothing() - before < images / 2
+
+
 async def test_calls_come_down_to_what_a_smaller_fleet_takes(
     start_ingest: IngestFactory, image_server: ImageServer
 ) -> None:
