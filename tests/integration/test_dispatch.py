@@ -154,15 +154,9 @@ async def test_images_finishing_one_by_one_do_not_each_cost_a_claim(
     """60 images, all claimed at once (no cap), finishing 50 ms apart: each finished image
     wakes the dispatcher (a cap might have room now), but after claims that found nothing
     it waits longer each time before claiming again, up to the poll interval (1 s)."""
-    ingest = await start_ingest(
-        {
-            "IMGPIPE_MAX_IN_FLIGHT": "64",
-            "IMGPIPE_HOST_MAX_IN_FLIGHT": "0",
-            "IMGPIPE_POLL_INTERVAL": "1",
-        },
-        processor=True,
-        processor_env={"IMGPIPE_MAX_IN_FLIGHT": "64"},
-    )
+    uncapped = {"IMGPIPE_HOST_MAX_IN_FLIGHT": "0", "IMGPIPE_POLL_INTERVAL": "1"}
+    room = {"IMGPIPE_MAX_IN_FLIGHT": "64"}
+    ingest = await start_ingest({**room, **uncapped}, processor=True, processor_env=room)
     body = sample(64, 48, "JPEG", seed=1)
     images = 60
     urls = [image_server.add(f"/spread/{n}.jpg", body, delay=0.05 * (n + 1)) for n in range(images)]
@@ -198,12 +192,9 @@ async def test_an_image_whose_lease_runs_out_waiting_for_a_call_goes_back_unspen
     image at a time, each half a second: the images at the back would outwait their 2 s
     leases, so they go back to the queue when their leases run short, not spending an
     attempt, and come back."""
+    short_leases = {"IMGPIPE_LEASE_SECONDS": "2", "IMGPIPE_SWEEP_INTERVAL": "0.1"}
     ingest = await start_ingest(
-        {
-            "IMGPIPE_MAX_IN_FLIGHT": "4",
-            "IMGPIPE_LEASE_SECONDS": "2",
-            "IMGPIPE_SWEEP_INTERVAL": "0.1",
-        },
+        {"IMGPIPE_MAX_IN_FLIGHT": "4", **short_leases},
         processor=True,
         processor_env={"IMGPIPE_MAX_IN_FLIGHT": "1"},
     )
