@@ -40,10 +40,10 @@ BUSY_RETRY = Backoff(first=0.05, cap=1.0, jitter=0.5)
 # statement records at most (its NOTIFY names their requests within PostgreSQL's 8000
 # bytes).
 RECORD_LINGER = 0.02
+RECORD_BATCH = 128
 # After a claim that found nothing, the first pause before finished images elsewhere are
 # worth another claim (seconds; doubling with each such claim in a row, up to the poll).
 EMPTY_CLAIM_PAUSE = 0.02
-RECORD_BATCH = 128
 # A claimed image whose lease ran out while it waited for a call (or cut its call short)
 # goes back to the queue, its attempt not counted.
 LEASE_RAN_OUT = Outcome(

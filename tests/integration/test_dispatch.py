@@ -11,6 +11,7 @@ from prometheus_client import REGISTRY
 
 from devstack.image_server import ImageServer
 from devstack.sample_images import sample
+from imgpipe.ingest.dispatcher import LEASE_RAN_OUT
 from imgpipe.ingest.notifications import LISTENER_APPLICATION_NAME
 from imgpipe.v1 import ingest_pb2, requests_pb2
 from support.csv_files import batch_csv
@@ -138,14 +139,9 @@ async def test_a_full_processor_is_asked_again_in_memory_not_through_the_queue(
     assert status.sequence == 1 + 1 + 12 + 1
 
 
-def _busy_answers() -> float:
-    sample = REGISTRY.get_sample_value("imgpipe_ingest_image_outcomes_total", {"outcome": "busy"})
-    return sample or 0.0
-
-
-def _claims_that_found_nothing() -> float:
-    sample = REGISTRY.get_sample_value("imgpipe_ingest_claims_total", {"found": "none"})
-    return sample or 0.0
+def _counted(counter: str, **labels: str) -> float:
+    """An ingest counter's value so far (this process's registry: its ingests are in it)."""
+    return REGISTRY.get_sample_value(f"imgpipe_ingest_{counter}_total", labels) or 0.0
 
 
 async def test_images_finishing_one_by_one_do_not_each_cost_a_claim(
@@ -160,12 +156,12 @@ async def test_images_finishing_one_by_one_do_not_each_cost_a_claim(
     body = sample(64, 48, "JPEG", seed=1)
     images = 60
     urls = [image_server.add(f"/spread/{n}.jpg", body, delay=0.05 * (n + 1)) for n in range(images)]
-    before = _claims_that_found_nothing()
+    before = _counted("claims", found="none")
     submitted = await ingest.stub.Submit(ingest_pb2.SubmitRequest(csv=batch_csv(urls)))
     status = await ingest.terminal_status(submitted.request_id)
     assert status.state == requests_pb2.REQUEST_STATE_COMPLETED
     # One wake for each record statement (about one an image) would be a claim each.
-    assert _claims_that_found_nothing() - before < images / 2
+    assert _counted("claims", found="none") - before < images / 2
 
 
 async def test_calls_come_down_to_what_a_smaller_fleet_takes(
@@ -178,11 +174,11 @@ async def test_calls_come_down_to_what_a_smaller_fleet_takes(
         processor=True,
         processor_env={"IMGPIPE_MAX_IN_FLIGHT": "1"},
     )
-    before = _busy_answers()
+    before = _counted("image_outcomes", outcome="busy")
     images = 40
     await completed_on_first_attempts(ingest, image_server, "fleet", images, 0.01)
     # The 15 calls of the first round, then a probe for more now and then.
-    assert _busy_answers() - before < images
+    assert _counted("image_outcomes", outcome="busy") - before < images
 
 
 async def test_an_image_whose_lease_runs_out_waiting_for_a_call_goes_back_unspent(
@@ -204,7 +200,7 @@ async def test_an_image_whose_lease_runs_out_waiting_for_a_call_goes_back_unspen
         handed_back = await conn.fetchval(
             "SELECT count(*) FROM events WHERE request_id = $1 AND error = $2",
             status.request_id,
-            "lease ran out waiting for a call",
+            LEASE_RAN_OUT.error,
         )
     finally:
         await conn.close()
