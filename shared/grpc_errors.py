@@ -41,6 +41,10 @@ GRPC_CODES: dict[type[ServiceError], grpc.StatusCode] = {
 }
 
 
+# What a caller learns of an error that is not a ServiceError (it is logged in full).
+INTERNAL_ERROR = "internal error"
+
+
 def grpc_code(exc: ServiceError) -> grpc.StatusCode:
     for cls in type(exc).__mro__:
         if cls in GRPC_CODES:
@@ -49,6 +53,11 @@ def grpc_code(exc: ServiceError) -> grpc.StatusCode:
 
 
 def to_status(exc: ServiceError) -> grpc.Status:
+    return rpc_status.to_status(status_of(exc))
+
+
+def status_of(exc: ServiceError) -> status_pb2.Status:
+    """The google.rpc.Status of exc, with its rich details."""
     code = grpc_code(exc)
     status = status_pb2.Status(code=getattr(code_pb2, code.name), message=public_text(exc.message))
     if isinstance(exc, InvalidArgument) and exc.violations:
@@ -68,7 +77,7 @@ def to_status(exc: ServiceError) -> grpc.Status:
         retry = any_pb2.Any()
         retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
         status.details.append(retry)
-    return rpc_status.to_status(status)
+    return status
 
 
 class ErrorMappingInterceptor(WrappingInterceptor):
@@ -91,4 +100,4 @@ async def _mapped_errors(context: Context) -> AsyncIterator[None]:
         await context.abort(status.code, status.details, status.trailing_metadata)
     except Exception:
         log.exception("unhandled error in RPC")
-        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_ERROR)

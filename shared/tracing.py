@@ -44,6 +44,11 @@ def _provider() -> TracerProvider | None:
     return provider if isinstance(provider, TracerProvider) else None
 
 
+def enabled() -> bool:
+    """Whether start_tracing installed a provider: spans are recorded and exported."""
+    return _provider() is not None
+
+
 @dataclass(frozen=True)
 class TracingSettings:
     enabled: bool = False

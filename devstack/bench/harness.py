@@ -131,6 +131,13 @@ class _Parked(processor_pb2_grpc.ProcessorServiceServicer):
         context.abort(grpc.StatusCode.UNAVAILABLE, "parked processor released")
         raise AssertionError("unreachable")
 
+    def ProcessImages(
+        self, request: processor_pb2.ProcessImagesRequest, context: grpc.ServicerContext
+    ) -> Iterator[processor_pb2.ProcessImagesResponse]:
+        self._release.wait()
+        context.abort(grpc.StatusCode.UNAVAILABLE, "parked processor released")
+        raise AssertionError("unreachable")
+
 
 class ParkedProcessor:
     """A ProcessorService that takes calls and never answers them (until closed): behind

@@ -5,7 +5,12 @@ than the setting is not asked again and again.
 The limit adapts as TCP's congestion window does: each refused call takes one off it, and
 each call taken adds GROWTH / limit, so that it grows by one every limit / GROWTH calls. It
 settles near what the processors take together (about one call in limit / GROWTH is
-refused, as it probes for more), and follows them when they are scaled up or down."""
+refused, as it probes for more), and follows them when they are scaled up or down.
+
+Calls carry images (ProcessorCalls gathers the images handed over at once into one call).
+So that freed room makes calls of several images, not one image each, waiters are handed
+free room `group` at a time: while more than one waits, room freed by one finished image
+is held until `group` are free (or as many as wait, or the whole limit)."""
 
 from __future__ import annotations
 
@@ -18,8 +23,9 @@ GROWTH = 0.25
 
 
 class CallLimit:
-    def __init__(self, ceiling: int) -> None:
+    def __init__(self, ceiling: int, group: int = 1) -> None:
         self.ceiling = ceiling
+        self.group = group
         self.limit = float(ceiling)
         self.calling = 0
         # Callers waiting for a call, first come first served.
@@ -69,6 +75,9 @@ class CallLimit:
             raise
 
     def _hand_over(self) -> None:
+        free = int(self.limit) - self.calling
+        if free < min(self.group, len(self._waiting), int(self.limit)):
+            return
         while self._waiting and self.calling < int(self.limit):
             turn = self._waiting.popleft()
             if not turn.done():

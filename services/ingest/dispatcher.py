@@ -25,6 +25,7 @@ from imgpipe.ingest.call_limit import CallLimit
 from imgpipe.ingest.errors import DatabaseUnavailable
 from imgpipe.ingest.model import Claim, ImageState, Outcome
 from imgpipe.ingest.notifications import Notifier
+from imgpipe.ingest.processor_calls import ProcessorCalls
 from imgpipe.ingest.processor_tls import ProcessorTls
 from imgpipe.ingest.retry_policy import BUSY, RetryPolicy
 from imgpipe.ingest.sources import memory_of, throttled_for
@@ -55,6 +56,8 @@ LEASE_RAN_OUT = Outcome(
 class DispatchSettings:
     max_in_flight: int = 32
     claim_batch: int = 16
+    # Images one call to a processor carries at most (ProcessImages); 1: a call per image.
+    call_batch: int = 8
     lease_seconds: float = 60.0
     call_timeout: float = 45.0
     # Images of one source host in flight at once, fleet-wide; 0: no cap.
@@ -154,14 +157,16 @@ class Dispatcher:
         self._shares = shares
         self._store = store
         self._channel = channel
-        self._stub = processor_pb2_grpc.ProcessorServiceStub(channel)
+        # With tracing on, every image is a call of its own, so that its trace holds it.
+        batch = 1 if tracing.enabled() else settings.call_batch
+        self._processor = ProcessorCalls(processor_pb2_grpc.ProcessorServiceStub(channel), batch)
         self._notifier = notifier
         self._owner = owner
         self._settings = settings
         self._recorder = Recorder(store, settings.poll_interval)
         # Every claimed image not recorded yet: calling, or waiting for one of the calls.
         self._in_flight: dict[asyncio.Task[None], Claim] = {}
-        self._calls = CallLimit(settings.max_in_flight)
+        self._calls = CallLimit(settings.max_in_flight, group=batch)
         self._slot_freed = asyncio.Event()
         self._claiming = True
         # Set while processors answer RESOURCE_EXHAUSTED: claiming pauses until then.
@@ -285,7 +290,8 @@ class Dispatcher:
     async def _call(
         self, request: processor_pb2.ProcessImageRequest, lease_end: float
     ) -> Any | None:
-        """ProcessImage, once one of the calls is free, within what is left of the lease
+        """ProcessImage (one call with other images handed over at the same time:
+        ProcessorCalls), once one of the calls is free, within what is left of the lease
         (lease_end, on the monotonic clock); None if no call was free before its end, or if
         the call, cut short by it, ran out of time. While processors answer
         RESOURCE_EXHAUSTED (full), waits and asks again here, in memory, as long as a whole
@@ -300,7 +306,7 @@ class Dispatcher:
                     return None
                 timeout = min(settings.call_timeout, left)
                 try:
-                    response = await self._stub.ProcessImage(request, timeout=timeout)
+                    response = await self._processor.process(request, within=timeout)
                 except grpc.aio.AioRpcError as exc:
                     if exc.code() != BUSY:
                         self._calls.taken()

@@ -70,6 +70,7 @@ class Settings:
         dispatch = DispatchSettings(
             max_in_flight=env_int(env, "IMGPIPE_MAX_IN_FLIGHT", D.max_in_flight, minimum=1),
             claim_batch=env_int(env, "IMGPIPE_CLAIM_BATCH", D.claim_batch, minimum=1),
+            call_batch=env_int(env, "IMGPIPE_CALL_BATCH", D.call_batch, minimum=1),
             lease_seconds=lease,
             call_timeout=env_float(
                 env, "IMGPIPE_CALL_TIMEOUT", lease * CALL_TIMEOUT_SHARE, minimum=0.1

@@ -133,7 +133,8 @@ class Pipeline:
             self._in_flight += 1
             metrics.IN_FLIGHT.inc()
             try:
-                result = await self._run(source_url, output_key, quality, previous)
+                with metrics.IMAGE_SECONDS.time():
+                    result = await self._run(source_url, output_key, quality, previous)
             finally:
                 self._in_flight -= 1
                 metrics.IN_FLIGHT.dec()

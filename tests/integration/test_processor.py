@@ -28,7 +28,10 @@ from imgpipe.common.config import S3Settings
 from imgpipe.common.errors import SettingsError, StorageError
 from imgpipe.common.service import add_ops_routes
 from imgpipe.common.storage import open_storage
+from imgpipe.ingest.processor_calls import image_error
+from imgpipe.ingest.sources import throttled_for
 from imgpipe.processor.main import ProcessorApp
+from imgpipe.processor.servicer import MAX_IMAGES_PER_CALL
 from imgpipe.processor.settings import FetchSettings, Settings
 from imgpipe.v1 import processor_pb2, processor_pb2_grpc, requests_pb2
 from support.rpc_errors import field_violations
@@ -429,3 +432,59 @@ async def test_stopping_drains_the_calls_in_flight(
 
     assert (await first).width == 160
     await stopping
+
+
+async def test_process_images_answers_each_image_as_process_image_would(
+    processor: Processor, image_server: ImageServer, s3_env: dict[str, str]
+) -> None:
+    good = image_server.add("/batch.png", PNG)
+    throttled = image_server.add("/batch-busy.png", PNG)
+    image_server.fail_first("/batch-busy.png", 429)
+    keys = [new_key() for _ in range(4)]
+    sources = [good, image_server.url("/batch-missing.png"), good, throttled]
+    keys[2] = "../outside.jpg"
+    request = processor_pb2.ProcessImagesRequest(
+        images=[
+            processor_pb2.ProcessImageRequest(source_url=s, output_key=k)
+            for s, k in zip(sources, keys, strict=True)
+        ]
+    )
+
+    answers = [a async for a in processor.stub.ProcessImages(request, timeout=10)]
+
+    assert sorted(a.index for a in answers) == [0, 1, 2, 3]  # each image once
+    by_index = {a.index: a for a in answers}
+    assert by_index[0].WhichOneof("outcome") == "result"
+    assert (by_index[0].result.output_key, by_index[0].result.width) == (keys[0], 160)
+    storage = open_storage(s3_env["IMGPIPE_STORAGE_URL"], S3Settings.from_env(s3_env))
+    stored = await asyncio.to_thread(storage.get, keys[0])
+    assert by_index[0].result.output_bytes == len(stored)
+    # The failures are ProcessImage's statuses, details included.
+    errors = {i: image_error(by_index[i].status) for i in (1, 2, 3)}
+    assert errors[1].code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "404" in (errors[1].details() or "")
+    assert errors[2].code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(errors[2]) == ["output_key"]
+    assert errors[3].code() == grpc.StatusCode.UNAVAILABLE
+    assert throttled_for(errors[3]) == 30.0  # 429 without a Retry-After: the default wait
+
+
+@pytest.mark.parametrize("count", [0, MAX_IMAGES_PER_CALL + 1])
+async def test_process_images_refuses_a_call_of_no_or_too_many_images(
+    processor: Processor, image_server: ImageServer, count: int
+) -> None:
+    source = image_server.add("/never.png", PNG)
+    images = [
+        processor_pb2.ProcessImageRequest(source_url=source, output_key=new_key())
+        for _ in range(count)
+    ]
+    call = processor.stub.ProcessImages(
+        processor_pb2.ProcessImagesRequest(images=images), timeout=10
+    )
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        _ = [a async for a in call]
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(caught.value) == ["images"]
+    assert image_server.hits["/never.png"] == 0

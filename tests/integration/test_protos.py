@@ -28,6 +28,7 @@ def test_contract_names() -> None:
     }
     assert ingest.methods_by_name["WatchStatus"].server_streaming
     processor = processor_pb2.DESCRIPTOR.services_by_name["ProcessorService"]
-    assert [m.name for m in processor.methods] == ["ProcessImage"]
+    assert [m.name for m in processor.methods] == ["ProcessImage", "ProcessImages"]
+    assert processor.methods_by_name["ProcessImages"].server_streaming
     assert requests_pb2.RequestState.Value("REQUEST_STATE_CANCELLED") == 6
     assert requests_pb2.ImageState.Value("IMAGE_STATE_CANCELLED") == 5

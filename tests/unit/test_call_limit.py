@@ -94,3 +94,38 @@ async def test_a_caller_gives_up_when_no_call_is_free_within_its_time() -> None:
     async with limit.call(within=0.01) as free:
         assert free and limit.calling == 1
     assert limit.calling == 0
+
+
+async def test_room_is_handed_to_waiters_a_group_at_a_time() -> None:
+    limit = CallLimit(4, group=3)
+    started: list[int] = []
+    release = [asyncio.Event() for _ in range(9)]
+    tasks = [asyncio.create_task(_hold(limit, started, n, release[n])) for n in range(9)]
+    await _until(lambda: len(started) == 4)
+    release[0].set()
+    release[1].set()
+    await _until(lambda: tasks[0].done() and tasks[1].done())
+    assert started == [0, 1, 2, 3] and limit.calling == 2  # two free: held for a third
+    release[2].set()
+    await _until(lambda: len(started) == 7)
+    assert started == [0, 1, 2, 3, 4, 5, 6]  # three at once
+    release[3].set()
+    release[4].set()
+    # Two wait: two free calls are enough for them.
+    await _until(lambda: len(started) == 9)
+    assert started == list(range(9))
+    for event in release:
+        event.set()
+    await asyncio.gather(*tasks)
+    # A group larger than the limit waits for no more than the limit.
+    small = CallLimit(2, group=8)
+    small_started: list[int] = []
+    gate = [asyncio.Event() for _ in range(4)]
+    held = [asyncio.create_task(_hold(small, small_started, n, gate[n])) for n in range(4)]
+    await _until(lambda: len(small_started) == 2)
+    gate[0].set()
+    gate[1].set()
+    await _until(lambda: len(small_started) == 4)
+    for event in gate:
+        event.set()
+    await asyncio.gather(*held)

@@ -24,7 +24,7 @@ PANELS = {
     "Queue depth",
     "Oldest queued request age",
     "Attempt outcomes",
-    "ProcessImage latency",
+    "Image latency (processor)",
     "In flight",
     "Lease expiries and fenced results",
     "Watchers",

@@ -22,22 +22,29 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 from imgpipe.v1 import requests_pb2 as imgpipe_dot_v1_dot_requests__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aimgpipe/v1/processor.proto\x12\nimgpipe.v1\x1a\x19imgpipe/v1/requests.proto\"\x9c\x01\n\x13ProcessImageRequest\x12\x12\n\nsource_url\x18\x01 \x01(\t\x12\x12\n\noutput_key\x18\x02 \x01(\t\x12/\n\x07options\x18\x03 \x01(\x0b\x32\x1e.imgpipe.v1.CompressionOptions\x12,\n\x08previous\x18\x04 \x01(\x0b\x32\x1a.imgpipe.v1.PreviousOutput\"\xab\x01\n\x0ePreviousOutput\x12\x0c\n\x04\x65tag\x18\x01 \x01(\t\x12\x15\n\rlast_modified\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontent_sha256\x18\x03 \x01(\x0c\x12\x12\n\noutput_key\x18\x04 \x01(\t\x12\x13\n\x0binput_bytes\x18\x05 \x01(\x03\x12\x14\n\x0coutput_bytes\x18\x06 \x01(\x03\x12\r\n\x05width\x18\x07 \x01(\x05\x12\x0e\n\x06height\x18\x08 \x01(\x05\"\x82\x02\n\x14ProcessImageResponse\x12\x12\n\noutput_key\x18\x01 \x01(\t\x12\x12\n\noutput_url\x18\x02 \x01(\t\x12\x13\n\x0binput_bytes\x18\x03 \x01(\x03\x12\x14\n\x0coutput_bytes\x18\x04 \x01(\x03\x12\r\n\x05width\x18\x05 \x01(\x05\x12\x0e\n\x06height\x18\x06 \x01(\x05\x12\x14\n\x0c\x63ontent_type\x18\x07 \x01(\t\x12\x15\n\rsource_format\x18\x08 \x01(\t\x12\x0c\n\x04\x65tag\x18\t \x01(\t\x12\x15\n\rlast_modified\x18\n \x01(\t\x12\x16\n\x0e\x63ontent_sha256\x18\x0b \x01(\x0c\x12\x0e\n\x06reused\x18\x0c \x01(\x08\x32\x65\n\x10ProcessorService\x12Q\n\x0cProcessImage\x12\x1f.imgpipe.v1.ProcessImageRequest\x1a .imgpipe.v1.ProcessImageResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aimgpipe/v1/processor.proto\x12\nimgpipe.v1\x1a\x19google/protobuf/any.proto\x1a\x19imgpipe/v1/requests.proto\"G\n\x14ProcessImagesRequest\x12/\n\x06images\x18\x01 \x03(\x0b\x32\x1f.imgpipe.v1.ProcessImageRequest\"\x90\x01\n\x15ProcessImagesResponse\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x32\n\x06result\x18\x02 \x01(\x0b\x32 .imgpipe.v1.ProcessImageResponseH\x00\x12)\n\x06status\x18\x03 \x01(\x0b\x32\x17.imgpipe.v1.ImageStatusH\x00\x42\t\n\x07outcome\"S\n\x0bImageStatus\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12%\n\x07\x64\x65tails\x18\x03 \x03(\x0b\x32\x14.google.protobuf.Any\"\x9c\x01\n\x13ProcessImageRequest\x12\x12\n\nsource_url\x18\x01 \x01(\t\x12\x12\n\noutput_key\x18\x02 \x01(\t\x12/\n\x07options\x18\x03 \x01(\x0b\x32\x1e.imgpipe.v1.CompressionOptions\x12,\n\x08previous\x18\x04 \x01(\x0b\x32\x1a.imgpipe.v1.PreviousOutput\"\xab\x01\n\x0ePreviousOutput\x12\x0c\n\x04\x65tag\x18\x01 \x01(\t\x12\x15\n\rlast_modified\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontent_sha256\x18\x03 \x01(\x0c\x12\x12\n\noutput_key\x18\x04 \x01(\t\x12\x13\n\x0binput_bytes\x18\x05 \x01(\x03\x12\x14\n\x0coutput_bytes\x18\x06 \x01(\x03\x12\r\n\x05width\x18\x07 \x01(\x05\x12\x0e\n\x06height\x18\x08 \x01(\x05\"\x82\x02\n\x14ProcessImageResponse\x12\x12\n\noutput_key\x18\x01 \x01(\t\x12\x12\n\noutput_url\x18\x02 \x01(\t\x12\x13\n\x0binput_bytes\x18\x03 \x01(\x03\x12\x14\n\x0coutput_bytes\x18\x04 \x01(\x03\x12\r\n\x05width\x18\x05 \x01(\x05\x12\x0e\n\x06height\x18\x06 \x01(\x05\x12\x14\n\x0c\x63ontent_type\x18\x07 \x01(\t\x12\x15\n\rsource_format\x18\x08 \x01(\t\x12\x0c\n\x04\x65tag\x18\t \x01(\t\x12\x15\n\rlast_modified\x18\n \x01(\t\x12\x16\n\x0e\x63ontent_sha256\x18\x0b \x01(\x0c\x12\x0e\n\x06reused\x18\x0c \x01(\x08\x32\xbd\x01\n\x10ProcessorService\x12Q\n\x0cProcessImage\x12\x1f.imgpipe.v1.ProcessImageRequest\x1a .imgpipe.v1.ProcessImageResponse\x12V\n\rProcessImages\x12 .imgpipe.v1.ProcessImagesRequest\x1a!.imgpipe.v1.ProcessImagesResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'imgpipe.v1.processor_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PROCESSIMAGEREQUEST']._serialized_start=70
-  _globals['_PROCESSIMAGEREQUEST']._serialized_end=226
-  _globals['_PREVIOUSOUTPUT']._serialized_start=229
-  _globals['_PREVIOUSOUTPUT']._serialized_end=400
-  _globals['_PROCESSIMAGERESPONSE']._serialized_start=403
-  _globals['_PROCESSIMAGERESPONSE']._serialized_end=661
-  _globals['_PROCESSORSERVICE']._serialized_start=663
-  _globals['_PROCESSORSERVICE']._serialized_end=764
+  _globals['_PROCESSIMAGESREQUEST']._serialized_start=96
+  _globals['_PROCESSIMAGESREQUEST']._serialized_end=167
+  _globals['_PROCESSIMAGESRESPONSE']._serialized_start=170
+  _globals['_PROCESSIMAGESRESPONSE']._serialized_end=314
+  _globals['_IMAGESTATUS']._serialized_start=316
+  _globals['_IMAGESTATUS']._serialized_end=399
+  _globals['_PROCESSIMAGEREQUEST']._serialized_start=402
+  _globals['_PROCESSIMAGEREQUEST']._serialized_end=558
+  _globals['_PREVIOUSOUTPUT']._serialized_start=561
+  _globals['_PREVIOUSOUTPUT']._serialized_end=732
+  _globals['_PROCESSIMAGERESPONSE']._serialized_start=735
+  _globals['_PROCESSIMAGERESPONSE']._serialized_end=993
+  _globals['_PROCESSORSERVICE']._serialized_start=996
+  _globals['_PROCESSORSERVICE']._serialized_end=1185
 # @@protoc_insertion_point(module_scope)

@@ -42,6 +42,14 @@ class ProcessorServiceStub:
     google.rpc.RetryInfo means the source host asked to be called less (429 or 503, with its
     Retry-After): ingest delays that host's images without spending their attempts.
     """
+    ProcessImages: _grpc.UnaryStreamMultiCallable[_processor_pb2.ProcessImagesRequest, _processor_pb2.ProcessImagesResponse]
+    """ProcessImages is ProcessImage for several images in one call (1 to 64 of them), which
+    spares both sides the cost of a call per image: ingest sends the images it has ready
+    at the same moment together. The stream answers each image once, as it finishes, in
+    any order: its index in the request, and either its response or the status that
+    ProcessImage would have failed with. The call itself fails only when the request as a
+    whole is wrong (INVALID_ARGUMENT), or when it is cancelled or out of time.
+    """
 
 @_typing.type_check_only
 class ProcessorServiceAsyncStub(ProcessorServiceStub):
@@ -56,6 +64,14 @@ class ProcessorServiceAsyncStub(ProcessorServiceStub):
     and with RESOURCE_EXHAUSTED when the processor is full. UNAVAILABLE with a
     google.rpc.RetryInfo means the source host asked to be called less (429 or 503, with its
     Retry-After): ingest delays that host's images without spending their attempts.
+    """
+    ProcessImages: _aio.UnaryStreamMultiCallable[_processor_pb2.ProcessImagesRequest, _processor_pb2.ProcessImagesResponse]  # type: ignore[assignment]
+    """ProcessImages is ProcessImage for several images in one call (1 to 64 of them), which
+    spares both sides the cost of a call per image: ingest sends the images it has ready
+    at the same moment together. The stream answers each image once, as it finishes, in
+    any order: its index in the request, and either its response or the status that
+    ProcessImage would have failed with. The call itself fails only when the request as a
+    whole is wrong (INVALID_ARGUMENT), or when it is cancelled or out of time.
     """
 
 class ProcessorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -74,6 +90,20 @@ class ProcessorServiceServicer(metaclass=_abc_1.ABCMeta):
         and with RESOURCE_EXHAUSTED when the processor is full. UNAVAILABLE with a
         google.rpc.RetryInfo means the source host asked to be called less (429 or 503, with its
         Retry-After): ingest delays that host's images without spending their attempts.
+        """
+
+    @_abc_1.abstractmethod
+    def ProcessImages(
+        self,
+        request: _processor_pb2.ProcessImagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_processor_pb2.ProcessImagesResponse], _abc.AsyncIterator[_processor_pb2.ProcessImagesResponse]]:
+        """ProcessImages is ProcessImage for several images in one call (1 to 64 of them), which
+        spares both sides the cost of a call per image: ingest sends the images it has ready
+        at the same moment together. The stream answers each image once, as it finishes, in
+        any order: its index in the request, and either its response or the status that
+        ProcessImage would have failed with. The call itself fails only when the request as a
+        whole is wrong (INVALID_ARGUMENT), or when it is cancelled or out of time.
         """
 
 def add_ProcessorServiceServicer_to_server(servicer: ProcessorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
