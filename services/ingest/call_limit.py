@@ -7,10 +7,13 @@ each call taken adds GROWTH / limit, so that it grows by one every limit / GROWT
 settles near what the processors take together (about one call in limit / GROWTH is
 refused, as it probes for more), and follows them when they are scaled up or down.
 
-Calls carry images (ProcessorCalls gathers the images handed over at once into one call).
-So that freed room makes calls of several images, not one image each, waiters are handed
-free room `group` at a time: while more than one waits, room freed by one finished image
-is held until `group` are free (or as many as wait, or the whole limit)."""
+Calls carry images (ProcessorCalls gathers the images handed over at once into one call),
+and the limit counts images. So that freed room makes calls of several images, not one
+image each, waiters are handed free room a group at a time: while more than one waits,
+room freed by one finished image is held until a group's worth is free (or as many as
+wait). A group is `batch` images, but at most a SPREAD-th of the limit, so that the
+images in flight go out in SPREAD calls or more, which round_robin spreads over the
+processors."""
 
 from __future__ import annotations
 
@@ -20,12 +23,13 @@ import contextlib
 from collections.abc import AsyncIterator
 
 GROWTH = 0.25
+SPREAD = 2
 
 
 class CallLimit:
-    def __init__(self, ceiling: int, group: int = 1) -> None:
+    def __init__(self, ceiling: int, batch: int = 1) -> None:
         self.ceiling = ceiling
-        self.group = group
+        self.batch = batch
         self.limit = float(ceiling)
         self.calling = 0
         # Callers waiting for a call, first come first served.
@@ -46,6 +50,11 @@ class CallLimit:
         finally:
             self.calling -= 1
             self._hand_over()
+
+    @property
+    def group(self) -> int:
+        """Images handed over at once, and so carried by one call, at most."""
+        return max(1, min(self.batch, int(self.limit) // SPREAD))
 
     def refused(self) -> None:
         """A call was refused because the processors were full."""
@@ -76,7 +85,7 @@ class CallLimit:
 
     def _hand_over(self) -> None:
         free = int(self.limit) - self.calling
-        if free < min(self.group, len(self._waiting), int(self.limit)):
+        if free < min(self.group, len(self._waiting)):
             return
         while self._waiting and self.calling < int(self.limit):
             turn = self._waiting.popleft()

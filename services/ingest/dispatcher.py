@@ -159,14 +159,17 @@ class Dispatcher:
         self._channel = channel
         # With tracing on, every image is a call of its own, so that its trace holds it.
         batch = 1 if tracing.enabled() else settings.call_batch
-        self._processor = ProcessorCalls(processor_pb2_grpc.ProcessorServiceStub(channel), batch)
+        self._calls = CallLimit(settings.max_in_flight, batch)
+        calls = self._calls
+        self._processor = ProcessorCalls(
+            processor_pb2_grpc.ProcessorServiceStub(channel), batch=lambda: calls.group
+        )
         self._notifier = notifier
         self._owner = owner
         self._settings = settings
         self._recorder = Recorder(store, settings.poll_interval)
         # Every claimed image not recorded yet: calling, or waiting for one of the calls.
         self._in_flight: dict[asyncio.Task[None], Claim] = {}
-        self._calls = CallLimit(settings.max_in_flight, group=batch)
         self._slot_freed = asyncio.Event()
         self._claiming = True
         # Set while processors answer RESOURCE_EXHAUSTED: claiming pauses until then.

@@ -1,6 +1,6 @@
 """Calls to the processors, gathered: the images the dispatcher hands over in one turn of
 the event loop (a claim's images as their calls come free) go to a processor as one
-ProcessImages call of up to `batch` images, which spares ingest and the processor the
+ProcessImages call of up to `batch()` images, which spares ingest and the processor the
 cost of a call per image. Each image still gets what a ProcessImage call of its own gives:
 its response, or an AioRpcError with its own status and details (a throttled source's
 RetryInfo), so the dispatcher handles both alike.
@@ -8,7 +8,7 @@ RetryInfo), so the dispatcher handles both alike.
 An image handed over alone goes as ProcessImage. So does every image for a while after a
 processor did not know ProcessImages (UNIMPLEMENTED: an older version, in a rolling
 upgrade). A batch of 1 (with tracing on, say, where every image's trace holds its own
-call) never gathers.
+call) never gathers. The dispatcher's batch follows its call limit (CallLimit.group).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -39,7 +40,9 @@ class _Handed:
 
 
 class ProcessorCalls:
-    def __init__(self, stub: processor_pb2_grpc.ProcessorServiceAsyncStub, batch: int) -> None:
+    def __init__(
+        self, stub: processor_pb2_grpc.ProcessorServiceAsyncStub, batch: Callable[[], int]
+    ) -> None:
         self._stub = stub
         self._batch = batch
         self._handed: list[_Handed] = []
@@ -51,12 +54,12 @@ class ProcessorCalls:
         self, request: processor_pb2.ProcessImageRequest, within: float
     ) -> processor_pb2.ProcessImageResponse:
         """What ProcessImage(request, timeout=within) answers; raises its AioRpcError."""
-        if self._batch <= 1 or time.monotonic() < self._one_by_one_until:
+        if self._batch() <= 1 or time.monotonic() < self._one_by_one_until:
             return await self._stub.ProcessImage(request, timeout=within)
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[processor_pb2.ProcessImageResponse] = loop.create_future()
         self._handed.append(_Handed(request, answer, time.monotonic() + within))
-        if len(self._handed) >= self._batch:
+        if len(self._handed) >= self._batch():
             self._send()
         elif self._gather is None:
             # Images handed over later in this turn of the loop join the same call.

@@ -94,7 +94,7 @@ async def serve() -> AsyncIterator[Serve]:
         servers.append(server)
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         channels.append(channel)
-        return ProcessorCalls(processor_pb2_grpc.ProcessorServiceStub(channel), batch)
+        return ProcessorCalls(processor_pb2_grpc.ProcessorServiceStub(channel), lambda: batch)
 
     yield start
     for channel in channels:

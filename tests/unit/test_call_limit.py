@@ -1,7 +1,7 @@
 import asyncio
 from collections.abc import Callable
 
-from imgpipe.ingest.call_limit import GROWTH, CallLimit
+from imgpipe.ingest.call_limit import GROWTH, SPREAD, CallLimit
 
 
 async def _hold(limit: CallLimit, started: list[int], n: int, release: asyncio.Event) -> None:
@@ -97,35 +97,33 @@ async def test_a_caller_gives_up_when_no_call_is_free_within_its_time() -> None:
 
 
 async def test_room_is_handed_to_waiters_a_group_at_a_time() -> None:
-    limit = CallLimit(4, group=3)
+    limit = CallLimit(12, batch=3)
     started: list[int] = []
-    release = [asyncio.Event() for _ in range(9)]
-    tasks = [asyncio.create_task(_hold(limit, started, n, release[n])) for n in range(9)]
-    await _until(lambda: len(started) == 4)
+    release = [asyncio.Event() for _ in range(17)]
+    tasks = [asyncio.create_task(_hold(limit, started, n, release[n])) for n in range(17)]
+    await _until(lambda: len(started) == 12)
     release[0].set()
     release[1].set()
     await _until(lambda: tasks[0].done() and tasks[1].done())
-    assert started == [0, 1, 2, 3] and limit.calling == 2  # two free: held for a third
+    assert len(started) == 12 and limit.calling == 10  # two free: held for a third
     release[2].set()
-    await _until(lambda: len(started) == 7)
-    assert started == [0, 1, 2, 3, 4, 5, 6]  # three at once
+    await _until(lambda: len(started) == 15)
+    assert started[12:] == [12, 13, 14]  # three at once
     release[3].set()
     release[4].set()
     # Two wait: two free calls are enough for them.
-    await _until(lambda: len(started) == 9)
-    assert started == list(range(9))
+    await _until(lambda: len(started) == 17)
+    assert started == list(range(17))
     for event in release:
         event.set()
     await asyncio.gather(*tasks)
-    # A group larger than the limit waits for no more than the limit.
-    small = CallLimit(2, group=8)
-    small_started: list[int] = []
-    gate = [asyncio.Event() for _ in range(4)]
-    held = [asyncio.create_task(_hold(small, small_started, n, gate[n])) for n in range(4)]
-    await _until(lambda: len(small_started) == 2)
-    gate[0].set()
-    gate[1].set()
-    await _until(lambda: len(small_started) == 4)
-    for event in gate:
-        event.set()
-    await asyncio.gather(*held)
+
+
+def test_a_group_is_at_most_a_spread_th_of_the_limit() -> None:
+    assert CallLimit(32, batch=8).group == 8
+    spread = CallLimit(8, batch=8)
+    assert spread.group == 8 // SPREAD < 8  # the images in flight go out in SPREAD calls
+    for _ in range(7):
+        spread.refused()
+    assert spread.group == 1
+    assert CallLimit(32, batch=1).group == 1
