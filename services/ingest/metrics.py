@@ -15,11 +15,13 @@ CLAIMS = Counter(
     "Claim statements made, by whether they found images (some) or not (none).",
     ["found"],
 )
-IN_FLIGHT = Gauge("imgpipe_ingest_in_flight", "Processor calls in flight from this replica.")
+IN_FLIGHT = Gauge(
+    "imgpipe_ingest_in_flight", "Images in processor calls from this replica (several a call)."
+)
 CALL_LIMIT = Gauge(
     "imgpipe_ingest_call_limit",
-    "Processor calls this replica makes at once now (IMGPIPE_MAX_IN_FLIGHT at most; lower "
-    "while processors answer that they are full).",
+    "Images this replica has in processor calls at once now (IMGPIPE_MAX_IN_FLIGHT at most; "
+    "lower while processors answer that they are full).",
 )
 QUEUE_DEPTH = Gauge("imgpipe_ingest_queue_depth", "Images queued (all replicas), sampled.")
 OLDEST_QUEUED_SECONDS = Gauge(
