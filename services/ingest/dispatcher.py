@@ -248,15 +248,12 @@ class Dispatcher:
                 continue
             metrics.ATTEMPTS.inc(len(claims))
             metrics.CLAIMS.labels("some" if claims else "none").inc()
-            previous = await self._previous_outputs(claims)
             claimed = (claim_started, time.time_ns())
             # Calls end before the lease does (on this replica's clock), leaving time to
             # record their outcomes.
             lease_end = time.monotonic() + settings.lease_seconds * 0.9
             for claim in claims:
-                task = asyncio.create_task(
-                    self._process(claim, claimed, lease_end, previous.get(claim.image_id))
-                )
+                task = asyncio.create_task(self._process(claim, claimed, lease_end))
                 self._in_flight[task] = claim
                 task.add_done_callback(self._done)
             if len(claims) < want and self._claiming:
@@ -273,18 +270,6 @@ class Dispatcher:
         if pause and await wait_event(notifier.work, pause):
             return
         await wait_any((notifier.work, notifier.room), poll - pause)
-
-    async def _previous_outputs(
-        self, claims: list[Claim]
-    ) -> dict[int, processor_pb2.PreviousOutput]:
-        """What is remembered of the claimed images' sources; nothing if the database
-        cannot say (the images are then simply processed in full)."""
-        if not claims:
-            return {}
-        try:
-            return await self._store.previous_outputs([c.image_id for c in claims])
-        except DatabaseUnavailable:
-            return {}
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._in_flight.pop(task, None)
@@ -328,13 +313,7 @@ class Dispatcher:
             metrics.OUTCOMES.labels("busy").inc()
             await asyncio.sleep(wait)
 
-    async def _process(
-        self,
-        claim: Claim,
-        claimed: tuple[int, int],
-        lease_end: float,
-        previous: processor_pb2.PreviousOutput | None,
-    ) -> None:
+    async def _process(self, claim: Claim, claimed: tuple[int, int], lease_end: float) -> None:
         """One attempt at one image, as one trace (when tracing): its claim (the batch's
         claim statement, timed), the ProcessImage call, and the hand-over of its outcome to
         the recorder."""
@@ -348,7 +327,7 @@ class Dispatcher:
             "image attempt", context=Context(), attributes=attributes, start_time=claimed[0]
         ):
             tracing.TRACER.start_span("claim", start_time=claimed[0]).end(end_time=claimed[1])
-            outcome = await self._attempt(claim, lease_end, previous)
+            outcome = await self._attempt(claim, lease_end)
             # The recorder writes outcomes many to a statement, later: this span marks the
             # hand-over, not the write.
             with tracing.TRACER.start_as_current_span(
@@ -356,14 +335,12 @@ class Dispatcher:
             ):
                 self._recorder.add(claim, outcome)
 
-    async def _attempt(
-        self, claim: Claim, lease_end: float, previous: processor_pb2.PreviousOutput | None
-    ) -> Outcome:
+    async def _attempt(self, claim: Claim, lease_end: float) -> Outcome:
         request = processor_pb2.ProcessImageRequest(
             source_url=claim.input_url,
             output_key=claim.output_key,
             options=requests_pb2.CompressionOptions(quality=claim.quality),
-            previous=previous,
+            previous=claim.previous,
         )
         try:
             response = await self._call(request, lease_end)

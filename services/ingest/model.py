@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+from imgpipe.v1.processor_pb2 import PreviousOutput
+
 
 class RequestState(StrEnum):
     QUEUED = "QUEUED"
@@ -135,6 +137,8 @@ class Claim:
     attempt: int
     quality: int
     owner: str
+    # What is remembered of its source: an earlier output, for a conditional fetch.
+    previous: PreviousOutput | None = None
 
     @property
     def output_key(self) -> str:

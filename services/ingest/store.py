@@ -287,12 +287,6 @@ class Store:
             return self._status(await conn.fetchrow(Q("request_status"), request_id, owner))
 
     @_translated
-    async def previous_outputs(self, image_ids: list[int]) -> dict[int, PreviousOutput]:
-        """What is remembered of the sources of these images, by image id."""
-        rows = await self._pool.fetch(Q("previous_outputs"), image_ids)
-        return {r["id"]: PreviousOutput(**{k: v for k, v in r.items() if k != "id"}) for r in rows}
-
-    @_translated
     async def throttle_host(self, image_id: int, seconds: float) -> None:
         await self._pool.execute(Q("throttle_host"), image_id, seconds)
 
@@ -391,6 +385,7 @@ class Store:
                 attempt=r["attempts"],
                 quality=r["quality"],
                 owner=owner,
+                previous=_previous_output(r),
             )
             for r in rows
         ]
@@ -488,3 +483,19 @@ class Store:
 
 def lease_of(claim: Claim) -> Lease:
     return Lease(claim.image_id, claim.attempt, claim.owner)
+
+
+def _previous_output(row: asyncpg.Record) -> PreviousOutput | None:
+    """The remembered output of a claimed image's source, if its claim found one."""
+    if row["output_key"] is None:
+        return None
+    return PreviousOutput(
+        etag=row["etag"],
+        last_modified=row["last_modified"],
+        content_sha256=row["content_sha256"],
+        output_key=row["output_key"],
+        input_bytes=row["input_bytes"],
+        output_bytes=row["output_bytes"],
+        width=row["width"],
+        height=row["height"],
+    )

@@ -284,10 +284,21 @@ async def test_a_batch_remembers_the_sources_of_applied_successes_once_each(
         ]
     )
     assert applied == [True, True, False]
-    remembered = await store.previous_outputs([first.image_id, second.image_id, other.image_id])
-    # The same source twice in one batch: one row, the later image's.
-    assert {k: (v.output_key, v.content_sha256) for k, v in remembered.items()} == {
-        first.image_id: ("k/1-1.jpg", b"\x02"),
-        second.image_id: ("k/1-1.jpg", b"\x02"),
-    }
-    assert remembered[first.image_id].etag == '"e1"'
+    assert first.previous is None  # nothing was remembered yet
+    await store.submit(
+        [Product(1, "Shoe", (twice, twice, "https://img.example/other.jpg"))],
+        quality=50,
+        webhook_url="",
+        idempotency_key=None,
+        csv_sha256=b"y",
+    )
+    again = await store.claim("owner-a", 3, lease_seconds=30)
+    # A claim brings what is remembered of each source: the same source twice in one
+    # batch was remembered once, the later image's; the stale row taught nothing.
+    remembered = [c.previous for c in again]
+    assert [(p.output_key, p.content_sha256) if p else None for p in remembered] == [
+        ("k/1-1.jpg", b"\x02"),
+        ("k/1-1.jpg", b"\x02"),
+        None,
+    ]
+    assert remembered[0] is not None and remembered[0].etag == '"e1"'

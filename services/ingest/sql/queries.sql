@@ -69,7 +69,8 @@ LIMIT $3;
 -- host's at most $9, and nothing of a host backing off. $4, $5, $6: configured tenants, their
 -- weights and caps; $7, $8: weight and cap of any other owner (cap 0: none; $9 0: none).
 -- A claim is no event of its own (GetStatus shows the image PROCESSING; watchers hear of
--- it when it ends): only a request that starts appends one.
+-- it when it ends): only a request that starts appends one. Each claimed image comes with
+-- what is remembered of its source (source_cache), if anything.
 WITH active AS (
     SELECT id, owner, rank, last_claimed_at, created_at FROM (
         SELECT id, owner, last_claimed_at, created_at,
@@ -174,7 +175,7 @@ WITH active AS (
         last_claimed_at = clock_timestamp(), updated_at = now()
     FROM locked l
     WHERE r.id = l.id
-    RETURNING r.id, l.starts, r.last_sequence, r.state, r.quality,
+    RETURNING r.id, l.starts, r.last_sequence, r.state, r.quality, r.owner,
               r.succeeded_count, r.failed_count, r.cancelled_count
 ), appended AS (
     INSERT INTO events (request_id, sequence, request_state, succeeded_count, failed_count,
@@ -182,8 +183,17 @@ WITH active AS (
     SELECT id, last_sequence, state, succeeded_count, failed_count, cancelled_count
     FROM bumped WHERE starts
 )
-SELECT cl.id, cl.request_id, cl.serial_number, cl.idx, cl.input_url, cl.attempts, b.quality
+SELECT cl.id, cl.request_id, cl.serial_number, cl.idx, cl.input_url, cl.attempts, b.quality,
+       c.etag, c.last_modified, c.content_sha256, c.output_key, c.input_bytes,
+       c.output_bytes, c.width, c.height
 FROM claimed cl JOIN bumped b ON b.id = cl.request_id
+-- What is remembered of each image's source, owner and quality (for a conditional fetch):
+-- one key lookup each (the key is unique; LIMIT keeps it a lookup).
+LEFT JOIN LATERAL (
+    SELECT * FROM source_cache c
+    WHERE c.owner = b.owner AND c.input_url = cl.input_url AND c.quality = b.quality
+    LIMIT 1
+) c ON true
 ORDER BY cl.request_id, cl.product_position, cl.idx;
 
 -- name: finish_attempts
@@ -526,24 +536,6 @@ SELECT pg_advisory_xact_lock(hashtextextended('imgpipe-submit:' || $1, 0));
 SELECT coalesce(sum(image_count - succeeded_count - failed_count - cancelled_count), 0)::bigint
 FROM requests
 WHERE owner = $1 AND state IN ('QUEUED', 'PROCESSING');
-
--- name: previous_outputs
--- For images $1: the remembered output of the same source, owner and quality, if any.
--- The images first, then one key lookup each: joined freely, a planner with stale
--- statistics scanned the whole cache once per image of the request (a second a claim).
-WITH wanted AS MATERIALIZED (
-    SELECT i.id, i.input_url, r.owner, r.quality
-    FROM images i JOIN requests r ON r.id = i.request_id
-    WHERE i.id = ANY($1::bigint[])
-)
-SELECT w.id, c.etag, c.last_modified, c.content_sha256, c.output_key, c.input_bytes,
-       c.output_bytes, c.width, c.height
-FROM wanted w
-CROSS JOIN LATERAL (
-    SELECT * FROM source_cache c  -- the key is unique; LIMIT keeps this a lookup per image
-    WHERE c.owner = w.owner AND c.input_url = w.input_url AND c.quality = w.quality
-    LIMIT 1
-) c;
 
 -- name: forget_old_sources
 -- The retention sweep: up to $2 remembered sources not used for $1 seconds.
