@@ -12,7 +12,14 @@ import pytest
 from imgpipe.ingest import postgres
 from imgpipe.ingest.csv_format import Product
 from imgpipe.ingest.dispatcher import Dispatcher, DispatchSettings, processor_channel
-from imgpipe.ingest.model import Event, ImageState, Outcome, RequestState, SourceMemory
+from imgpipe.ingest.model import (
+    Claim,
+    Event,
+    ImageState,
+    Outcome,
+    RequestState,
+    SourceMemory,
+)
 from imgpipe.ingest.notifications import Notifier
 from imgpipe.ingest.processor_tls import ProcessorTls
 from imgpipe.ingest.retry_policy import RetryPolicy
@@ -262,14 +269,15 @@ async def test_a_batch_remembers_the_sources_of_applied_successes_once_each(
     store: Store, database_url: str
 ) -> None:
     twice = "https://img.example/same.jpg"
-    await store.submit(
-        [Product(1, "Shoe", (twice, twice, "https://img.example/other.jpg"))],
-        quality=50,
-        webhook_url="",
-        idempotency_key=None,
-        csv_sha256=b"x",
-    )
-    first, second, other = await store.claim("owner-a", 3, lease_seconds=30)
+    shoe = [Product(1, "Shoe", (twice, twice, "https://img.example/other.jpg"))]
+
+    async def submit_and_claim(csv_sha256: bytes) -> list[Claim]:
+        await store.submit(
+            shoe, quality=50, webhook_url="", idempotency_key=None, csv_sha256=csv_sha256
+        )
+        return await store.claim("owner-a", 3, lease_seconds=30)
+
+    first, second, other = await submit_and_claim(b"x")
 
     def learned(key: str, digest: bytes) -> Outcome:
         memory = SourceMemory('"e1"', "", digest, 4, 3)
@@ -285,14 +293,7 @@ async def test_a_batch_remembers_the_sources_of_applied_successes_once_each(
     )
     assert applied == [True, True, False]
     assert first.previous is None  # nothing was remembered yet
-    await store.submit(
-        [Product(1, "Shoe", (twice, twice, "https://img.example/other.jpg"))],
-        quality=50,
-        webhook_url="",
-        idempotency_key=None,
-        csv_sha256=b"y",
-    )
-    again = await store.claim("owner-a", 3, lease_seconds=30)
+    again = await submit_and_claim(b"y")
     # A claim brings what is remembered of each source: the same source twice in one
     # batch was remembered once, the later image's; the stale row taught nothing.
     remembered = [c.previous for c in again]
