@@ -1,11 +1,12 @@
-"""How many processor calls one ingest replica makes at once: at most IMGPIPE_MAX_IN_FLIGHT,
-and fewer while the processors answer RESOURCE_EXHAUSTED (full), so that a fleet smaller
-than the setting is not asked again and again.
+"""How many images one ingest replica has in processor calls at once: at most
+IMGPIPE_MAX_IN_FLIGHT, and fewer while the processors answer RESOURCE_EXHAUSTED (full), so
+that a fleet smaller than the setting is not asked again and again.
 
-The limit adapts as TCP's congestion window does: each refused call takes one off it, and
-each call taken adds GROWTH / limit, so that it grows by one every limit / GROWTH calls. It
-settles near what the processors take together (about one call in limit / GROWTH is
-refused, as it probes for more), and follows them when they are scaled up or down.
+The limit adapts as TCP's congestion window does: each refused image takes one off it,
+and each image taken adds GROWTH / limit, so that it grows by one every limit / GROWTH
+images. It settles near what the processors take together (about one image in
+limit / GROWTH is refused, as it probes for more), and follows them when they are scaled
+up or down.
 
 Calls carry images (ProcessorCalls gathers the images handed over at once into one call),
 and the limit counts images. So that freed room makes calls of several images, not one
@@ -32,13 +33,13 @@ class CallLimit:
         self.batch = batch
         self.limit = float(ceiling)
         self.calling = 0
-        # Callers waiting for a call, first come first served.
+        # Images waiting for room, first come first served.
         self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
 
     @contextlib.asynccontextmanager
     async def call(self, within: float) -> AsyncIterator[bool]:
-        """Holds one of the calls for the block (True), waiting for one first if none is
-        free; False, holding none, if none was free within `within` seconds."""
+        """Holds room for one image for the block (True), waiting for it first if there is
+        none; False, holding none, if none was free within `within` seconds."""
         try:
             async with asyncio.timeout(within):
                 await self._acquire()
@@ -57,11 +58,11 @@ class CallLimit:
         return max(1, min(self.batch, int(self.limit) // SPREAD))
 
     def refused(self) -> None:
-        """A call was refused because the processors were full."""
+        """An image was refused because the processors were full."""
         self.limit = max(1.0, self.limit - 1.0)
 
     def taken(self) -> None:
-        """A call was taken (whatever its outcome)."""
+        """An image was taken (whatever its outcome)."""
         self.limit = min(float(self.ceiling), self.limit + GROWTH / self.limit)
         self._hand_over()
 
@@ -75,7 +76,7 @@ class CallLimit:
             await turn
         except asyncio.CancelledError:
             if turn.done() and not turn.cancelled():
-                # Handed a call just as it was cancelled: pass it on.
+                # Handed room just as it was cancelled: pass it on.
                 self.calling -= 1
                 self._hand_over()
             else:

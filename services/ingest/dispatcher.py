@@ -160,9 +160,8 @@ class Dispatcher:
         # With tracing on, every image is a call of its own, so that its trace holds it.
         batch = 1 if tracing.enabled() else settings.call_batch
         self._calls = CallLimit(settings.max_in_flight, batch)
-        calls = self._calls
         self._processor = ProcessorCalls(
-            processor_pb2_grpc.ProcessorServiceStub(channel), batch=lambda: calls.group
+            processor_pb2_grpc.ProcessorServiceStub(channel), batch=lambda: self._calls.group
         )
         self._notifier = notifier
         self._owner = owner

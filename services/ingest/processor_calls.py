@@ -54,12 +54,13 @@ class ProcessorCalls:
         self, request: processor_pb2.ProcessImageRequest, within: float
     ) -> processor_pb2.ProcessImageResponse:
         """What ProcessImage(request, timeout=within) answers; raises its AioRpcError."""
-        if self._batch() <= 1 or time.monotonic() < self._one_by_one_until:
+        batch = self._batch()
+        if batch <= 1 or time.monotonic() < self._one_by_one_until:
             return await self._stub.ProcessImage(request, timeout=within)
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[processor_pb2.ProcessImageResponse] = loop.create_future()
         self._handed.append(_Handed(request, answer, time.monotonic() + within))
-        if len(self._handed) >= self._batch():
+        if len(self._handed) >= batch:
             self._send()
         elif self._gather is None:
             # Images handed over later in this turn of the loop join the same call.
