@@ -57,6 +57,8 @@ EXTERNAL_SECRET_VALUES = {
     "IMGPIPE_AUTH_TOKENS": "stand-in-token-1,stand-in-token-2",
     "IMGPIPE_WEBHOOK_SECRET": "whsec_" + base64.b64encode(b"\x00" * 24).decode(),
 }
+# The label the OpenTelemetry Operator gives the collectors it runs.
+OTLP_COLLECTOR = {"app.kubernetes.io/component": "opentelemetry-collector"}
 PRIVATE_V4 = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16")
 PRIVATE_V6 = ("fc00::/7", "fe80::/10")
 GRPC_PORTS = {"ingest": 50051, "processor": 50052}
@@ -505,6 +507,26 @@ def test_prod_uses_mutual_tls_between_ingest_and_the_processors() -> None:
         assert f"`{secret}`" in docs
 
 
+@pytest.mark.parametrize("build", sorted(BUILDS))
+def test_ingest_mounts_the_tenants_file_docs_deploy_names(build: str) -> None:
+    """The file docs/deploy.md puts in IMGPIPE_AUTH_TOKENS_FILE lies in ingest's read-only
+    mount of the Secret `imgpipe-tenants`, which is optional: ingest starts without it."""
+    docs = (ROOT / "docs" / "deploy.md").read_text("utf-8")
+    found = re.search(r"IMGPIPE_AUTH_TOKENS_FILE=(\S+)", docs)
+    assert found, "docs/deploy.md names no IMGPIPE_AUTH_TOKENS_FILE"
+    folder, name = found.group(1).rsplit("/", 1)
+    assert f"--from-file={name}" in docs
+    [(workload, container)] = [
+        (w, c) for w, c, service in imgpipe_containers(rendered(build)) if service == "ingest"
+    ]
+    volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
+    [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == folder]
+    assert mount.get("readOnly") is True
+    secret = volumes[mount["name"]]["secret"]
+    assert secret["secretName"] == "imgpipe-tenants" and secret.get("optional") is True
+    assert "`imgpipe-tenants`" in docs
+
+
 def test_documented_secret_keys() -> None:
     """Every key production's Secret must hold is named in docs/deploy.md."""
     docs = (ROOT / "docs" / "deploy.md").read_text("utf-8")
@@ -695,10 +717,10 @@ def _private(cidr: str) -> bool:
 @pytest.mark.parametrize("workload", ["imgpipe-processor", "imgpipe-ingest"])
 def test_egress_reaches_the_internet_but_not_private_ranges(build: str, workload: str) -> None:
     """To the internet less the private, CGNAT and link-local (metadata) ranges; to pods
-    only by selector; DNS only to kube-dns. Ingest alone may reach a database at a private
-    address, on 5432 only."""
+    only by selector; DNS only to kube-dns; in other namespaces, only a trace collector's
+    OTLP ports. Ingest alone may reach a database at a private address, on 5432 only."""
     objects = rendered(build)
-    internet = dns = False
+    internet = dns = otlp = False
     for policy in policies_for(objects, workload, "Egress"):
         for rule in policy["spec"].get("egress", []):
             assert rule.get("to"), f"{policy['metadata']['name']}: egress to everywhere"
@@ -712,6 +734,10 @@ def test_egress_reaches_the_internet_but_not_private_ranges(build: str, workload
                     else:
                         assert _private(block["cidr"]), block
                         assert workload == "imgpipe-ingest" and port_numbers(rule) == {5432}
+                elif peer.get("namespaceSelector") == {}:
+                    assert peer["podSelector"] == {"matchLabels": OTLP_COLLECTOR}
+                    assert port_numbers(rule) == {4317, 4318}
+                    otlp = True
                 elif "namespaceSelector" in peer:
                     assert peer["namespaceSelector"] == {
                         "matchLabels": {"kubernetes.io/metadata.name": "kube-system"}
@@ -721,7 +747,7 @@ def test_egress_reaches_the_internet_but_not_private_ranges(build: str, workload
                     dns = True
                 else:
                     assert pods_selected(objects, peer["podSelector"]), peer
-    assert internet and dns
+    assert internet and dns and otlp
 
 
 # ---- the project's own policy (checkov, run by `make policy`, does the generic checks) ------
